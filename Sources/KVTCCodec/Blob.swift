@@ -1,0 +1,297 @@
+import KVTCCache
+import KVTCNumerics
+
+/// Errors reading or producing a compressed cache blob.
+public enum BlobError: Error, Equatable, CustomStringConvertible {
+    case notABlob
+    case unsupportedVersion(Int)
+    case truncated(String)
+    case corrupt(String)
+    case profileMismatch(blob: String, profile: String)
+
+    public var description: String {
+        switch self {
+        case .notABlob: return "not a kvtc blob (bad magic)"
+        case .unsupportedVersion(let v): return "blob format version \(v) is not supported (this build reads version \(Blob.formatVersion))"
+        case .truncated(let m): return "blob is truncated: \(m)"
+        case .corrupt(let m): return "blob is corrupt: \(m)"
+        case .profileMismatch(let b, let p): return "blob was made with profile \(b.prefix(16))…, not with the given profile \(p.prefix(16))…"
+        }
+    }
+}
+
+/// What one section of a blob holds.
+enum SectionKind: UInt8, CaseIterable {
+    case keyCodes = 1, keyMeta, valueCodes, valueMeta, protectedKeys, protectedValues, positions
+}
+
+/// The parsed header of a blob.
+struct BlobHeader: Equatable {
+    var profileHash: [UInt8]
+    var geometry: KVGeometry
+    var rope: RoPE
+    var tokens: Int
+    var leadingProtected: Int
+    var trailingProtected: Int
+    var nominalRatio: Double
+    var keyPlan: BitPlan
+    var valuePlan: BitPlan
+    /// 16 or 32: how protected tokens are stored.
+    var protectedBits: Int
+    /// Positions are `firstPosition + i` when no positions section is present.
+    var firstPosition: Int
+    var explicitPositions: Bool
+    var model: String
+
+    var compressedTokens: Int { tokens - leadingProtected - trailingProtected }
+}
+
+/// One stored chunk of a section.
+struct SectionChunk: Equatable {
+    var kind: SectionKind
+    var rawLength: Int
+    var storedLength: Int
+    var deflated: Bool
+    var crc: UInt32
+}
+
+/// The blob container.
+///
+///     magic "KVTCBLOB" | version u32 | header length u32 | header | header CRC-32 u32 | chunks
+///
+/// The header holds the profile hash, geometry, RoPE, token counts, both bit plans, how
+/// protected tokens and positions are stored, and the chunk table (kind, raw and stored
+/// lengths, coding, CRC-32 of the stored bytes). Sections are split into chunks of at most
+/// ``chunkLimit`` raw bytes so that DEFLATE runs on both cores in both directions.
+public enum Blob {
+    public static let formatVersion = 1
+    static let magic = Array("KVTCBLOB".utf8)
+    static let chunkLimit = 1 << 20
+
+    static func writePlan(_ p: BitPlan, _ w: inout ByteWriter) {
+        w.u32(UInt32(p.groups.count))
+        for g in p.groups { w.u32(UInt32(g.start)); w.u32(UInt32(g.size)); w.u8(UInt8(g.type.rawValue)) }
+    }
+
+    static func readPlan(_ r: inout ByteReader) throws(ByteReader.OutOfBounds) -> BitPlan? {
+        let n = Int(try r.u32())
+        guard n <= 1 << 20 else { return nil }
+        var groups: [PlanGroup] = []
+        for _ in 0..<n {
+            let start = Int(try r.u32()), size = Int(try r.u32())
+            guard let t = ComponentType(rawValue: Int(try r.u8())), t != .dropped else { return nil }
+            groups.append(PlanGroup(start: start, size: size, type: t))
+        }
+        return BitPlan(groups: groups)
+    }
+
+    /// Assembles a blob from its header and raw sections, entropy-coding each chunk.
+    static func assemble(header h: BlobHeader, sections: [(SectionKind, [UInt8], Bool)], level: Int) -> (bytes: [UInt8], chunks: [SectionChunk]) {
+        // Split into chunks.
+        var pieces: [(SectionKind, ArraySlice<UInt8>, Bool)] = []
+        for (kind, raw, compress) in sections {
+            var o = 0
+            repeat {
+                let e = min(raw.count, o + chunkLimit)
+                pieces.append((kind, raw[o..<e], compress))
+                o = e
+            } while o < raw.count
+        }
+        var stored = [[UInt8]](repeating: [], count: pieces.count)
+        stored.withUnsafeMutableBufferPointer { out in
+            let box = UncheckedSendable(out.baseAddress!)
+            let piecesBox = UncheckedSendable(pieces)
+            Parallel.forEach(pieces.count) { i in
+                let (_, raw, compress) = piecesBox.value[i]
+                var bytes = Array(raw)
+                if compress, !raw.isEmpty, let d = try? raw.withUnsafeBytes({ try Deflate.compress($0, level: level) }), d.count < raw.count {
+                    bytes = d
+                }
+                box.value[i] = bytes
+            }
+        }
+        var chunks: [SectionChunk] = []
+        for (i, p) in pieces.enumerated() {
+            chunks.append(SectionChunk(kind: p.0, rawLength: p.1.count, storedLength: stored[i].count,
+                                       deflated: stored[i].count != p.1.count || !p.2 ? (stored[i].count != p.1.count) : false,
+                                       crc: Deflate.crc32(stored[i])))
+        }
+        var w = ByteWriter()
+        w.raw(h.profileHash)
+        w.u32(UInt32(h.geometry.layers)); w.u32(UInt32(h.geometry.kvHeads)); w.u32(UInt32(h.geometry.headDim))
+        w.u8(UInt8(RoPELayout.allCases.firstIndex(of: h.rope.layout)!)); w.f64(h.rope.theta); w.u32(UInt32(h.rope.rotaryDims))
+        w.int(h.tokens); w.int(h.leadingProtected); w.int(h.trailingProtected)
+        w.f64(h.nominalRatio)
+        writePlan(h.keyPlan, &w)
+        writePlan(h.valuePlan, &w)
+        w.u8(UInt8(h.protectedBits))
+        w.int(h.firstPosition)
+        w.u8(h.explicitPositions ? 1 : 0)
+        w.string(h.model)
+        w.u32(UInt32(chunks.count))
+        for c in chunks {
+            w.u8(c.kind.rawValue); w.int(c.rawLength); w.int(c.storedLength); w.u8(c.deflated ? 1 : 0); w.u32(c.crc)
+        }
+        var out = ByteWriter()
+        out.raw(magic)
+        out.u32(UInt32(formatVersion))
+        out.u32(UInt32(w.bytes.count))
+        out.raw(w.bytes)
+        out.u32(Deflate.crc32(out.bytes))
+        for s in stored { out.raw(s) }
+        return (out.bytes, chunks)
+    }
+
+    /// Parses and verifies the header of a blob; returns the header, chunk table and the
+    /// offset of the first chunk.
+    static func parseHeader(_ bytes: [UInt8]) throws(BlobError) -> (BlobHeader, [SectionChunk], Int) {
+        guard bytes.count >= 8 else { throw .truncated("\(bytes.count) bytes") }
+        guard Array(bytes[0..<8]) == magic else { throw .notABlob }
+        var r = ByteReader(bytes)
+        do {
+            _ = try r.raw(8)
+            let version = Int(try r.u32())
+            guard version == formatVersion else { throw BlobError.unsupportedVersion(version) }
+            let headerLength = Int(try r.u32())
+            guard headerLength <= bytes.count - 20 else { throw BlobError.truncated("header needs \(headerLength) bytes") }
+            let headerEnd = 16 + headerLength
+            let crcStored = UInt32(bytes[headerEnd]) | UInt32(bytes[headerEnd + 1]) << 8 | UInt32(bytes[headerEnd + 2]) << 16 | UInt32(bytes[headerEnd + 3]) << 24
+            let crc = bytes.withUnsafeBytes { Deflate.crc32(UnsafeRawBufferPointer(rebasing: $0[0..<headerEnd])) }
+            guard crc == crcStored else { throw BlobError.corrupt("header checksum mismatch") }
+            var h = ByteReader(bytes, range: 16..<headerEnd)
+            let hash = try h.raw(32)
+            let L = Int(try h.u32()), H = Int(try h.u32()), d = Int(try h.u32())
+            guard L > 0, H > 0, d > 0, L * H * d < 1 << 24 else { throw BlobError.corrupt("geometry \(L)x\(H)x\(d)") }
+            let li = Int(try h.u8())
+            guard li < RoPELayout.allCases.count else { throw BlobError.corrupt("RoPE layout") }
+            let rope = RoPE(layout: RoPELayout.allCases[li], theta: try h.f64(), rotaryDims: Int(try h.u32()))
+            let limit = 1 << 26
+            let tokens = try h.int(max: limit), lead = try h.int(max: limit), trail = try h.int(max: limit)
+            guard lead + trail <= tokens else { throw BlobError.corrupt("token counts") }
+            let ratio = try h.f64()
+            guard let kp = try readPlan(&h), let vp = try readPlan(&h) else { throw BlobError.corrupt("bit plan") }
+            let bits = Int(try h.u8())
+            guard bits == 16 || bits == 32 else { throw BlobError.corrupt("protected precision \(bits)") }
+            let first = try h.int(max: Int(Int32.max))
+            let explicit = try h.u8() == 1
+            let model = try h.string(maxLength: 1 << 16)
+            let nChunks = Int(try h.u32())
+            guard nChunks <= bytes.count else { throw BlobError.corrupt("chunk count") }
+            var chunks: [SectionChunk] = []
+            for _ in 0..<nChunks {
+                guard let kind = SectionKind(rawValue: try h.u8()) else { throw BlobError.corrupt("section kind") }
+                let raw = try h.int(max: 1 << 40), stored = try h.int(max: 1 << 40)
+                let deflated = try h.u8() == 1
+                let c = try h.u32()
+                guard raw <= chunkLimit, deflated || raw == stored else { throw BlobError.corrupt("chunk lengths") }
+                chunks.append(SectionChunk(kind: kind, rawLength: raw, storedLength: stored, deflated: deflated, crc: c))
+            }
+            guard h.remaining == 0 else { throw BlobError.corrupt("header has trailing bytes") }
+            let header = BlobHeader(profileHash: hash, geometry: KVGeometry(layers: L, kvHeads: H, headDim: d), rope: rope,
+                                    tokens: tokens, leadingProtected: lead, trailingProtected: trail, nominalRatio: ratio,
+                                    keyPlan: kp, valuePlan: vp, protectedBits: bits, firstPosition: first,
+                                    explicitPositions: explicit, model: model)
+            let dataStart = headerEnd + 4
+            let total = chunks.reduce(0) { $0 + $1.storedLength }
+            guard total <= bytes.count - dataStart else { throw BlobError.truncated("chunks need \(total) bytes, \(bytes.count - dataStart) present") }
+            guard total == bytes.count - dataStart else { throw BlobError.corrupt("\(bytes.count - dataStart - total) trailing bytes") }
+            return (header, chunks, dataStart)
+        } catch let e as BlobError {
+            throw e
+        } catch {
+            throw .truncated("header ends early")
+        }
+    }
+
+    /// Verifies and inflates every chunk (in parallel), returning each section's raw bytes,
+    /// checking that each section has the expected length.
+    static func sections(_ bytes: [UInt8], chunks: [SectionChunk], dataStart: Int,
+                         expected: [SectionKind: Int]) throws(BlobError) -> [SectionKind: [UInt8]] {
+        var totals: [SectionKind: Int] = [:]
+        for c in chunks { totals[c.kind, default: 0] += c.rawLength }
+        for kind in SectionKind.allCases {
+            guard (totals[kind] ?? 0) == (expected[kind] ?? 0) else {
+                throw .corrupt("section \(kind) holds \(totals[kind] ?? 0) bytes, expected \(expected[kind] ?? 0)")
+            }
+        }
+        var starts: [Int] = []
+        var o = dataStart
+        for c in chunks { starts.append(o); o += c.storedLength }
+        var out: [[UInt8]] = [[UInt8]](repeating: [], count: chunks.count)
+        let failure = AtomicFlag()
+        out.withUnsafeMutableBufferPointer { dst in
+            let box = UncheckedSendable(dst.baseAddress!)
+            bytes.withUnsafeBytes { raw in
+                let rawBox = UncheckedSendable(raw)
+                Parallel.forEach(chunks.count) { i in
+                    let c = chunks[i]
+                    let stored = UnsafeRawBufferPointer(rebasing: rawBox.value[starts[i]..<(starts[i] + c.storedLength)])
+                    guard Deflate.crc32(stored) == c.crc else { failure.set(group: i, token: 0); return }
+                    if c.deflated {
+                        var buf = [UInt8](repeating: 0, count: c.rawLength)
+                        let ok = buf.withUnsafeMutableBytes { Deflate.inflate(stored, into: $0) }
+                        guard ok else { failure.set(group: i, token: 1); return }
+                        box.value[i] = buf
+                    } else {
+                        box.value[i] = Array(stored)
+                    }
+                }
+            }
+        }
+        if let f = failure.first {
+            throw .corrupt(f.1 == 0 ? "checksum mismatch in chunk \(f.0)" : "chunk \(f.0) does not inflate to its length")
+        }
+        var result: [SectionKind: [UInt8]] = [:]
+        for (i, c) in chunks.enumerated() { result[c.kind, default: []].append(contentsOf: out[i]) }
+        return result
+    }
+}
+
+/// A summary of a blob's header, readable without its profile.
+public struct BlobSummary: Codable, Sendable {
+    public var formatVersion: Int
+    public var profileHash: String
+    public var geometry: KVGeometry
+    public var rope: RoPE
+    public var tokens: Int
+    public var leadingExactTokens: Int
+    public var trailingExactTokens: Int
+    public var nominalRatio: Double
+    public var keyPlan: String
+    public var valuePlan: String
+    public var keyBitsPerToken: Int
+    public var valueBitsPerToken: Int
+    public var exactTokenPrecisionBits: Int
+    public var model: String
+    public var chunks: Int
+    public var rawBytesBySection: [String: Int]
+    public var storedBytesBySection: [String: Int]
+    public var totalBytes: Int
+}
+
+extension Blob {
+    /// Reads and verifies a blob's header (not its chunks).
+    public static func summary(of bytes: [UInt8]) throws(BlobError) -> BlobSummary {
+        let (h, chunks, _) = try parseHeader(bytes)
+        var raw: [String: Int] = [:], stored: [String: Int] = [:]
+        for c in chunks {
+            raw["\(c.kind)", default: 0] += c.rawLength
+            stored["\(c.kind)", default: 0] += c.storedLength
+        }
+        return BlobSummary(formatVersion: formatVersion, profileHash: h.profileHash.map { String(format: "%02x", $0) }.joined(),
+                           geometry: h.geometry, rope: h.rope, tokens: h.tokens, leadingExactTokens: h.leadingProtected,
+                           trailingExactTokens: h.trailingProtected, nominalRatio: h.nominalRatio,
+                           keyPlan: h.keyPlan.description, valuePlan: h.valuePlan.description,
+                           keyBitsPerToken: h.keyPlan.bitsPerToken, valueBitsPerToken: h.valuePlan.bitsPerToken,
+                           exactTokenPrecisionBits: h.protectedBits, model: h.model, chunks: chunks.count,
+                           rawBytesBySection: raw, storedBytesBySection: stored, totalBytes: bytes.count)
+    }
+
+    /// Whether `bytes` start like a blob.
+    public static func isBlob(_ bytes: [UInt8]) -> Bool { bytes.count >= 8 && Array(bytes[0..<8]) == magic }
+}
+
+extension Profile {
+    /// Whether `bytes` start like a profile.
+    public static func isProfile(_ bytes: [UInt8]) -> Bool { bytes.count >= 8 && Array(bytes[0..<8]) == magic }
+}

@@ -1,0 +1,363 @@
+import KVTCCache
+import KVTCNumerics
+
+/// Errors compressing or decompressing with KVTC.
+public enum KVTCError: Error, Equatable, CustomStringConvertible {
+    /// The blob is unreadable.
+    case blob(BlobError)
+    /// The profile does not fit the cache or blob.
+    case profile(ProfileError)
+    /// The cache is invalid (shape, NaN/Inf).
+    case cache(KVCacheError)
+    /// Every token of the cache is protected; there is nothing to compress.
+    case nothingToCompress(tokens: Int, protected: Int)
+
+    public var description: String {
+        switch self {
+        case .blob(let e): return e.description
+        case .profile(let e): return e.description
+        case .cache(let e): return e.description
+        case .nothingToCompress(let t, let p):
+            return "the cache has \(t) tokens and \(p) of them are protected: nothing to compress"
+        }
+    }
+}
+
+/// Precomputed matrices for one stream of one profile.
+final class StreamTables: Sendable {
+    /// `rank x p`: basis rows multiplied by the feature scale (projection).
+    let encode: [Float]
+    /// `rank`: mean projected onto the basis (subtracted after projection).
+    let offset: [Float]
+    /// `rank x p`: basis rows divided by the feature scale (reconstruction).
+    let decode: [Float]
+    /// `p`: mean divided by the feature scale (added after reconstruction).
+    let mean: [Float]
+    let rank: Int
+    let dimension: Int
+
+    init(_ t: StreamTransform, rank: Int) {
+        let p = t.basis.dimension
+        let b = Array(t.basis.components.elements[0..<(rank * p)])
+        var enc = b, dec = b, mean = t.basis.mean
+        if let s = t.featureScale {
+            for r in 0..<rank { for i in 0..<p { enc[r * p + i] *= s[i]; dec[r * p + i] /= s[i] } }
+            for i in 0..<p { mean[i] /= s[i] }
+        }
+        var off = [Float](repeating: 0, count: rank)
+        for r in 0..<rank {
+            var acc: Double = 0
+            for i in 0..<p { acc += Double(b[r * p + i]) * Double(t.basis.mean[i]) }
+            off[r] = Float(acc)
+        }
+        encode = enc
+        offset = off
+        decode = dec
+        self.mean = mean
+        self.rank = rank
+        self.dimension = p
+    }
+}
+
+/// KV cache transform coding with one profile at one nominal ratio.
+///
+/// Tokens at positions below ``Protection/sinkTokens`` at the start of the cache and the
+/// last ``Protection/recentTokens`` tokens are stored exactly; the rest are projected on
+/// the profile's PCA basis, quantized per token and group as the ratio's ``BitPlan`` says,
+/// packed and DEFLATE-coded.
+public struct KVTCCompressor: CacheCompressor {
+    public let profile: Profile
+    public let plan: RatioPlan
+    /// Which tokens stay exact (defaults to the profile's).
+    public var protection: Protection
+    /// libdeflate level (1 fastest ... 12 smallest).
+    public var deflateLevel: Int
+
+    let keyTables: StreamTables
+    let valueTables: StreamTables
+
+    public var method: String { "kvtc" }
+    public var setting: String { Profile.format(plan.ratio) }
+
+    public init(profile: Profile, ratio: Double, protection: Protection? = nil, deflateLevel: Int = 6) throws(KVTCError) {
+        self.profile = profile
+        do { self.plan = try profile.plan(ratio: ratio) } catch { throw .profile(error) }
+        self.protection = protection ?? profile.protection
+        self.deflateLevel = deflateLevel
+        keyTables = StreamTables(profile.keys, rank: plan.keys.componentsUsed)
+        valueTables = StreamTables(profile.values, rank: plan.values.componentsUsed)
+    }
+
+    /// Splits a cache's tokens into leading protected, compressed and trailing protected.
+    func split(_ cache: KVCache) -> (lead: Int, trail: Int) {
+        var lead = 0
+        while lead < cache.tokenCount, cache.positions[lead] < protection.sinkTokens { lead += 1 }
+        let trail = min(protection.recentTokens, cache.tokenCount - lead)
+        return (lead, trail)
+    }
+
+    public func compress(_ cache: KVCache) throws(KVTCError) -> CompressedCache {
+        do { try profile.check(cache) } catch { throw .profile(error) }
+        do { try cache.validateFinite() } catch { throw .cache(error) }
+        let (lead, trail) = split(cache)
+        let n = cache.tokenCount - lead - trail
+        guard n > 0 else { throw .nothingToCompress(tokens: cache.tokenCount, protected: lead + trail) }
+        let p = cache.geometry.featuresPerToken
+        let range = lead..<(lead + n)
+
+        var sections: [(SectionKind, [UInt8], Bool)] = []
+        var rawCompressedBytes = 0
+        for isKeys in [true, false] {
+            let tables = isKeys ? keyTables : valueTables
+            let coder = StreamCoder(plan: isKeys ? plan.keys : plan.values, tokens: n)
+            var coefficients = [Float](repeating: 0, count: n * tables.rank)
+            let project = { (x: UnsafePointer<Float>) in
+                coefficients.withUnsafeMutableBufferPointer { y in
+                    tables.encode.withUnsafeBufferPointer { e in
+                        BLAS.gemm(.normal, .transposed, m: n, n: tables.rank, k: p, a: x, lda: p,
+                                  b: e.baseAddress!, ldb: p, c: y.baseAddress!, ldc: tables.rank)
+                    }
+                }
+            }
+            if isKeys {
+                var x = [Float](repeating: 0, count: n * p)
+                x.withUnsafeMutableBufferPointer { FeatureRows.unrotatedKeys(of: cache, tokens: range, into: $0.baseAddress!) }
+                x.withUnsafeBufferPointer { project($0.baseAddress!) }
+            } else {
+                cache.values.withUnsafeBufferPointer { project($0.baseAddress! + lead * p) }
+            }
+            var codes = [UInt8](repeating: 0, count: coder.codeBytes)
+            var meta = [UInt8](repeating: 0, count: coder.metaBytes)
+            coefficients.withUnsafeBufferPointer { y in
+                tables.offset.withUnsafeBufferPointer { off in
+                    codes.withUnsafeMutableBufferPointer { c in
+                        meta.withUnsafeMutableBufferPointer { m in
+                            coder.encode(rows: y.baseAddress!, stride: tables.rank, subtract: off.baseAddress,
+                                         codes: c.baseAddress!, meta: m.baseAddress!)
+                        }
+                    }
+                }
+            }
+            rawCompressedBytes += codes.count + meta.count
+            sections.append((isKeys ? .keyCodes : .valueCodes, codes, true))
+            sections.append((isKeys ? .keyMeta : .valueMeta, meta, true))
+        }
+
+        // Protected tokens: fp16 when every value is exactly representable, else f32.
+        let protectedRanges = [0..<lead, (cache.tokenCount - trail)..<cache.tokenCount]
+        var exactInF16 = true
+        for r in protectedRanges {
+            for stream in [cache.keys, cache.values] {
+                for i in (r.lowerBound * p)..<(r.upperBound * p) where Float(Float16(stream[i])) != stream[i] {
+                    exactInF16 = false; break
+                }
+            }
+        }
+        for (kind, stream) in [(SectionKind.protectedKeys, cache.keys), (.protectedValues, cache.values)] {
+            var w = ByteWriter()
+            for r in protectedRanges {
+                for i in (r.lowerBound * p)..<(r.upperBound * p) {
+                    if exactInF16 { w.u16(Float16(stream[i]).bitPattern) } else { w.u32(stream[i].bitPattern) }
+                }
+            }
+            sections.append((kind, w.bytes, true))
+        }
+        let first = cache.positions.first ?? 0
+        let contiguous = cache.positions.enumerated().allSatisfy { $0.element == first + $0.offset }
+        if !contiguous {
+            var w = ByteWriter()
+            for v in cache.positions { w.int(v) }
+            sections.append((.positions, w.bytes, true))
+        }
+        let header = BlobHeader(profileHash: profile.hashBytes, geometry: cache.geometry, rope: cache.rope,
+                                tokens: cache.tokenCount, leadingProtected: lead, trailingProtected: trail,
+                                nominalRatio: plan.ratio, keyPlan: plan.keys, valuePlan: plan.values,
+                                protectedBits: exactInF16 ? 16 : 32, firstPosition: first,
+                                explicitPositions: !contiguous, model: cache.model)
+        let (bytes, chunks) = Blob.assemble(header: header, sections: sections, level: deflateLevel)
+        let protectedStored = chunks.filter { $0.kind == .protectedKeys || $0.kind == .protectedValues }.reduce(0) { $0 + $1.storedLength }
+        let codeStored = chunks.filter { [.keyCodes, .keyMeta, .valueCodes, .valueMeta].contains($0.kind) }.reduce(0) { $0 + $1.storedLength }
+        let overhead = bytes.count - protectedStored - codeStored
+        let report = CompressionReport(method: method, tokens: cache.tokenCount, compressedTokens: n,
+                                       nominalRatio: plan.ratio, compressedTokensFP16Bytes: 4 * n * p,
+                                       cacheFP16Bytes: cache.fp16Bytes,
+                                       compressedTokensBytesBeforeEntropy: rawCompressedBytes + overhead,
+                                       compressedTokensBytes: codeStored + overhead, totalBytes: bytes.count)
+        return CompressedCache(bytes: bytes, report: report)
+    }
+
+    public func decompress(_ bytes: [UInt8]) throws(KVTCError) -> KVCache {
+        let decoder = try LayerwiseDecoder(bytes, compressor: self)
+        return try decoder.decodeAll()
+    }
+}
+
+/// Decodes a blob one layer at a time: opening it verifies, inflates and dequantizes the
+/// PCA coefficients once; each layer then costs one small GEMM against that layer's basis
+/// columns, so a consumer can start on layer 0 before the rest is decoded.
+public struct LayerwiseDecoder: Sendable {
+    let header: BlobHeader
+    let keyTables: StreamTables
+    let valueTables: StreamTables
+    /// `compressedTokens x rank` coefficients per stream.
+    let keyCoefficients: [Float]
+    let valueCoefficients: [Float]
+    let protectedKeys: [Float]
+    let protectedValues: [Float]
+    /// Absolute position of every token.
+    public let positions: [Int]
+
+    /// Geometry of the cache.
+    public var geometry: KVGeometry { header.geometry }
+    /// Tokens in the cache.
+    public var tokenCount: Int { header.tokens }
+
+    /// Opens a blob made with `compressor`'s profile (any ratio of that profile).
+    public init(_ bytes: [UInt8], compressor: KVTCCompressor) throws(KVTCError) {
+        let profile = compressor.profile
+        let parsed: (BlobHeader, [SectionChunk], Int)
+        do { parsed = try Blob.parseHeader(bytes) } catch { throw .blob(error) }
+        let (h, chunks, dataStart) = parsed
+        guard h.profileHash == profile.hashBytes else {
+            throw .blob(.profileMismatch(blob: h.profileHash.map { String(format: "%02x", $0) }.joined(), profile: profile.contentHash))
+        }
+        guard h.geometry == profile.geometry, h.rope == profile.rope else {
+            throw .blob(.corrupt("geometry or RoPE differ from the profile it names"))
+        }
+        guard h.keyPlan.validate(components: profile.keys.basis.rank), h.valuePlan.validate(components: profile.values.basis.rank) else {
+            throw .blob(.corrupt("bit plan uses components the profile lacks"))
+        }
+        let p = h.geometry.featuresPerToken
+        let n = h.compressedTokens
+        let kc = StreamCoder(plan: h.keyPlan, tokens: n), vc = StreamCoder(plan: h.valuePlan, tokens: n)
+        let protectedTokens = h.leadingProtected + h.trailingProtected
+        var expected: [SectionKind: Int] = [
+            .keyCodes: kc.codeBytes, .keyMeta: kc.metaBytes, .valueCodes: vc.codeBytes, .valueMeta: vc.metaBytes,
+            .protectedKeys: protectedTokens * p * h.protectedBits / 8, .protectedValues: protectedTokens * p * h.protectedBits / 8,
+        ]
+        if h.explicitPositions { expected[.positions] = 8 * h.tokens }
+        let sections: [SectionKind: [UInt8]]
+        do { sections = try Blob.sections(bytes, chunks: chunks, dataStart: dataStart, expected: expected) } catch { throw .blob(error) }
+
+        // Reuse the compressor's tables when its plan is the blob's; otherwise build them.
+        keyTables = h.keyPlan == compressor.plan.keys ? compressor.keyTables : StreamTables(profile.keys, rank: h.keyPlan.componentsUsed)
+        valueTables = h.valuePlan == compressor.plan.values ? compressor.valueTables : StreamTables(profile.values, rank: h.valuePlan.componentsUsed)
+        func dequantize(_ coder: StreamCoder, _ codes: [UInt8], _ meta: [UInt8]) throws(KVTCError) -> [Float] {
+            var y = [Float](repeating: 0, count: n * coder.plan.componentsUsed)
+            var bad: StreamCoder.InvalidMetadata?
+            y.withUnsafeMutableBufferPointer { out in
+                codes.withUnsafeBufferPointer { c in
+                    meta.withUnsafeBufferPointer { m in
+                        do { try coder.decode(codes: c.baseAddress!, meta: m.baseAddress!, into: out.baseAddress!) } catch { bad = error as? StreamCoder.InvalidMetadata }
+                    }
+                }
+            }
+            if let bad { throw .blob(.corrupt("invalid shift or scale in group \(bad.group), token \(bad.token)")) }
+            return y
+        }
+        keyCoefficients = try dequantize(kc, sections[.keyCodes] ?? [], sections[.keyMeta] ?? [])
+        valueCoefficients = try dequantize(vc, sections[.valueCodes] ?? [], sections[.valueMeta] ?? [])
+        func floats(_ b: [UInt8]) throws(KVTCError) -> [Float] {
+            var r = ByteReader(b)
+            var out = [Float](repeating: 0, count: protectedTokens * p)
+            do {
+                for i in out.indices {
+                    out[i] = h.protectedBits == 16 ? Float(Float16(bitPattern: try r.u16())) : Float(bitPattern: try r.u32())
+                }
+            } catch { throw .blob(.corrupt("protected tokens")) }
+            guard out.allSatisfy({ $0.isFinite }) else { throw .blob(.corrupt("protected tokens are not finite")) }
+            return out
+        }
+        protectedKeys = try floats(sections[.protectedKeys] ?? [])
+        protectedValues = try floats(sections[.protectedValues] ?? [])
+        if h.explicitPositions {
+            var r = ByteReader(sections[.positions] ?? [])
+            var pos: [Int] = []
+            do { for _ in 0..<h.tokens { pos.append(try r.int(max: Int(Int32.max))) } } catch { throw .blob(.corrupt("positions")) }
+            positions = pos
+        } else {
+            positions = (0..<h.tokens).map { h.firstPosition + $0 }
+        }
+        header = h
+    }
+
+    /// Reconstructs `columns` (a contiguous block of features) of one stream for every token
+    /// into `out` (row stride `stride`).
+    private func reconstruct(keys: Bool, columns: Range<Int>, into out: UnsafeMutablePointer<Float>, stride: Int) {
+        let h = header
+        let p = h.geometry.featuresPerToken
+        let n = h.compressedTokens
+        let tables = keys ? keyTables : valueTables
+        let y = keys ? keyCoefficients : valueCoefficients
+        let exact = keys ? protectedKeys : protectedValues
+        let width = columns.count
+        let lead = h.leadingProtected
+        // Protected rows.
+        for t in 0..<(lead + h.trailingProtected) {
+            let dst = t < lead ? t : t + n
+            exact.withUnsafeBufferPointer { e in
+                (out + dst * stride).update(from: e.baseAddress! + t * p + columns.lowerBound, count: width)
+            }
+        }
+        // Compressed rows: Y * B[:, columns] + mean.
+        let c = out + lead * stride
+        y.withUnsafeBufferPointer { yb in
+            tables.decode.withUnsafeBufferPointer { b in
+                BLAS.gemm(m: n, n: width, k: tables.rank, a: yb.baseAddress!, lda: max(1, tables.rank),
+                          b: b.baseAddress! + columns.lowerBound, ldb: p, c: c, ldc: stride)
+            }
+        }
+        if tables.rank == 0 { for t in 0..<n { (c + t * stride).update(repeating: 0, count: width) } }
+        let box = UncheckedSendable(c)
+        tables.mean.withUnsafeBufferPointer { m in
+            let mb = UncheckedSendable(m.baseAddress! + columns.lowerBound)
+            Parallel.forEachRange(n, minimumPerTask: 256) { r in
+                for t in r {
+                    let row = box.value + t * stride
+                    for i in 0..<width { row[i] += mb.value[i] }
+                }
+            }
+        }
+        if keys {
+            // Re-apply RoPE to the compressed rows.
+            let g = h.geometry
+            let pos = Array(positions[lead..<(lead + n)])
+            if stride == width {
+                h.rope.rotate(rows: c, rowLength: width, positions: pos, headDim: g.headDim, inverse: false)
+            } else {
+                // Rotate within the strided block: process rows one at a time through a buffer.
+                var buf = [Float](repeating: 0, count: width)
+                for t in 0..<n {
+                    buf.withUnsafeMutableBufferPointer { bb in
+                        bb.baseAddress!.update(from: c + t * stride, count: width)
+                        h.rope.rotate(rows: bb.baseAddress!, rowLength: width, positions: [pos[t]], headDim: g.headDim, inverse: false)
+                        (c + t * stride).update(from: bb.baseAddress!, count: width)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Keys and values of layer `l`, each `tokenCount x (kvHeads * headDim)` row-major.
+    public func layer(_ l: Int) -> (keys: [Float], values: [Float]) {
+        let f = header.geometry.featuresPerLayer
+        let cols = (l * f)..<((l + 1) * f)
+        var k = [Float](repeating: 0, count: header.tokens * f)
+        var v = k
+        k.withUnsafeMutableBufferPointer { reconstruct(keys: true, columns: cols, into: $0.baseAddress!, stride: f) }
+        v.withUnsafeMutableBufferPointer { reconstruct(keys: false, columns: cols, into: $0.baseAddress!, stride: f) }
+        return (k, v)
+    }
+
+    /// The whole cache.
+    public func decodeAll() throws(KVTCError) -> KVCache {
+        let p = header.geometry.featuresPerToken
+        var k = [Float](repeating: 0, count: header.tokens * p)
+        var v = k
+        k.withUnsafeMutableBufferPointer { reconstruct(keys: true, columns: 0..<p, into: $0.baseAddress!, stride: p) }
+        v.withUnsafeMutableBufferPointer { reconstruct(keys: false, columns: 0..<p, into: $0.baseAddress!, stride: p) }
+        do {
+            return try KVCache(geometry: header.geometry, rope: header.rope, positions: positions, keys: k, values: v, model: header.model)
+        } catch { throw .cache(error) }
+    }
+}

@@ -1,0 +1,285 @@
+import Crypto
+import Foundation
+import KVTCCache
+import KVTCNumerics
+
+/// Which tokens are kept exact.
+public struct Protection: Hashable, Codable, Sendable {
+    /// Tokens at absolute positions below this are attention sinks, kept exact.
+    public var sinkTokens: Int
+    /// The most recent tokens kept exact.
+    public var recentTokens: Int
+
+    public init(sinkTokens: Int = 4, recentTokens: Int = 128) {
+        self.sinkTokens = sinkTokens
+        self.recentTokens = recentTokens
+    }
+
+    /// The design's defaults: 4 sinks, 128 recent.
+    public static let standard = Protection()
+}
+
+/// The bit plans for one target ratio.
+public struct RatioPlan: Hashable, Codable, Sendable {
+    /// Nominal compression ratio before entropy coding (16 means 1 bit per fp16 bit / 16).
+    public var ratio: Double
+    /// Plan for the key stream.
+    public var keys: BitPlan
+    /// Plan for the value stream.
+    public var values: BitPlan
+    /// Mean squared error per calibration row the plans achieve (keys, values), in the
+    /// feature domain of the basis.
+    public var calibrationErrorKeys: Double
+    public var calibrationErrorValues: Double
+}
+
+/// Where a profile came from.
+public struct Provenance: Hashable, Codable, Sendable {
+    /// A calibration source (a cache file or a text document).
+    public struct Source: Hashable, Codable, Sendable {
+        public var name: String
+        public var sha256: String
+        public var tokens: Int
+        public init(name: String, sha256: String, tokens: Int) {
+            self.name = name
+            self.sha256 = sha256
+            self.tokens = tokens
+        }
+    }
+
+    /// Calibration rows used per stream.
+    public var rows: Int
+    public var sources: [Source]
+    /// Identity of the model that produced the caches, when known.
+    public var model: String
+    /// Tool and version that made the profile.
+    public var creator: String
+    /// Rank cap given at calibration, if any.
+    public var rankCap: Int?
+
+    public init(rows: Int, sources: [Source], model: String, creator: String = "kvtc", rankCap: Int? = nil) {
+        self.rows = rows
+        self.sources = sources
+        self.model = model
+        self.creator = creator
+        self.rankCap = rankCap
+    }
+}
+
+/// One stream's transform: mean, optional per-feature scale, basis.
+public struct StreamTransform: Sendable, Equatable {
+    /// Mean and basis, in the (possibly scaled) feature domain.
+    public var basis: PCABasis
+    /// Per-feature multiplier applied after centering and before projection (inverted after
+    /// reconstruction); nil means none (the paper's method).
+    public var featureScale: [Float]?
+
+    public init(basis: PCABasis, featureScale: [Float]? = nil) {
+        self.basis = basis
+        self.featureScale = featureScale
+    }
+}
+
+/// Errors reading or using a profile.
+public enum ProfileError: Error, Equatable, CustomStringConvertible {
+    case notAProfile
+    case unsupportedVersion(Int)
+    case corrupt(String)
+    case mismatch(String)
+    case unknownRatio(Double, available: [Double])
+    case io(String)
+
+    public var description: String {
+        switch self {
+        case .notAProfile: return "not a kvtc profile (bad magic)"
+        case .unsupportedVersion(let v): return "profile format version \(v) is not supported (this build reads version \(Profile.formatVersion))"
+        case .corrupt(let m): return "profile is corrupt: \(m)"
+        case .mismatch(let m): return "profile does not fit the cache: \(m)"
+        case .unknownRatio(let r, let a): return "profile has no plan for ratio \(Profile.format(r)); available: \(a.map(Profile.format).joined(separator: ", "))"
+        case .io(let m): return m
+        }
+    }
+}
+
+/// The result of calibration: everything compression and decompression need for one model.
+///
+/// A profile is immutable and identified by ``contentHash``, the SHA-256 of its encoding;
+/// blobs record that hash and refuse to decode with any other profile.
+public struct Profile: Sendable {
+    /// Version of the file format written by ``encoded()``.
+    public static let formatVersion = 1
+    static let magic = Array("KVTCPRF\u{1}".utf8)
+
+    public let geometry: KVGeometry
+    public let rope: RoPE
+    public let protection: Protection
+    public let keys: StreamTransform
+    public let values: StreamTransform
+    /// Plans, ascending by ratio.
+    public let plans: [RatioPlan]
+    public let provenance: Provenance
+    /// Hex SHA-256 of the encoded profile (excluding the trailing hash itself).
+    public let contentHash: String
+    /// The raw 32 bytes of ``contentHash``.
+    public let hashBytes: [UInt8]
+
+    /// Builds a profile, truncating each basis to the components its plans use.
+    public init(geometry: KVGeometry, rope: RoPE, protection: Protection, keys: StreamTransform,
+                values: StreamTransform, plans: [RatioPlan], provenance: Provenance) {
+        let kUsed = plans.map(\.keys.componentsUsed).max() ?? 0
+        let vUsed = plans.map(\.values.componentsUsed).max() ?? 0
+        var k = keys, v = values
+        k.basis = keys.basis.truncated(to: kUsed)
+        v.basis = values.basis.truncated(to: vUsed)
+        self.geometry = geometry
+        self.rope = rope
+        self.protection = protection
+        self.keys = k
+        self.values = v
+        self.plans = plans.sorted { $0.ratio < $1.ratio }
+        self.provenance = provenance
+        let body = Profile.encodeBody(geometry: geometry, rope: rope, protection: protection, keys: k, values: v,
+                                      plans: self.plans, provenance: provenance)
+        let digest = Array(SHA256.hash(data: body))
+        self.hashBytes = digest
+        self.contentHash = digest.map { String(format: "%02x", $0) }.joined()
+    }
+
+    /// The plan for a nominal ratio.
+    public func plan(ratio: Double) throws(ProfileError) -> RatioPlan {
+        guard let p = plans.first(where: { abs($0.ratio - ratio) < 1e-9 }) else {
+            throw .unknownRatio(ratio, available: plans.map(\.ratio))
+        }
+        return p
+    }
+
+    /// Checks that a cache has this profile's geometry and RoPE.
+    public func check(_ cache: KVCache) throws(ProfileError) {
+        guard cache.geometry == geometry else {
+            throw .mismatch("cache is \(cache.geometry), profile is \(geometry)")
+        }
+        guard cache.rope == rope else {
+            throw .mismatch("cache RoPE \(cache.rope.layout.rawValue) theta \(cache.rope.theta) dims \(cache.rope.rotaryDims), profile RoPE \(rope.layout.rawValue) theta \(rope.theta) dims \(rope.rotaryDims)")
+        }
+    }
+
+    static func format(_ r: Double) -> String {
+        r == r.rounded() ? "\(Int(r))x" : "\(r)x"
+    }
+
+    // MARK: File format
+    //
+    // magic (8) | version u32 | JSON header length u32 | JSON header | arrays | SHA-256 (32)
+    // The arrays are, for keys then values: mean, scale (count 0 if none), variances,
+    // basis (rank*p) as little-endian f32/f64. The hash covers everything before it.
+
+    private struct Header: Codable {
+        var geometry: KVGeometry
+        var rope: RoPE
+        var protection: Protection
+        var plans: [RatioPlan]
+        var provenance: Provenance
+        var keysRank: Int
+        var valuesRank: Int
+        var keysTotalVariance: Double
+        var valuesTotalVariance: Double
+    }
+
+    private static func encodeBody(geometry: KVGeometry, rope: RoPE, protection: Protection, keys: StreamTransform,
+                                   values: StreamTransform, plans: [RatioPlan], provenance: Provenance) -> [UInt8] {
+        let header = Header(geometry: geometry, rope: rope, protection: protection, plans: plans, provenance: provenance,
+                            keysRank: keys.basis.rank, valuesRank: values.basis.rank,
+                            keysTotalVariance: keys.basis.totalVariance, valuesTotalVariance: values.basis.totalVariance)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        let json = Array(try! encoder.encode(header))
+        var w = ByteWriter()
+        w.raw(magic)
+        w.u32(UInt32(formatVersion))
+        w.u32(UInt32(json.count))
+        w.raw(json)
+        for s in [keys, values] {
+            w.floats(s.basis.mean)
+            w.floats(s.featureScale ?? [])
+            w.u64(UInt64(s.basis.variances.count))
+            for v in s.basis.variances { w.f64(v) }
+            w.floats(s.basis.components.elements)
+        }
+        return w.bytes
+    }
+
+    /// The profile file's bytes.
+    public func encoded() -> [UInt8] {
+        var body = Profile.encodeBody(geometry: geometry, rope: rope, protection: protection, keys: keys, values: values,
+                                      plans: plans, provenance: provenance)
+        body.append(contentsOf: hashBytes)
+        return body
+    }
+
+    /// Reads a profile, verifying its hash and internal consistency.
+    public init(bytes: [UInt8]) throws(ProfileError) {
+        guard bytes.count >= 16 + 32, Array(bytes[0..<8]) == Profile.magic else { throw .notAProfile }
+        let body = Array(bytes[0..<(bytes.count - 32)])
+        let stored = Array(bytes[(bytes.count - 32)...])
+        var r = ByteReader(body)
+        do {
+            _ = try r.raw(8)
+            let version = Int(try r.u32())
+            guard version == Profile.formatVersion else { throw ProfileError.unsupportedVersion(version) }
+            guard Array(SHA256.hash(data: body)) == stored else { throw ProfileError.corrupt("content hash does not match") }
+            let n = Int(try r.u32())
+            let json = try r.raw(n)
+            let h: Header
+            do { h = try JSONDecoder().decode(Header.self, from: Data(json)) } catch { throw ProfileError.corrupt("header: \(error)") }
+            let p = h.geometry.featuresPerToken
+            guard h.geometry.layers > 0, h.geometry.kvHeads > 0, h.geometry.headDim > 0, p < 1 << 24 else { throw ProfileError.corrupt("geometry") }
+            var streams: [StreamTransform] = []
+            for (rank, total) in [(h.keysRank, h.keysTotalVariance), (h.valuesRank, h.valuesTotalVariance)] {
+                let mean = try r.floats(maxCount: p)
+                let scale = try r.floats(maxCount: p)
+                let nv = try r.int(max: p)
+                var vars: [Double] = []
+                for _ in 0..<nv { vars.append(try r.f64()) }
+                let comps = try r.floats(maxCount: p * p)
+                guard mean.count == p, scale.isEmpty || scale.count == p, nv == rank, comps.count == rank * p else {
+                    throw ProfileError.corrupt("array sizes do not match the geometry")
+                }
+                let basis = PCABasis(mean: mean, components: Matrix(rows: rank, columns: p, elements: comps),
+                                     variances: vars, totalVariance: total)
+                streams.append(StreamTransform(basis: basis, featureScale: scale.isEmpty ? nil : scale))
+            }
+            guard r.remaining == 0 else { throw ProfileError.corrupt("trailing bytes") }
+            for plan in h.plans {
+                guard plan.keys.validate(components: h.keysRank), plan.values.validate(components: h.valuesRank) else {
+                    throw ProfileError.corrupt("plan for \(plan.ratio)x uses components the basis lacks")
+                }
+            }
+            self.geometry = h.geometry
+            self.rope = h.rope
+            self.protection = h.protection
+            self.keys = streams[0]
+            self.values = streams[1]
+            self.plans = h.plans
+            self.provenance = h.provenance
+            self.hashBytes = stored
+            self.contentHash = stored.map { String(format: "%02x", $0) }.joined()
+        } catch let e as ProfileError {
+            throw e
+        } catch {
+            throw .corrupt("truncated or malformed")
+        }
+    }
+
+    /// Reads a profile file.
+    public init(contentsOf path: String) throws(ProfileError) {
+        guard let data = FileManager.default.contents(atPath: path) else { throw .io("cannot read \(path)") }
+        try self.init(bytes: [UInt8](data))
+    }
+
+    /// Writes the profile atomically.
+    public func write(to path: String) throws(ProfileError) {
+        do { try Data(encoded()).write(to: URL(fileURLWithPath: path), options: .atomic) } catch {
+            throw .io("cannot write \(path): \(error.localizedDescription)")
+        }
+    }
+}

@@ -1,0 +1,117 @@
+import Testing
+import KVTCCache
+@testable import KVTCCodec
+
+@Suite struct KVTCCompressorTests {
+    static let profile = Fixtures.profile()
+
+    @Test func roundTripKeepsProtectedTokensExactAndErrorSmall() throws {
+        let cache = Fixtures.cache(tokens: 600, seed: 7)
+        for ratio in [4.0, 8, 16] {
+            let c = try KVTCCompressor(profile: Self.profile, ratio: ratio)
+            let blob = try c.compress(cache)
+            let restored = try c.decompress(blob.bytes)
+            #expect(restored.positions == cache.positions)
+            #expect(restored.geometry == cache.geometry)
+            let p = cache.geometry.featuresPerToken
+            // Sinks and the recent window are bit-exact.
+            for t in Array(0..<4) + Array(472..<600) {
+                #expect(Array(restored.keys[(t * p)..<((t + 1) * p)]) == Array(cache.keys[(t * p)..<((t + 1) * p)]))
+                #expect(Array(restored.values[(t * p)..<((t + 1) * p)]) == Array(cache.values[(t * p)..<((t + 1) * p)]))
+            }
+            // The compressed middle: error close to what calibration predicted.
+            let mid = 4..<472
+            let rk = Fixtures.relativeError(Array(restored.keys[(mid.lowerBound * p)..<(mid.upperBound * p)]),
+                                            Array(cache.keys[(mid.lowerBound * p)..<(mid.upperBound * p)]))
+            let rv = Fixtures.relativeError(Array(restored.values[(mid.lowerBound * p)..<(mid.upperBound * p)]),
+                                            Array(cache.values[(mid.lowerBound * p)..<(mid.upperBound * p)]))
+            #expect(rk < 0.1, "keys at \(ratio)x: \(rk)")
+            #expect(rv < 0.2, "values at \(ratio)x: \(rv)")
+            // Accounting: every byte is counted; the entropy coder helps; nominal is met.
+            let r = blob.report
+            #expect(r.totalBytes == blob.bytes.count)
+            #expect(r.compressedTokens == 468)
+            #expect(r.ratioBeforeEntropy >= ratio * 0.8, "before entropy \(r.ratioBeforeEntropy) at \(ratio)")
+            #expect(r.ratio >= r.ratioBeforeEntropy)
+            #expect(r.wholeCacheRatio < r.ratio)
+        }
+    }
+
+    @Test func higherRatiosGiveSmallerBlobsAndLargerErrors() throws {
+        let cache = Fixtures.cache(tokens: 500, seed: 8)
+        var lastSize = Int.max, lastError = 0.0
+        for ratio in [4.0, 8, 16] {
+            let c = try KVTCCompressor(profile: Self.profile, ratio: ratio)
+            let blob = try c.compress(cache)
+            let restored = try c.decompress(blob.bytes)
+            let e = Fixtures.relativeError(restored.values, cache.values)
+            #expect(blob.bytes.count < lastSize)
+            #expect(e >= lastError)
+            lastSize = blob.bytes.count
+            lastError = e
+        }
+    }
+
+    @Test func layerwiseDecodingMatchesFullDecoding() throws {
+        let cache = Fixtures.cache(tokens: 300, seed: 9, firstPosition: 50)
+        let c = try KVTCCompressor(profile: Self.profile, ratio: 8)
+        let blob = try c.compress(cache)
+        let full = try c.decompress(blob.bytes)
+        let decoder = try LayerwiseDecoder(blob.bytes, compressor: c)
+        let g = cache.geometry
+        for l in 0..<g.layers {
+            let (k, v) = decoder.layer(l)
+            for t in 0..<cache.tokenCount {
+                for i in 0..<g.featuresPerLayer {
+                    let idx = t * g.featuresPerToken + l * g.featuresPerLayer + i
+                    #expect(abs(k[t * g.featuresPerLayer + i] - full.keys[idx]) <= 1e-4 * max(1, abs(full.keys[idx])))
+                    #expect(abs(v[t * g.featuresPerLayer + i] - full.values[idx]) <= 1e-4 * max(1, abs(full.values[idx])))
+                }
+            }
+        }
+        // A later chunk has no sinks: positions start at 50, so every leading token is compressed.
+        #expect(blob.report.compressedTokens == 300 - 128)
+    }
+
+    @Test func windowOfZeroAndExplicitPositions() throws {
+        var c = try KVTCCompressor(profile: Self.profile, ratio: 16)
+        c.protection = Protection(sinkTokens: 4, recentTokens: 0)
+        let base = Fixtures.cache(tokens: 100, seed: 10)
+        let cache = try KVCache(geometry: base.geometry, rope: base.rope, positions: (0..<100).map { $0 * 2 },
+                                keys: base.keys, values: base.values)
+        let blob = try c.compress(cache)
+        #expect(blob.report.compressedTokens == 98)
+        let restored = try c.decompress(blob.bytes)
+        #expect(restored.positions == cache.positions)
+    }
+
+    @Test func refusesOtherProfileAndBadCaches() throws {
+        let other = Fixtures.profile(ratios: [8])
+        let c = try KVTCCompressor(profile: Self.profile, ratio: 8)
+        let c2 = try KVTCCompressor(profile: other, ratio: 8)
+        let cache = Fixtures.cache(tokens: 200, seed: 11)
+        let blob = try c.compress(cache)
+        #expect(Self.profile.contentHash != other.contentHash)
+        #expect { try c2.decompress(blob.bytes) } throws: { e in
+            if case KVTCError.blob(.profileMismatch) = e { return true } else { return false }
+        }
+        // Too few tokens.
+        #expect(throws: KVTCError.nothingToCompress(tokens: 100, protected: 100)) { try c.compress(Fixtures.cache(tokens: 100, seed: 1)) }
+        // Wrong geometry.
+        let wrong = Fixtures.cache(tokens: 200, seed: 2, geometry: KVGeometry(layers: 2, kvHeads: 2, headDim: 16))
+        #expect { try c.compress(wrong) } throws: { e in
+            if case KVTCError.profile(.mismatch) = e { return true } else { return false }
+        }
+        // NaN.
+        var keys = cache.keys
+        keys[1000] = .nan
+        let nan = try KVCache(geometry: cache.geometry, rope: cache.rope, positions: cache.positions, keys: keys, values: cache.values)
+        #expect { try c.compress(nan) } throws: { e in
+            if case KVTCError.cache(.nonFinite) = e { return true } else { return false }
+        }
+        // Unknown ratio.
+        #expect { try KVTCCompressor(profile: Self.profile, ratio: 3) } throws: { e in
+            if case KVTCError.profile(.unknownRatio) = e { return true } else { return false }
+        }
+    }
+}
