@@ -1,0 +1,192 @@
+import ArgumentParser
+import Crypto
+import Foundation
+import KVTCCache
+import KVTCCodec
+import KVTCNumerics
+
+/// Loads a profile, naming the file in errors.
+func loadProfile(_ path: String) throws -> Profile {
+    do { return try Profile(bytes: try readFile(path)) } catch let e as ProfileError { throw CommandError(path, e) }
+}
+
+/// Loads a KV cache interchange file, naming the file in errors.
+func loadCache(_ path: String) throws -> KVCache {
+    let bytes = try readFile(path)
+    do {
+        let file = try SafetensorsFile(bytes: bytes)
+        return try KVCacheFile.decode(file)
+    } catch let e as SafetensorsError {
+        throw CommandError(path, e)
+    } catch let e as KVCacheFileError {
+        throw CommandError(path, e)
+    }
+}
+
+func sha256Hex(_ bytes: [UInt8]) -> String {
+    SHA256.hash(data: bytes).map { String(format: "%02x", $0) }.joined()
+}
+
+struct CalibrateCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "calibrate",
+        abstract: "Fit a profile (PCA bases and bit plans) from KV cache files.")
+
+    @Option(name: .shortAndLong, help: "Where to write the profile.")
+    var output: String
+
+    @Option(help: "Nominal ratios to allocate bits for, comma-separated.")
+    var ratios: String = "8,16,32,64"
+
+    @Option(help: "Keep at most this many principal components per stream.")
+    var rankCap: Int?
+
+    @Flag(help: "Scale each layer to equal variance before the global PCA (beyond the paper).")
+    var equalizeLayers = false
+
+    @Argument(help: "KV cache interchange files (.safetensors).")
+    var caches: [String]
+
+    func validate() throws {
+        if caches.isEmpty { throw ValidationError("give at least one cache file") }
+        if let r = rankCap, r < 1 { throw ValidationError("--rank-cap must be positive") }
+    }
+
+    func run() async throws {
+        let progress = Progress.shared
+        var loaded: [KVCache] = []
+        var sources: [Provenance.Source] = []
+        for path in caches {
+            progress.status("reading \(path)")
+            let bytes = try readFile(path)
+            let cache = try loadCache(path)
+            if let first = loaded.first, first.geometry != cache.geometry || first.rope != cache.rope {
+                throw CommandError(path, "geometry or RoPE differ from \(caches[0])")
+            }
+            loaded.append(cache)
+            sources.append(.init(name: (path as NSString).lastPathComponent, sha256: sha256Hex(bytes), tokens: cache.tokenCount))
+        }
+        var options = CalibrationOptions()
+        options.ratios = try parseRatios(ratios)
+        options.rankCap = rankCap
+        options.equalizeLayerVariance = equalizeLayers
+        let started = Stopwatch()
+        let profile: Profile
+        do {
+            profile = try Calibrator.calibrate(
+                caches: loaded, options: options,
+                provenance: Provenance(rows: 0, sources: sources, model: loaded.first?.model ?? "", rankCap: rankCap),
+                progress: { progress.status($0) })
+        } catch {
+            throw CommandError("calibration failed: \(error)")
+        }
+        try writeFile(output, profile.encoded())
+        progress.done()
+        print("profile \(output): \(profile.provenance.rows) rows, \(profile.geometry), \(String(format: "%.1f", started.elapsed)) s")
+        print("hash \(profile.contentHash)")
+        for plan in profile.plans {
+            print(String(format: "%5.0fx  keys %4d comps (%5d bits/token)  values %4d comps (%5d bits/token)",
+                         plan.ratio, plan.keys.componentsKept, plan.keys.bitsPerToken,
+                         plan.values.componentsKept, plan.values.bitsPerToken))
+        }
+    }
+}
+
+struct CompressCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "compress",
+        abstract: "Compress a KV cache file into a kvtc blob.")
+
+    @Option(help: "Profile made by `kvtc calibrate`.")
+    var profile: String
+
+    @Option(help: "Nominal ratio; must be one of the profile's.")
+    var ratio: Double = 16
+
+    @Option(help: "Exact tokens at the start, by absolute position (attention sinks).")
+    var sinkTokens: Int?
+
+    @Option(help: "Exact most recent tokens.")
+    var recentTokens: Int?
+
+    @Option(help: "DEFLATE level, 1 (fast) to 12 (small).")
+    var level: Int = 6
+
+    @Argument(help: "KV cache interchange file (.safetensors).")
+    var input: String
+
+    @Option(name: .shortAndLong, help: "Where to write the blob.")
+    var output: String
+
+    func validate() throws {
+        guard (1...12).contains(level) else { throw ValidationError("--level must be in 1...12") }
+        if let s = sinkTokens, s < 0 { throw ValidationError("--sink-tokens must be >= 0") }
+        if let r = recentTokens, r < 0 { throw ValidationError("--recent-tokens must be >= 0") }
+    }
+
+    func run() async throws {
+        let p = try loadProfile(profile)
+        let cache = try loadCache(input)
+        var compressor: KVTCCompressor
+        do { compressor = try KVTCCompressor(profile: p, ratio: ratio, deflateLevel: level) } catch { throw CommandError(profile, error) }
+        compressor.protection = Protection(sinkTokens: sinkTokens ?? p.protection.sinkTokens,
+                                           recentTokens: recentTokens ?? p.protection.recentTokens)
+        let (blob, seconds) = try Stopwatch.time { () throws -> CompressedCache in
+            do { return try compressor.compress(cache) } catch { throw CommandError(input, error) }
+        }
+        try writeFile(output, blob.bytes)
+        printReport(blob.report, seconds: seconds)
+    }
+}
+
+func printReport(_ r: CompressionReport, seconds: Double?) {
+    print("tokens            \(r.tokens) (\(r.compressedTokens) compressed, \(r.tokens - r.compressedTokens) exact)")
+    if let n = r.nominalRatio { print(String(format: "nominal ratio     %.1fx", n)) }
+    print(String(format: "before DEFLATE    %.2fx over compressed tokens", r.ratioBeforeEntropy))
+    print(String(format: "after DEFLATE     %.2fx over compressed tokens (%@ -> %@, all bytes counted)", r.ratio,
+                 formatBytes(r.compressedTokensFP16Bytes), formatBytes(r.compressedTokensBytes)))
+    print(String(format: "whole file        %.2fx (%@ fp16 -> %@ file)", r.wholeCacheRatio,
+                 formatBytes(r.cacheFP16Bytes), formatBytes(r.totalBytes)))
+    if let s = seconds {
+        print(String(format: "time              %.3f s (%.0f MB/s of fp16 input)", s, Double(r.cacheFP16Bytes) / s / 1e6))
+    }
+}
+
+struct DecompressCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "decompress",
+        abstract: "Restore a KV cache file from a kvtc blob.")
+
+    @Option(help: "The profile the blob was made with.")
+    var profile: String
+
+    @Argument(help: "The blob.")
+    var input: String
+
+    @Option(name: .shortAndLong, help: "Where to write the cache (.safetensors).")
+    var output: String
+
+    @Option(help: "Tensor dtype of the output: F16, BF16 or F32.")
+    var dtype: String = "F16"
+
+    func run() async throws {
+        guard let dt = TensorDType(rawValue: dtype.uppercased()), dt != .i64 else {
+            throw ValidationError("--dtype must be F16, BF16 or F32")
+        }
+        let p = try loadProfile(profile)
+        let bytes = try readFile(input)
+        let compressor: KVTCCompressor
+        do {
+            // Any of the profile's ratios opens any blob of the profile; prefer the blob's own.
+            let ratio = (try? Blob.summary(of: bytes).nominalRatio).flatMap { r in p.plans.first { $0.ratio == r }?.ratio }
+            compressor = try KVTCCompressor(profile: p, ratio: ratio ?? p.plans[0].ratio)
+        } catch {
+            throw CommandError(profile, error)
+        }
+        let (cache, seconds) = try Stopwatch.time { () throws -> KVCache in
+            do { return try compressor.decompress(bytes) } catch { throw CommandError(input, error) }
+        }
+        do { try KVCacheFile.write(cache, to: output, dtype: dt) } catch { throw CommandError(output, error) }
+        print(String(format: "%d tokens restored in %.3f s -> %@", cache.tokenCount, seconds, output))
+    }
+}
