@@ -17,6 +17,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
     ],
     targets: [
         // System shims: module maps only.
@@ -40,8 +41,22 @@ let package = Package(
                                                   .product(name: "Crypto", package: "swift-crypto")],
                 swiftSettings: optimized),
 
+        // Quality harness, baselines, corpus calibration, reports and the demo.
+        .target(name: "KVTCEvaluation", dependencies: ["KVTCCodec", "KVTCModel",
+                                                       .product(name: "Crypto", package: "swift-crypto")],
+                resources: [.copy("Corpus")], swiftSettings: optimized),
+        // Chunked, prefix-keyed compressed cache store with memory and disk tiers.
+        .target(name: "KVTCStore", dependencies: ["KVTCCodec", "KVTCCache",
+                                                  .product(name: "Crypto", package: "swift-crypto")],
+                swiftSettings: optimized),
+        // OpenAI-compatible HTTP server that restores caches instead of recomputing them.
+        .target(name: "KVTCServer", dependencies: ["KVTCStore", "KVTCModel", "KVTCCodec",
+                                                   .product(name: "Hummingbird", package: "hummingbird"),
+                                                   .product(name: "Logging", package: "swift-log")],
+                swiftSettings: optimized),
+
         .executableTarget(name: "kvtc", dependencies: [
-            "KVTCCodec", "KVTCModel",
+            "KVTCCodec", "KVTCModel", "KVTCEvaluation", "KVTCStore", "KVTCServer",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: optimized),
@@ -50,5 +65,9 @@ let package = Package(
         .testTarget(name: "KVTCCacheTests", dependencies: ["KVTCCache"]),
         .testTarget(name: "KVTCCodecTests", dependencies: ["KVTCCodec"]),
         .testTarget(name: "KVTCModelTests", dependencies: ["KVTCModel"]),
+        .testTarget(name: "KVTCEvaluationTests", dependencies: ["KVTCEvaluation"]),
+        .testTarget(name: "KVTCStoreTests", dependencies: ["KVTCStore"]),
+        .testTarget(name: "KVTCServerTests", dependencies: ["KVTCServer",
+                                                            .product(name: "HummingbirdTesting", package: "hummingbird")]),
     ]
 )

@@ -76,7 +76,10 @@ public struct KVTCCompressor: CacheCompressor {
     let keyTables: StreamTables
     let valueTables: StreamTables
 
-    public var method: String { "kvtc" }
+    /// Name reported for this compressor (variants such as ablations rename it).
+    public var methodName = "kvtc"
+
+    public var method: String { methodName }
     public var setting: String { Profile.format(plan.ratio) }
 
     public init(profile: Profile, ratio: Double, protection: Protection? = nil, deflateLevel: Int = 6) throws(KVTCError) {

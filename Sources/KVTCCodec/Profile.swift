@@ -31,6 +31,14 @@ public struct RatioPlan: Hashable, Codable, Sendable {
     /// feature domain of the basis.
     public var calibrationErrorKeys: Double
     public var calibrationErrorValues: Double
+
+    public init(ratio: Double, keys: BitPlan, values: BitPlan, calibrationErrorKeys: Double, calibrationErrorValues: Double) {
+        self.ratio = ratio
+        self.keys = keys
+        self.values = values
+        self.calibrationErrorKeys = calibrationErrorKeys
+        self.calibrationErrorValues = calibrationErrorValues
+    }
 }
 
 /// Where a profile came from.

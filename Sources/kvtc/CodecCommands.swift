@@ -3,6 +3,8 @@ import Crypto
 import Foundation
 import KVTCCache
 import KVTCCodec
+import KVTCEvaluation
+import KVTCModel
 import KVTCNumerics
 
 /// Loads a profile, naming the file in errors.
@@ -30,7 +32,20 @@ func sha256Hex(_ bytes: [UInt8]) -> String {
 struct CalibrateCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "calibrate",
-        abstract: "Fit a profile (PCA bases and bit plans) from KV cache files.")
+        abstract: "Fit a profile (PCA bases and bit plans) from KV cache files or from text.",
+        discussion: """
+        From cache files: kvtc calibrate --output P CACHE.safetensors...
+        From text, running the model (no intermediate files): \
+        kvtc calibrate --corpus DIR|bundled [--model GGUF] [--tokens N] --output P
+        """)
+
+    @OptionGroup var modelOptions: ModelCommandOptions
+
+    @Option(help: "Calibrate from the text files in DIR (or its calibration/ part); 'bundled' for the shipped corpus.")
+    var corpus: String?
+
+    @Option(help: "Calibration tokens to run through the model (with --corpus).")
+    var tokens: Int = 32768
 
     @Option(name: .shortAndLong, help: "Where to write the profile.")
     var output: String
@@ -45,15 +60,56 @@ struct CalibrateCommand: AsyncParsableCommand {
     var equalizeLayers = false
 
     @Argument(help: "KV cache interchange files (.safetensors).")
-    var caches: [String]
+    var caches: [String] = []
+
+    func calibrateFromCorpus(options: CalibrationOptions) throws -> Profile {
+        let progress = Progress.shared
+        let model = try modelOptions.load()
+        let c: Corpus
+        if corpus == "bundled" {
+            c = try Corpus.bundled()
+        } else {
+            let url = URL(fileURLWithPath: corpus!)
+            let sub = url.appendingPathComponent("calibration")
+            if FileManager.default.fileExists(atPath: sub.path) {
+                c = try Corpus(directory: url)
+            } else {
+                // A plain directory of text files: all of it is calibration text.
+                let names = (try? FileManager.default.contentsOfDirectory(atPath: url.path)) ?? []
+                let docs = names.sorted().compactMap { n in
+                    (try? String(contentsOf: url.appendingPathComponent(n), encoding: .utf8)).map { Corpus.Document(name: n, text: $0) }
+                }
+                guard !docs.isEmpty else { throw CommandError(url.path, "holds no readable text files") }
+                c = Corpus(calibration: docs, heldOut: [])
+            }
+        }
+        var o = CorpusCalibrationOptions()
+        o.tokens = tokens
+        o.calibration = options
+        return try CorpusCalibration.calibrate(model: model, corpus: c, options: o, progress: { progress.status($0) })
+    }
 
     func validate() throws {
-        if caches.isEmpty { throw ValidationError("give at least one cache file") }
+        if caches.isEmpty && corpus == nil { throw ValidationError("give cache files or --corpus") }
+        if !caches.isEmpty && corpus != nil { throw ValidationError("give either cache files or --corpus, not both") }
+        if tokens < 256 { throw ValidationError("--tokens must be at least 256") }
         if let r = rankCap, r < 1 { throw ValidationError("--rank-cap must be positive") }
     }
 
     func run() async throws {
         let progress = Progress.shared
+        if corpus != nil {
+            var options = CalibrationOptions()
+            options.ratios = try parseRatios(ratios)
+            options.rankCap = rankCap
+            options.equalizeLayerVariance = equalizeLayers
+            let started = Stopwatch()
+            let profile = try calibrateFromCorpus(options: options)
+            try writeFile(output, profile.encoded())
+            progress.done()
+            printProfileSummary(profile, output: output, seconds: started.elapsed)
+            return
+        }
         var loaded: [KVCache] = []
         var sources: [Provenance.Source] = []
         for path in caches {
@@ -82,13 +138,17 @@ struct CalibrateCommand: AsyncParsableCommand {
         }
         try writeFile(output, profile.encoded())
         progress.done()
-        print("profile \(output): \(profile.provenance.rows) rows, \(profile.geometry), \(String(format: "%.1f", started.elapsed)) s")
-        print("hash \(profile.contentHash)")
-        for plan in profile.plans {
-            print(String(format: "%5.0fx  keys %4d comps (%5d bits/token)  values %4d comps (%5d bits/token)",
-                         plan.ratio, plan.keys.componentsKept, plan.keys.bitsPerToken,
-                         plan.values.componentsKept, plan.values.bitsPerToken))
-        }
+        printProfileSummary(profile, output: output, seconds: started.elapsed)
+    }
+}
+
+func printProfileSummary(_ profile: Profile, output: String, seconds: Double) {
+    print("profile \(output): \(profile.provenance.rows) rows, \(profile.geometry), \(String(format: "%.1f", seconds)) s")
+    print("hash \(profile.contentHash)")
+    for plan in profile.plans {
+        print(String(format: "%5.0fx  keys %4d comps (%5d bits/token)  values %4d comps (%5d bits/token)",
+                     plan.ratio, plan.keys.componentsKept, plan.keys.bitsPerToken,
+                     plan.values.componentsKept, plan.values.bitsPerToken))
     }
 }
 

@@ -6,7 +6,8 @@ struct Kvtc: AsyncParsableCommand {
         commandName: "kvtc",
         abstract: "Compress transformer KV caches ~20x with KV cache transform coding.",
         subcommands: [
-            CalibrateCommand.self, CompressCommand.self, DecompressCommand.self, InspectCommand.self,
+            DemoCommand.self, CalibrateCommand.self, CompressCommand.self, DecompressCommand.self, InspectCommand.self,
+            EvalCommand.self, GenerateCommand.self, PerplexityCommand.self, CaptureCommand.self, TokenizeCommand.self,
             BenchCommand.self,
         ]
     )
@@ -17,6 +18,6 @@ struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Measure speed on this machine.",
-        subcommands: [BenchCodecCommand.self]
+        subcommands: [BenchCodecCommand.self, BenchModelCommand.self]
     )
 }

@@ -171,3 +171,21 @@ func ggufError(_ bytes: [UInt8]) throws -> GGUFError? {
         #expect(g.tensor(named: "output.weight") == nil) // tied embeddings
     }
 }
+
+@Suite struct ModelLoadingErrorTests {
+    @Test func unusableFilesGiveTypedErrors() throws {
+        #expect(throws: ModelError.gguf(.io(path: "/nonexistent.gguf", message: "No such file or directory"))) {
+            try LlamaModel(path: "/nonexistent.gguf")
+        }
+        // A valid GGUF without llama hyperparameters.
+        try withTemporaryFile(GGUFBuilder.sample()) { path in
+            #expect(throws: ModelError.gguf(.missing("llama.block_count"))) { try LlamaModel(path: path) }
+        }
+        // A truncated copy of the real model.
+        let real = try Shared.gguf.get()
+        let head = try Data(contentsOf: URL(fileURLWithPath: real.path), options: .alwaysMapped).prefix(2_000_000)
+        try withTemporaryFile(Array(head)) { path in
+            #expect(throws: ModelError.self) { try LlamaModel(path: path) }
+        }
+    }
+}

@@ -121,11 +121,17 @@ func relativeDifference(_ a: [Float], _ b: [Float]) -> Float {
     @Test func rejectsBadInput() throws {
         let m = try Shared.model.get()
         var wrong = KVCache(geometry: KVGeometry(layers: 2, kvHeads: 3, headDim: 64), rope: m.rope)
-        #expect(throws: ModelError.self) { try m.prefill(tokens: [1], cache: &wrong) }
+        #expect(throws: ModelError.cacheMismatch("geometry 2 layers x 3 kv heads x 64, model 30 layers x 3 kv heads x 64")) {
+            try m.prefill(tokens: [1], cache: &wrong)
+        }
         var cache = m.makeCache()
-        #expect(throws: ModelError.self) { try m.prefill(tokens: [49152], cache: &cache) }
+        #expect(throws: ModelError.invalidToken(49152)) { try m.prefill(tokens: [49152], cache: &cache) }
+        #expect(throws: ModelError.invalidToken(-1)) { try m.prefill(tokens: [-1], cache: &cache) }
         #expect(throws: ModelError.self) { try m.prefill(tokens: [], cache: &cache) }
-        #expect(throws: ModelError.self) { try m.prefill(tokens: [1], cache: &cache, startPosition: 8192) }
+        #expect(throws: ModelError.contextOverflow(positions: 8193, limit: 8192)) {
+            try m.prefill(tokens: [1], cache: &cache, startPosition: 8192)
+        }
+        #expect(throws: ModelError.self) { try m.perplexity(tokens: [1]) }
         #expect(cache.tokenCount == 0)
     }
 

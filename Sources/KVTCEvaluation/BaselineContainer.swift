@@ -1,0 +1,219 @@
+import Foundation
+import KVTCCache
+import KVTCCodec
+import KVTCNumerics
+
+/// Errors of the baseline codecs.
+public enum BaselineError: Error, Equatable, CustomStringConvertible {
+    case notABaselineBlob
+    case corrupt(String)
+    case wrongMethod(expected: String, found: String)
+    case nothingToCompress(tokens: Int)
+    case invalidCache(String)
+
+    public var description: String {
+        switch self {
+        case .notABaselineBlob: return "not a baseline blob"
+        case .corrupt(let m): return "baseline blob is corrupt: \(m)"
+        case .wrongMethod(let e, let f): return "blob was made by \(f), not \(e)"
+        case .nothingToCompress(let t): return "all \(t) tokens are protected: nothing to compress"
+        case .invalidCache(let m): return "invalid cache: \(m)"
+        }
+    }
+}
+
+/// A method that encodes only the compressible middle of a cache; the protected tokens
+/// (sinks and recent window) are handled identically for every method by ``ProtectedCompressor``.
+public protocol MiddleCodec: Sendable {
+    var method: String { get }
+    var setting: String { get }
+    /// Nominal ratio, when the method has a budget.
+    var nominalRatio: Double? { get }
+    /// Encodes the middle tokens. `context` is the whole cache (some methods look at it).
+    func encode(middle: KVCache, context: KVCache) throws -> [UInt8]
+    /// Decodes the middle tokens; eviction methods return fewer tokens than were given.
+    /// `template` carries the geometry, RoPE and positions of the original middle.
+    func decode(_ bytes: [UInt8], template: MiddleTemplate) throws -> KVCache
+}
+
+/// What a middle decoder knows before reading its bytes.
+public struct MiddleTemplate: Sendable {
+    public var geometry: KVGeometry
+    public var rope: RoPE
+    public var positions: [Int]
+    public var model: String
+}
+
+/// Wraps a ``MiddleCodec`` with the shared protected-token policy and a checksummed
+/// container, and accounts for every byte.
+///
+///     magic "KVTCBASE" | u32 header length | JSON header | middle payload | exact tokens | CRC-32
+public struct ProtectedCompressor<Codec: MiddleCodec>: CacheCompressor {
+    public let codec: Codec
+    public let protection: Protection
+
+    public var method: String { codec.method }
+    public var setting: String { codec.setting }
+
+    public init(_ codec: Codec, protection: Protection = .standard) {
+        self.codec = codec
+        self.protection = protection
+    }
+
+    struct Header: Codable {
+        var method: String
+        var setting: String
+        var geometry: KVGeometry
+        var rope: RoPE
+        var positions: [Int]
+        var model: String
+        var lead: Int
+        var trail: Int
+        var middleBytes: Int
+        var exactBytes: Int
+    }
+
+    static var magic: [UInt8] { Array("KVTCBASE".utf8) }
+
+    public func compress(_ cache: KVCache) throws -> CompressedCache {
+        do { try cache.validateFinite() } catch { throw BaselineError.invalidCache("\(error)") }
+        var lead = 0
+        while lead < cache.tokenCount, cache.positions[lead] < protection.sinkTokens { lead += 1 }
+        let trail = min(protection.recentTokens, cache.tokenCount - lead)
+        let n = cache.tokenCount - lead - trail
+        guard n > 0 else { throw BaselineError.nothingToCompress(tokens: cache.tokenCount) }
+        let middle = try cache.tokens(lead..<(lead + n))
+        let payload = try codec.encode(middle: middle, context: cache)
+        let p = cache.geometry.featuresPerToken
+        var exact: [UInt8] = []
+        exact.reserveCapacity((lead + trail) * p * 4)
+        for r in [0..<lead, (lead + n)..<cache.tokenCount] {
+            for stream in [cache.keys, cache.values] {
+                for i in (r.lowerBound * p)..<(r.upperBound * p) {
+                    let h = HalfPrecision.f16Bits(stream[i])
+                    exact.append(UInt8(h & 0xFF)); exact.append(UInt8(h >> 8))
+                }
+            }
+        }
+        let header = Header(method: codec.method, setting: codec.setting, geometry: cache.geometry, rope: cache.rope,
+                            positions: cache.positions, model: cache.model, lead: lead, trail: trail,
+                            middleBytes: payload.count, exactBytes: exact.count)
+        let json = Array(try JSONEncoder().encode(header))
+        var out = Self.magic
+        var n32 = UInt32(json.count).littleEndian
+        withUnsafeBytes(of: &n32) { out.append(contentsOf: $0) }
+        out += json
+        out += payload
+        out += exact
+        var crc = Deflate.crc32(out).littleEndian
+        withUnsafeBytes(of: &crc) { out.append(contentsOf: $0) }
+        let report = CompressionReport(
+            method: codec.method, tokens: cache.tokenCount, compressedTokens: n, nominalRatio: codec.nominalRatio,
+            compressedTokensFP16Bytes: 4 * n * p, cacheFP16Bytes: cache.fp16Bytes,
+            compressedTokensBytesBeforeEntropy: out.count - exact.count, compressedTokensBytes: out.count - exact.count,
+            totalBytes: out.count)
+        return CompressedCache(bytes: out, report: report)
+    }
+
+    public func decompress(_ bytes: [UInt8]) throws -> KVCache {
+        guard bytes.count >= 16, Array(bytes[0..<8]) == Self.magic else { throw BaselineError.notABaselineBlob }
+        let stored = bytes[(bytes.count - 4)...].enumerated().reduce(UInt32(0)) { $0 | UInt32($1.element) << (8 * UInt32($1.offset)) }
+        guard Deflate.crc32(Array(bytes[0..<(bytes.count - 4)])) == stored else { throw BaselineError.corrupt("checksum mismatch") }
+        let hl = Int(bytes[8]) | Int(bytes[9]) << 8 | Int(bytes[10]) << 16 | Int(bytes[11]) << 24
+        guard hl <= bytes.count - 16 else { throw BaselineError.corrupt("header length") }
+        let header: Header
+        do { header = try JSONDecoder().decode(Header.self, from: Data(bytes[12..<(12 + hl)])) } catch {
+            throw BaselineError.corrupt("header")
+        }
+        guard header.method == codec.method else { throw BaselineError.wrongMethod(expected: codec.method, found: header.method) }
+        let p = header.geometry.featuresPerToken
+        let exactTokens = header.lead + header.trail
+        guard header.middleBytes >= 0, header.exactBytes == exactTokens * p * 4,
+              12 + hl + header.middleBytes + header.exactBytes + 4 == bytes.count,
+              header.lead + header.trail < header.positions.count else {
+            throw BaselineError.corrupt("section lengths")
+        }
+        let start = 12 + hl
+        let payload = Array(bytes[start..<(start + header.middleBytes)])
+        let n = header.positions.count - exactTokens
+        let template = MiddleTemplate(geometry: header.geometry, rope: header.rope,
+                                      positions: Array(header.positions[header.lead..<(header.lead + n)]), model: header.model)
+        let middle = try codec.decode(payload, template: template)
+        var e = start + header.middleBytes
+        func exactRows(_ count: Int) -> [Float] {
+            let out = (0..<(count * p)).map { i in
+                HalfPrecision.float(f16Bits: UInt16(bytes[e + 2 * i]) | UInt16(bytes[e + 2 * i + 1]) << 8)
+            }
+            e += 2 * count * p
+            return out
+        }
+        let leadK = exactRows(header.lead), leadV = exactRows(header.lead)
+        let trailK = exactRows(header.trail), trailV = exactRows(header.trail)
+        let positions = Array(header.positions[0..<header.lead]) + middle.positions
+            + Array(header.positions[(header.lead + n)...])
+        do {
+            return try KVCache(geometry: header.geometry, rope: header.rope, positions: positions,
+                               keys: leadK + middle.keys + trailK, values: leadV + middle.values + trailV, model: header.model)
+        } catch { throw BaselineError.corrupt("\(error)") }
+    }
+}
+
+/// Little helpers for byte payloads.
+struct Payload {
+    var bytes: [UInt8] = []
+    mutating func u16(_ v: UInt16) { bytes.append(UInt8(v & 0xFF)); bytes.append(UInt8(v >> 8)) }
+    mutating func f32(_ v: Float) { let b = v.bitPattern; for i in 0..<4 { bytes.append(UInt8((b >> (8 * UInt32(i))) & 0xFF)) } }
+    mutating func u32(_ v: UInt32) { for i in 0..<4 { bytes.append(UInt8((v >> (8 * UInt32(i))) & 0xFF)) } }
+}
+
+struct PayloadReader {
+    let bytes: [UInt8]
+    var offset = 0
+    init(_ b: [UInt8]) { bytes = b }
+    mutating func u8() throws -> UInt8 {
+        guard offset < bytes.count else { throw BaselineError.corrupt("payload ends early") }
+        defer { offset += 1 }
+        return bytes[offset]
+    }
+    mutating func u16() throws -> UInt16 { UInt16(try u8()) | UInt16(try u8()) << 8 }
+    mutating func u32() throws -> UInt32 {
+        var v: UInt32 = 0
+        for i in 0..<4 { v |= UInt32(try u8()) << (8 * UInt32(i)) }
+        return v
+    }
+    mutating func f32() throws -> Float { Float(bitPattern: try u32()) }
+    func finish() throws { guard offset == bytes.count else { throw BaselineError.corrupt("payload has trailing bytes") } }
+}
+
+/// Packs unsigned codes of `bits` (2, 4 or 8) LSB-first.
+struct CodePacker {
+    static func pack(_ codes: [UInt8], bits: Int) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: (codes.count * bits + 7) / 8)
+        for (i, c) in codes.enumerated() { let b = i * bits; out[b >> 3] |= c << UInt8(b & 7) }
+        return out
+    }
+    static func unpack(_ bytes: ArraySlice<UInt8>, count: Int, bits: Int) -> [UInt8] {
+        let mask = UInt8((1 << bits) - 1)
+        let base = bytes.startIndex
+        return (0..<count).map { i in let b = i * bits; return (bytes[base + (b >> 3)] >> UInt8(b & 7)) & mask }
+    }
+}
+
+/// Min-max uniform quantization with fp16 shift and scale (the same rule KVTC uses).
+enum UniformQuantizer {
+    static func quantize(_ x: [Float], bits: Int) -> (codes: [UInt8], shift: UInt16, scale: UInt16) {
+        let top = Float((1 << bits) - 1)
+        let lo = x.min() ?? 0, hi = x.max() ?? 0
+        let shift = Float16(max(-65504, min(65504, lo)))
+        var scale = Float16(max(0, min(65504, (hi - Float(shift)) / top)))
+        if Float(scale) * top < hi - Float(shift), scale < Float16(65504) { scale = scale.nextUp }
+        let inv: Float = Float(scale) > 0 ? 1 / Float(scale) : 0
+        let codes = x.map { UInt8(min(top, max(0, (($0 - Float(shift)) * inv).rounded()))) }
+        return (codes, shift.bitPattern, scale.bitPattern)
+    }
+    static func dequantize(_ codes: [UInt8], shift: UInt16, scale: UInt16) throws -> [Float] {
+        let s = Float16(bitPattern: shift), c = Float16(bitPattern: scale)
+        guard s.isFinite, c.isFinite else { throw BaselineError.corrupt("non-finite shift or scale") }
+        return codes.map { Float(s) + Float($0) * Float(c) }
+    }
+}

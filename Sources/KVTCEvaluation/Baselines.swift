@@ -1,0 +1,287 @@
+import KVTCCache
+import KVTCCodec
+import KVTCNumerics
+
+/// FP8-E4M3 with one scale per layer and stream (per tensor): 8 bits per element.
+public struct FP8Codec: MiddleCodec {
+    public var method: String { "fp8" }
+    public var setting: String { "e4m3" }
+    public var nominalRatio: Double? { 2 }
+    public init() {}
+
+    /// Non-negative E4M3 values, code 0...126 (127 is NaN).
+    static let magnitudes: [Float] = (0..<127).map { c in
+        let e = c >> 3, m = c & 7
+        return e == 0 ? Float(m) / 8 * pow(2, -6) : (1 + Float(m) / 8) * pow(2, Float(e - 7))
+    }
+
+    static func encode(_ x: Float) -> UInt8 {
+        let a = min(abs(x), 448)
+        var lo = 0, hi = 126
+        while lo < hi { let mid = (lo + hi) / 2; if magnitudes[mid] < a { lo = mid + 1 } else { hi = mid } }
+        var c = lo
+        if c > 0, a - magnitudes[c - 1] < magnitudes[c] - a || (a - magnitudes[c - 1] == magnitudes[c] - a && (c - 1) % 2 == 0) { c -= 1 }
+        return UInt8(c) | (x < 0 ? 0x80 : 0)
+    }
+
+    static func decode(_ b: UInt8) -> Float {
+        let m = magnitudes[Int(min(b & 0x7F, 126))]
+        return b & 0x80 != 0 ? -m : m
+    }
+
+    public func encode(middle: KVCache, context: KVCache) throws -> [UInt8] {
+        let g = middle.geometry, p = g.featuresPerToken, f = g.featuresPerLayer
+        var out = Payload()
+        for stream in [middle.keys, middle.values] {
+            for l in 0..<g.layers {
+                var amax: Float = 0
+                for t in 0..<middle.tokenCount { for i in 0..<f { amax = max(amax, abs(stream[t * p + l * f + i])) } }
+                let scale = amax > 0 ? amax / 448 : 1
+                out.f32(scale)
+                for t in 0..<middle.tokenCount { for i in 0..<f { out.bytes.append(Self.encode(stream[t * p + l * f + i] / scale)) } }
+            }
+        }
+        return out.bytes
+    }
+
+    public func decode(_ bytes: [UInt8], template: MiddleTemplate) throws -> KVCache {
+        let g = template.geometry, p = g.featuresPerToken, f = g.featuresPerLayer, n = template.positions.count
+        var r = PayloadReader(bytes)
+        var streams: [[Float]] = []
+        for _ in 0..<2 {
+            var s = [Float](repeating: 0, count: n * p)
+            for l in 0..<g.layers {
+                let scale = try r.f32()
+                guard scale.isFinite else { throw BaselineError.corrupt("scale") }
+                for t in 0..<n { for i in 0..<f { s[t * p + l * f + i] = Self.decode(try r.u8()) * scale } }
+            }
+            streams.append(s)
+        }
+        try r.finish()
+        return try KVCache(geometry: g, rope: template.rope, positions: template.positions, keys: streams[0], values: streams[1], model: template.model)
+    }
+}
+
+/// Per-token uniform quantization: every head vector of every token gets its own fp16
+/// shift and scale.
+public struct PerTokenIntCodec: MiddleCodec {
+    public let bits: Int
+    public var method: String { "int\(bits)" }
+    public var setting: String { "per-token" }
+    public var nominalRatio: Double? { 16 / Double(bits) }
+    public init(bits: Int) {
+        precondition([2, 4, 8].contains(bits))
+        self.bits = bits
+    }
+
+    public func encode(middle: KVCache, context: KVCache) throws -> [UInt8] {
+        let d = middle.geometry.headDim
+        var out = Payload()
+        for stream in [middle.keys, middle.values] {
+            for v in stride(from: 0, to: stream.count, by: d) {
+                let q = UniformQuantizer.quantize(Array(stream[v..<(v + d)]), bits: bits)
+                out.u16(q.shift); out.u16(q.scale)
+                out.bytes += CodePacker.pack(q.codes, bits: bits)
+            }
+        }
+        return out.bytes
+    }
+
+    public func decode(_ bytes: [UInt8], template: MiddleTemplate) throws -> KVCache {
+        let g = template.geometry, d = g.headDim, n = template.positions.count
+        let vectors = n * g.featuresPerToken / d
+        let packed = (d * bits + 7) / 8
+        guard bytes.count == 2 * vectors * (4 + packed) else { throw BaselineError.corrupt("payload length") }
+        var streams: [[Float]] = []
+        var o = 0
+        for _ in 0..<2 {
+            var s: [Float] = []
+            s.reserveCapacity(vectors * d)
+            for _ in 0..<vectors {
+                let shift = UInt16(bytes[o]) | UInt16(bytes[o + 1]) << 8, scale = UInt16(bytes[o + 2]) | UInt16(bytes[o + 3]) << 8
+                let codes = CodePacker.unpack(bytes[(o + 4)..<(o + 4 + packed)], count: d, bits: bits)
+                s += try UniformQuantizer.dequantize(codes, shift: shift, scale: scale)
+                o += 4 + packed
+            }
+            streams.append(s)
+        }
+        return try KVCache(geometry: g, rope: template.rope, positions: template.positions, keys: streams[0], values: streams[1], model: template.model)
+    }
+}
+
+/// KIVI (Liu et al. 2024): keys quantized per channel over groups of `group` tokens, values
+/// per token over groups of `group` channels; the last `n mod group` tokens (the residual
+/// that does not fill a key group) stay exact in fp16.
+public struct KIVICodec: MiddleCodec {
+    public let bits: Int
+    public let group: Int
+    public var method: String { "kivi\(bits)" }
+    public var setting: String { "g\(group)" }
+    public var nominalRatio: Double? { 16 / Double(bits) }
+    public init(bits: Int, group: Int = 32) {
+        self.bits = bits
+        self.group = group
+    }
+
+    public func encode(middle: KVCache, context: KVCache) throws -> [UInt8] {
+        let p = middle.geometry.featuresPerToken, n = middle.tokenCount
+        let full = n / group * group
+        var out = Payload()
+        // Keys: for each token group, each channel.
+        for t0 in stride(from: 0, to: full, by: group) {
+            for c in 0..<p {
+                let q = UniformQuantizer.quantize((0..<group).map { middle.keys[(t0 + $0) * p + c] }, bits: bits)
+                out.u16(q.shift); out.u16(q.scale)
+                out.bytes += CodePacker.pack(q.codes, bits: bits)
+            }
+        }
+        // Values: for each token, each channel group.
+        for t in 0..<full {
+            for c0 in stride(from: 0, to: p, by: group) {
+                let q = UniformQuantizer.quantize(Array(middle.values[(t * p + c0)..<(t * p + min(p, c0 + group))]), bits: bits)
+                out.u16(q.shift); out.u16(q.scale)
+                out.bytes += CodePacker.pack(q.codes, bits: bits)
+            }
+        }
+        // Residual tokens exact.
+        for stream in [middle.keys, middle.values] {
+            for i in (full * p)..<(n * p) { out.u16(HalfPrecision.f16Bits(stream[i])) }
+        }
+        return out.bytes
+    }
+
+    public func decode(_ bytes: [UInt8], template: MiddleTemplate) throws -> KVCache {
+        let g = template.geometry, p = g.featuresPerToken, n = template.positions.count
+        let full = n / group * group
+        var keys = [Float](repeating: 0, count: n * p), values = keys
+        var o = 0
+        func take(_ count: Int) throws -> ArraySlice<UInt8> {
+            guard o + count <= bytes.count else { throw BaselineError.corrupt("payload ends early") }
+            defer { o += count }
+            return bytes[o..<(o + count)]
+        }
+        func readGroup(_ count: Int) throws -> [Float] {
+            let h = try take(4)
+            let b = h.startIndex
+            let shift = UInt16(h[b]) | UInt16(h[b + 1]) << 8, scale = UInt16(h[b + 2]) | UInt16(h[b + 3]) << 8
+            let codes = CodePacker.unpack(try take((count * bits + 7) / 8), count: count, bits: bits)
+            return try UniformQuantizer.dequantize(codes, shift: shift, scale: scale)
+        }
+        for t0 in stride(from: 0, to: full, by: self.group) {
+            for c in 0..<p {
+                let v = try readGroup(self.group)
+                for j in 0..<self.group { keys[(t0 + j) * p + c] = v[j] }
+            }
+        }
+        for t in 0..<full {
+            for c0 in stride(from: 0, to: p, by: self.group) {
+                let w = min(p, c0 + self.group) - c0
+                let v = try readGroup(w)
+                for j in 0..<w { values[t * p + c0 + j] = v[j] }
+            }
+        }
+        for i in (full * p)..<(n * p) { let h = try take(2); keys[i] = HalfPrecision.float(f16Bits: UInt16(h[h.startIndex]) | UInt16(h[h.startIndex + 1]) << 8) }
+        for i in (full * p)..<(n * p) { let h = try take(2); values[i] = HalfPrecision.float(f16Bits: UInt16(h[h.startIndex]) | UInt16(h[h.startIndex + 1]) << 8) }
+        guard o == bytes.count else { throw BaselineError.corrupt("payload has trailing bytes") }
+        return try KVCache(geometry: g, rope: template.rope, positions: template.positions, keys: keys, values: values, model: template.model)
+    }
+}
+
+/// Token eviction: keeps a subset of the middle tokens exactly (fp16) and drops the rest.
+/// The kept subset is evenly strided, or chosen by an importance score per token (such as
+/// the attention an observation window pays to each token, as SnapKV and H2O do).
+public struct EvictionCodec: MiddleCodec {
+    /// How tokens are chosen.
+    public enum Selection: Sendable {
+        /// Every `ratio`-th token.
+        case strided
+        /// The highest-scoring tokens; `scores` gives one score per token of the whole cache.
+        case scored(name: String, scores: @Sendable (KVCache) -> [Float])
+    }
+
+    public let ratio: Double
+    public let selection: Selection
+    public var method: String {
+        switch selection {
+        case .strided: return "evict-strided"
+        case .scored(let name, _): return "evict-\(name)"
+        }
+    }
+    public var setting: String { Profile.formatRatio(ratio) }
+    public var nominalRatio: Double? { ratio }
+
+    public init(ratio: Double, selection: Selection) {
+        self.ratio = ratio
+        self.selection = selection
+    }
+
+    public func encode(middle: KVCache, context: KVCache) throws -> [UInt8] {
+        let n = middle.tokenCount, p = middle.geometry.featuresPerToken
+        // Keep count so that kept fp16 rows plus 4-byte indices fit the budget.
+        let keep = max(1, min(n, Int((Double(n) * Double(4 * p) / ratio / Double(4 * p + 4)).rounded(.down))))
+        var kept: [Int]
+        switch selection {
+        case .strided:
+            kept = (0..<keep).map { Int((Double($0) + 0.5) * Double(n) / Double(keep)) }
+        case .scored(_, let scorer):
+            let all = scorer(context)
+            guard all.count == context.tokenCount else { throw BaselineError.invalidCache("scores for \(all.count) tokens, cache has \(context.tokenCount)") }
+            let offset = context.positions.firstIndex(of: middle.positions[0]) ?? 0
+            let s = Array(all[offset..<(offset + n)])
+            kept = (0..<n).sorted { s[$0] > s[$1] }.prefix(keep).sorted()
+        }
+        var out = Payload()
+        out.u32(UInt32(kept.count))
+        for i in kept { out.u32(UInt32(i)) }
+        for stream in [middle.keys, middle.values] {
+            for i in kept { for j in 0..<p { out.u16(HalfPrecision.f16Bits(stream[i * p + j])) } }
+        }
+        return out.bytes
+    }
+
+    public func decode(_ bytes: [UInt8], template: MiddleTemplate) throws -> KVCache {
+        let p = template.geometry.featuresPerToken, n = template.positions.count
+        var r = PayloadReader(bytes)
+        let count = Int(try r.u32())
+        guard count <= n, bytes.count == 4 + 4 * count + 4 * count * p else { throw BaselineError.corrupt("payload length") }
+        var idx: [Int] = []
+        for _ in 0..<count {
+            let i = Int(try r.u32())
+            let previous = idx.last ?? -1
+            guard i < n, previous < i else { throw BaselineError.corrupt("token index") }
+            idx.append(i)
+        }
+        var streams: [[Float]] = []
+        for _ in 0..<2 {
+            var s: [Float] = []
+            s.reserveCapacity(count * p)
+            for _ in 0..<(count * p) { s.append(HalfPrecision.float(f16Bits: try r.u16())) }
+            streams.append(s)
+        }
+        return try KVCache(geometry: template.geometry, rope: template.rope, positions: idx.map { template.positions[$0] },
+                           keys: streams[0], values: streams[1], model: template.model)
+    }
+}
+
+/// Drops every compressible token (keeps only sinks and the recent window): the floor any
+/// lossy method must beat.
+public struct DropAllCodec: MiddleCodec {
+    public var method: String { "drop-middle" }
+    public var setting: String { "all" }
+    public var nominalRatio: Double? { nil }
+    public init() {}
+    public func encode(middle: KVCache, context: KVCache) throws -> [UInt8] { [] }
+    public func decode(_ bytes: [UInt8], template: MiddleTemplate) throws -> KVCache {
+        guard bytes.isEmpty else { throw BaselineError.corrupt("payload") }
+        return try KVCache(geometry: template.geometry, rope: template.rope, positions: [], keys: [], values: [], model: template.model)
+    }
+}
+
+extension Profile {
+    /// `16x`, `6.4x`.
+    public static func formatRatio(_ r: Double) -> String {
+        r == r.rounded() ? "\(Int(r))x" : String(format: "%.1fx", r)
+    }
+}
+
+import Foundation

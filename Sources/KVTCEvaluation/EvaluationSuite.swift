@@ -1,0 +1,117 @@
+import Foundation
+import KVTCCache
+import KVTCCodec
+import KVTCModel
+import KVTCNumerics
+
+/// Which methods an evaluation runs besides KVTC itself.
+public enum Baseline: String, CaseIterable, Sendable {
+    case fp8, int8, int4, kivi2, kivi4
+    case evictStrided = "evict-strided"
+    case evictAttention = "evict-attention"
+    case dropMiddle = "drop-middle"
+    case perLayerPCA = "per-layer-pca"
+    case noRoPERemoval = "no-rope-removal"
+    case truncation
+    case equalizedLayers = "equalized-layers"
+}
+
+/// Builds every compressor of an evaluation from the model and corpus (profiles are built
+/// once and cached on disk) and runs the harness and the retrieval task.
+public struct EvaluationSuite {
+    public var model: LlamaModel
+    public var corpus: Corpus
+    public var ratios: [Double]
+    public var baselines: [Baseline]
+    public var evictionRatios: [Double] = [4, 8, 16]
+    public var calibration: CorpusCalibrationOptions = .standard
+    public var protection: Protection = .standard
+    /// Attention scores for attention-based eviction, recorded when caches are made.
+    public let scoreBook = AttentionScoreBook()
+
+    public init(model: LlamaModel, corpus: Corpus, ratios: [Double], baselines: [Baseline]) {
+        self.model = model
+        self.corpus = corpus
+        self.ratios = ratios
+        self.baselines = baselines
+        calibration.calibration.ratios = Array(Set(ratios + [16])).sorted()
+    }
+
+    /// Every compressor to evaluate, in table order.
+    public func compressors(progress: @escaping (String) -> Void) throws -> [any CacheCompressor] {
+        var cachesMemo: [KVCache]?
+        func caches() throws -> [KVCache] {
+            if let c = cachesMemo { return c }
+            let c = try CorpusCalibration.caches(model: model, documents: corpus.calibration, options: calibration, progress: progress)
+            cachesMemo = c
+            return c
+        }
+        func profile(_ variant: String, options: CalibrationOptions? = nil, _ make: @escaping ([KVCache], CalibrationOptions, Provenance) throws -> Profile) throws -> Profile {
+            var o = calibration
+            if let options { o.calibration = options }
+            let key = CorpusCalibration.cacheKey(model: model, corpus: corpus, variant: variant, options: o)
+            return try CorpusCalibration.cachedProfile(key: key, variant: variant, progress: progress) {
+                let c = try caches()
+                return try make(c, o.calibration, CorpusCalibration.provenance(model: model, corpus: corpus, caches: c, options: o))
+            }
+        }
+        let main = try profile("kvtc") { c, o, p in try Calibrator.calibrate(caches: c, options: o, provenance: p, progress: progress) }
+        var out: [any CacheCompressor] = try ratios.map { try KVTCCompressor(profile: main, ratio: $0, protection: protection) }
+        for b in baselines {
+            switch b {
+            case .fp8: out.append(ProtectedCompressor(FP8Codec(), protection: protection))
+            case .int8: out.append(ProtectedCompressor(PerTokenIntCodec(bits: 8), protection: protection))
+            case .int4: out.append(ProtectedCompressor(PerTokenIntCodec(bits: 4), protection: protection))
+            case .kivi2: out.append(ProtectedCompressor(KIVICodec(bits: 2), protection: protection))
+            case .kivi4: out.append(ProtectedCompressor(KIVICodec(bits: 4), protection: protection))
+            case .evictStrided:
+                out += evictionRatios.map { ProtectedCompressor(EvictionCodec(ratio: $0, selection: .strided), protection: protection) }
+            case .evictAttention:
+                let book = scoreBook
+                out += evictionRatios.map {
+                    ProtectedCompressor(EvictionCodec(ratio: $0, selection: .scored(name: "attention", scores: { book.scores(for: $0) })),
+                                        protection: protection)
+                }
+            case .dropMiddle: out.append(ProtectedCompressor(DropAllCodec(), protection: protection))
+            case .truncation:
+                let t = main.truncationVariant()
+                out += try ratios.map { r -> any CacheCompressor in
+                    var c = try KVTCCompressor(profile: t, ratio: r, protection: protection)
+                    c.methodName = "kvtc-truncation"
+                    return c
+                }
+            case .equalizedLayers:
+                var o = calibration.calibration
+                o.equalizeLayerVariance = true
+                let eq = try profile("kvtc-equalized", options: o) { c, o, p in try Calibrator.calibrate(caches: c, options: o, provenance: p, progress: progress) }
+                out += try ratios.map { r -> any CacheCompressor in
+                    var c = try KVTCCompressor(profile: eq, ratio: r, protection: protection)
+                    c.methodName = "kvtc-equalized"
+                    return c
+                }
+            case .noRoPERemoval:
+                let blind = try profile("kvtc-no-rope") { c, o, p in try RoPEBlindCompressor.calibrate(caches: c, options: o, provenance: p, progress: progress) }
+                out += try ratios.map { RoPEBlindCompressor(inner: try KVTCCompressor(profile: blind, ratio: $0, protection: protection), rope: model.rope) }
+            case .perLayerPCA:
+                let profiles = try perLayerProfiles(caches: caches, progress: progress)
+                out += try ratios.map { r in PerLayerCompressor(layers: try profiles.map { try KVTCCompressor(profile: $0, ratio: r, protection: protection) }) }
+            }
+        }
+        return out
+    }
+
+    private func perLayerProfiles(caches: () throws -> [KVCache], progress: @escaping (String) -> Void) throws -> [Profile] {
+        let key = CorpusCalibration.cacheKey(model: model, corpus: corpus, variant: "per-layer", options: calibration)
+        let dir = CorpusCalibration.profileDirectory().appendingPathComponent("per-layer-\(key)")
+        let L = model.geometry.layers
+        let files = (0..<L).map { dir.appendingPathComponent("layer\($0).kvtcprofile").path }
+        if let loaded = try? files.map({ try Profile(contentsOf: $0) }) { return loaded }
+        let c = try caches()
+        let profiles = try PerLayerCompressor.calibrate(caches: c, options: calibration.calibration,
+                                                        provenance: CorpusCalibration.provenance(model: model, corpus: corpus, caches: c, options: calibration),
+                                                        progress: progress)
+        try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        for (p, f) in zip(profiles, files) { try? p.write(to: f) }
+        return profiles
+    }
+}

@@ -1,0 +1,341 @@
+import Foundation
+import KVTCCache
+import KVTCCodec
+
+/// Settings of a ``CacheStore``.
+public struct StoreConfiguration: Sendable, Hashable {
+    /// Tokens per chunk (default 256).
+    public var chunkTokens: Int
+    /// The tail always holds at least this many of the most recent tokens exactly (default 128).
+    public var recentTokens: Int
+    /// Precision of the tail's exact tokens.
+    public var tailPrecision: ExactPrecision
+
+    public init(chunkTokens: Int = 256, recentTokens: Int = 128, tailPrecision: ExactPrecision = .automatic) {
+        self.chunkTokens = chunkTokens
+        self.recentTokens = recentTokens
+        self.tailPrecision = tailPrecision
+    }
+}
+
+/// The longest stored prefix of a token sequence.
+public struct PrefixMatch: Sendable, Equatable {
+    /// Tokens of the prefix (`T`).
+    public var matchedTokens: Int
+    /// Keys of the chunks the restore reads, in order.
+    public var chunkKeys: [StoreKey]
+    /// Key of the tail holding the prefix's last tokens exactly.
+    public var tailKey: StoreKey
+}
+
+/// A cache restored from the store.
+public struct RestoredPrefix: Sendable {
+    /// The cache of the first ``matchedTokens`` tokens.
+    public var cache: KVCache
+    /// Tokens restored.
+    public var matchedTokens: Int
+    /// Chunks decoded.
+    public var chunks: Int
+    /// Entry bytes read.
+    public var bytesRead: Int
+    /// Seconds spent on lookup, reads and decoding.
+    public var seconds: Double
+}
+
+/// What a ``CacheStore/store(tokens:cache:)`` call wrote.
+public struct StoreReceipt: Sendable, Equatable {
+    /// Tokens of the stored prefix.
+    public var storedTokens: Int
+    /// Chunks compressed and written.
+    public var chunksWritten: Int
+    /// Chunks already present (not recompressed).
+    public var chunksReused: Int
+    /// Entry bytes written (chunks and tail).
+    public var bytesWritten: Int
+    /// fp16 bytes of the written chunks' tokens.
+    public var chunkFP16Bytes: Int
+    /// Entry bytes of the written chunks.
+    public var chunkBytes: Int
+    /// Key of the tail written.
+    public var tailKey: StoreKey
+    /// Seconds spent compressing and writing.
+    public var seconds: Double
+}
+
+/// Running totals of a ``CacheStore``.
+public struct StoreCounters: Sendable, Codable, Equatable {
+    /// Lookups made by ``CacheStore/restore(tokens:)``.
+    public var lookups = 0
+    /// Restores that returned a prefix.
+    public var hits = 0
+    /// Restores that found nothing usable.
+    public var misses = 0
+    /// Tokens restored in total.
+    public var restoredTokens = 0
+    /// Chunks written.
+    public var chunksWritten = 0
+    /// Tails written.
+    public var tailsWritten = 0
+    /// fp16 bytes of all chunks written.
+    public var chunkFP16Bytes = 0
+    /// Entry bytes of all chunks written.
+    public var chunkBytes = 0
+    /// Entry bytes of all tails written.
+    public var tailBytes = 0
+    /// Entries rejected on read (wrong key, undecodable payload) and removed.
+    public var invalidEntries = 0
+
+    /// fp16 bytes over stored bytes of the chunks written so far.
+    public var chunkCompressionRatio: Double { chunkBytes == 0 ? 0 : Double(chunkFP16Bytes) / Double(chunkBytes) }
+}
+
+/// A chunked, prefix-keyed store of KV caches.
+///
+/// A sequence of `T` tokens is stored as `T / C` chunks of `C` tokens compressed by the
+/// chunk codec (keys chained by ``KeyChain``) plus a tail entry holding, exactly, every
+/// token after the last full chunk and at least the ``StoreConfiguration/recentTokens``
+/// most recent ones. With a KVTC chunk codec that keeps the sink tokens exact and no recent
+/// tokens (see ``kvtcChunkCodec(profile:ratio:)``), a restored cache equals what the codec
+/// alone gives for the whole cache with standard protection.
+///
+/// Every entry read is checked against its key (producer, anchor, tokens) and decoded
+/// before use; an invalid one is removed and the restore falls back to a shorter prefix.
+public final class CacheStore: Sendable {
+    /// Computes keys.
+    public let chain: KeyChain
+    /// Compresses chunks.
+    public let codec: any CacheCompressor
+    /// Where entries live.
+    public let tier: any CacheTier
+    /// Settings.
+    public let configuration: StoreConfiguration
+    private let totals = Locked(StoreCounters())
+
+    /// A store for `identity`'s caches, compressing chunks with `codec`, keeping entries in `tier`.
+    public init(identity: ProducerIdentity, codec: any CacheCompressor, tier: any CacheTier,
+                configuration: StoreConfiguration = StoreConfiguration()) throws(StoreError) {
+        guard configuration.chunkTokens > 0, configuration.recentTokens >= 0 else {
+            throw .configuration("chunk tokens \(configuration.chunkTokens), recent tokens \(configuration.recentTokens)")
+        }
+        self.chain = KeyChain(identity: identity, chunkTokens: configuration.chunkTokens)
+        self.codec = codec
+        self.tier = tier
+        self.configuration = configuration
+    }
+
+    /// A KVTC compressor for chunks: the profile's sink tokens exact (decided by absolute
+    /// position, so only the first chunk has any) and no recent tokens (the tail keeps them).
+    public static func kvtcChunkCodec(profile: Profile, ratio: Double, deflateLevel: Int = 6) throws(KVTCError) -> KVTCCompressor {
+        try KVTCCompressor(profile: profile, ratio: ratio,
+                           protection: Protection(sinkTokens: profile.protection.sinkTokens, recentTokens: 0),
+                           deflateLevel: deflateLevel)
+    }
+
+    /// Running totals.
+    public var counters: StoreCounters { totals.current }
+
+    var chunkTokens: Int { configuration.chunkTokens }
+
+    /// First token held by the tail of a prefix of `count` tokens.
+    public func tailStart(count: Int) -> Int {
+        max(0, min((count / chunkTokens) * chunkTokens, count - configuration.recentTokens))
+    }
+
+    static func keyable(_ tokens: [Int]) -> Bool { tokens.allSatisfy { $0 >= 0 && $0 <= Int(UInt32.max) } }
+
+    // MARK: Lookup
+
+    /// The longest stored prefix of `tokens` (chunks present and a tail for exactly that
+    /// prefix), or `nil`.
+    public func lookup(tokens: [Int]) async -> PrefixMatch? {
+        guard !tokens.isEmpty, Self.keyable(tokens) else { return nil }
+        let c = chunkTokens
+        let keys = chain.chunkKeys(for: tokens)
+        let present = (try? await tier.contains(keys)) ?? [Bool](repeating: false, count: keys.count)
+        var j = 0
+        while j < keys.count, present[j] { j += 1 }
+        for m in stride(from: j, through: 0, by: -1) {
+            let lo = max(m * c, 1), hi = min(tokens.count, m * c + c - 1)
+            guard lo <= hi else { continue }
+            let lengths = Array((lo...hi).reversed())
+            let anchor = m == 0 ? StoreKey.root : keys[m - 1]
+            let tails = chain.tailKeys(for: tokens, anchor: anchor, chunks: m, lengths: lengths)
+            guard let found = try? await tier.contains(tails), let i = found.firstIndex(of: true) else { continue }
+            let t = lengths[i]
+            let needed = (tailStart(count: t) + c - 1) / c
+            return PrefixMatch(matchedTokens: t, chunkKeys: Array(keys[0..<needed]), tailKey: tails[i])
+        }
+        return nil
+    }
+
+    // MARK: Restore
+
+    /// Restores the longest stored prefix of `tokens`: its cache and length, or `nil`.
+    public func restore(tokens: [Int]) async -> RestoredPrefix? {
+        let clock = Date()
+        totals.withLock { $0.lookups += 1 }
+        for _ in 0..<3 {
+            guard let match = await lookup(tokens: tokens) else { break }
+            if var restored = await fetch(match) {
+                restored.seconds = Date().timeIntervalSince(clock)
+                totals.withLock {
+                    $0.hits += 1
+                    $0.restoredTokens += restored.matchedTokens
+                }
+                return restored
+            }
+        }
+        totals.withLock { $0.misses += 1 }
+        return nil
+    }
+
+    /// Reads and verifies an entry; drops it from the tier when invalid.
+    private func entry(_ key: StoreKey) async -> (StoreEntry, Int)? {
+        guard let bytes = try? await tier.get(key) else { return nil }
+        do {
+            return (try StoreEntry(bytes: bytes, key: key, chain: chain), bytes.count)
+        } catch {
+            await drop(key)
+            return nil
+        }
+    }
+
+    private func drop(_ key: StoreKey) async {
+        try? await tier.remove(key)
+        totals.withLock { $0.invalidEntries += 1 }
+    }
+
+    private func fetch(_ match: PrefixMatch) async -> RestoredPrefix? {
+        let c = chunkTokens
+        let t = match.matchedTokens
+        guard let (tail, tailSize) = await entry(match.tailKey) else { return nil }
+        guard tail.kind == .tail, tail.end == t else { await drop(match.tailKey); return nil }
+        let tailCache: KVCache
+        do { tailCache = try ExactRows.decode(tail.payload) } catch { await drop(match.tailKey); return nil }
+        guard tailCache.tokenCount == t - tail.exactStart,
+              tailCache.tokenCount == 0 || tailCache.positions.first == tail.exactStart else {
+            await drop(match.tailKey)
+            return nil
+        }
+        // A tail made with fewer recent tokens than this store wants is not used.
+        guard t - tail.exactStart >= min(t, configuration.recentTokens),
+              (tail.exactStart + c - 1) / c == match.chunkKeys.count else { return nil }
+        var cache: KVCache?
+        var bytesRead = tailSize
+        for (i, key) in match.chunkKeys.enumerated() {
+            guard let (chunk, size) = await entry(key) else { return nil }
+            bytesRead += size
+            guard chunk.kind == .chunk, chunk.start == i * c else { await drop(key); return nil }
+            let decoded: KVCache
+            do { decoded = try codec.decompress(chunk.payload) } catch { await drop(key); return nil }
+            guard decoded.tokenCount == c, decoded.positions.first == i * c, decoded.geometry == tailCache.geometry,
+                  decoded.rope == tailCache.rope else {
+                await drop(key)
+                return nil
+            }
+            let keep = min(c, tail.exactStart - i * c)
+            do {
+                let part = keep == c ? decoded : try decoded.tokens(0..<keep)
+                if cache == nil { cache = part } else { try cache!.append(contentsOf: part) }
+            } catch { await drop(key); return nil }
+        }
+        do {
+            if cache == nil { cache = tailCache } else { try cache!.append(contentsOf: tailCache) }
+        } catch { await drop(match.tailKey); return nil }
+        return RestoredPrefix(cache: cache!, matchedTokens: t, chunks: match.chunkKeys.count, bytesRead: bytesRead, seconds: 0)
+    }
+
+    // MARK: Store
+
+    /// Stores the cache of `tokens`: compresses and writes the chunks not yet present and
+    /// a tail for the whole sequence.
+    ///
+    /// - Parameters:
+    ///   - tokens: the token ids the cache holds, in order.
+    ///   - cache: their cache; positions must be `0..<tokens.count`.
+    public func store(tokens: [Int], cache: KVCache) async throws(StoreError) -> StoreReceipt {
+        let clock = Date()
+        let t = tokens.count
+        guard cache.tokenCount == t else { throw .mismatch("\(t) tokens, cache holds \(cache.tokenCount)") }
+        if let bad = tokens.first(where: { $0 < 0 || $0 > Int(UInt32.max) }) { throw .invalidToken(bad) }
+        for (i, p) in cache.positions.enumerated() where p != i {
+            throw .mismatch("token \(i) is at position \(p); stored caches start at position 0")
+        }
+        guard t > 0 else { throw .mismatch("nothing to store") }
+        let c = chunkTokens
+        let keys = chain.chunkKeys(for: tokens)
+        let present = (try? await tier.contains(keys)) ?? [Bool](repeating: false, count: keys.count)
+        var receipt = StoreReceipt(storedTokens: t, chunksWritten: 0, chunksReused: 0, bytesWritten: 0,
+                                   chunkFP16Bytes: 0, chunkBytes: 0, tailKey: .root, seconds: 0)
+        for (i, key) in keys.enumerated() {
+            if present[i] { receipt.chunksReused += 1; continue }
+            let part: KVCache
+            do { part = try cache.tokens((i * c)..<((i + 1) * c)) } catch { throw .mismatch(error.description) }
+            let compressed: CompressedCache
+            do { compressed = try codec.compress(part) } catch { throw .codec(String(describing: error)) }
+            let entry = StoreEntry(kind: .chunk, identityDigest: chain.identityDigest,
+                                   anchor: i == 0 ? .root : keys[i - 1], start: i * c,
+                                   tokens: Array(tokens[(i * c)..<((i + 1) * c)]), exactStart: i * c,
+                                   payload: compressed.bytes)
+            let bytes = entry.encoded()
+            do { try await tier.put(key, bytes) } catch { throw .tier(error) }
+            receipt.chunksWritten += 1
+            receipt.bytesWritten += bytes.count
+            receipt.chunkBytes += bytes.count
+            receipt.chunkFP16Bytes += part.fp16Bytes
+        }
+        let m = keys.count
+        let exactStart = tailStart(count: t)
+        let tailRows: KVCache
+        do { tailRows = try cache.tokens(exactStart..<t) } catch { throw .mismatch(error.description) }
+        let tail = StoreEntry(kind: .tail, identityDigest: chain.identityDigest, anchor: m == 0 ? .root : keys[m - 1],
+                              start: m * c, tokens: Array(tokens[(m * c)..<t]), exactStart: exactStart,
+                              payload: try ExactRows.encode(tailRows, precision: configuration.tailPrecision))
+        let tailBytes = tail.encoded()
+        let tailKey = tail.key(in: chain)
+        do { try await tier.put(tailKey, tailBytes) } catch { throw .tier(error) }
+        receipt.bytesWritten += tailBytes.count
+        receipt.tailKey = tailKey
+        receipt.seconds = Date().timeIntervalSince(clock)
+        totals.withLock {
+            $0.chunksWritten += receipt.chunksWritten
+            $0.tailsWritten += 1
+            $0.chunkFP16Bytes += receipt.chunkFP16Bytes
+            $0.chunkBytes += receipt.chunkBytes
+            $0.tailBytes += tailBytes.count
+        }
+        return receipt
+    }
+
+    // MARK: Raw entries
+
+    /// The verified bytes of the entry stored under `key` (for replication), or `nil`.
+    public func rawEntry(_ key: StoreKey) async -> [UInt8]? {
+        guard let bytes = try? await tier.get(key) else { return nil }
+        guard (try? StoreEntry(bytes: bytes, key: key, chain: chain)) != nil else {
+            await drop(key)
+            return nil
+        }
+        return bytes
+    }
+
+    /// Stores entry bytes under `key` after checking that they are a valid entry of this
+    /// store's producer for exactly that key and that the payload decodes.
+    public func putRawEntry(_ key: StoreKey, _ bytes: [UInt8]) async throws(StoreError) {
+        let entry = try StoreEntry(bytes: bytes, key: key, chain: chain)
+        switch entry.kind {
+        case .chunk:
+            let decoded: KVCache
+            do { decoded = try codec.decompress(entry.payload) } catch { throw .invalidEntry("payload: \(error)") }
+            guard decoded.tokenCount == entry.tokens.count, decoded.positions.first == entry.start else {
+                throw .invalidEntry("payload holds \(decoded.tokenCount) tokens from \(decoded.positions.first ?? -1)")
+            }
+        case .tail:
+            let rows = try ExactRows.decode(entry.payload)
+            guard rows.tokenCount == entry.end - entry.exactStart, rows.tokenCount == 0 || rows.positions.first == entry.exactStart else {
+                throw .invalidEntry("tail rows do not cover tokens \(entry.exactStart)..<\(entry.end)")
+            }
+        }
+        do { try await tier.put(key, bytes) } catch { throw .tier(error) }
+    }
+}

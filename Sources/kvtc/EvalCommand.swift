@@ -1,0 +1,91 @@
+import ArgumentParser
+import Foundation
+import KVTCCodec
+import KVTCEvaluation
+import KVTCModel
+
+struct EvalCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "eval",
+        abstract: "Measure what compression does to the model's outputs, against baselines.",
+        discussion: """
+        Runs the quality protocol on the held-out corpus: each window's context is cached, \
+        compressed and restored, the continuation is fed teacher-forced with the exact and the \
+        decoded cache, and the next-token distributions are compared (mean KL, top-1 agreement, \
+        perplexity). Profiles are built from the calibration corpus on first use and cached.
+        """)
+
+    @OptionGroup var modelOptions: ModelCommandOptions
+
+    @Option(help: "KVTC nominal ratios, comma-separated.") var ratios: String = "4,8,16,32,64"
+    @Option(help: "Baselines, comma-separated, or 'all' / 'none': \(Baseline.allCases.map(\.rawValue).joined(separator: ", ")).")
+    var baselines: String = "all"
+    @Option(help: "Context tokens per window (BOS included).") var context: Int = 1024
+    @Option(help: "Continuation tokens per window.") var continuation: Int = 64
+    @Option(help: "Windows per held-out text.") var windowsPerText: Int = 2
+    @Option(help: "Calibration tokens for the profiles.") var calibrationTokens: Int = 32768
+    @Option(help: "Passkey retrieval trials per method (0 skips the task).") var retrievalTrials: Int = 5
+    @Option(help: "Write results as JSON to this file.") var json: String?
+    @Option(help: "Write the rate-distortion plot (SVG) to this file.") var plot: String?
+
+    func validate() throws {
+        guard context >= 256, continuation >= 2, windowsPerText >= 1 else {
+            throw ValidationError("--context >= 256, --continuation >= 2, --windows-per-text >= 1")
+        }
+        guard context > 132 + 4 else { throw ValidationError("--context must exceed the protected tokens") }
+        _ = try parseBaselines()
+    }
+
+    func parseBaselines() throws -> [Baseline] {
+        if baselines == "all" { return Baseline.allCases }
+        if baselines == "none" { return [] }
+        return try baselines.split(separator: ",").map {
+            guard let b = Baseline(rawValue: String($0)) else { throw ValidationError("unknown baseline '\($0)'") }
+            return b
+        }
+    }
+
+    func run() async throws {
+        let progress = Progress.shared
+        let model = try modelOptions.load()
+        let corpus = try Corpus.bundled()
+        var suite = EvaluationSuite(model: model, corpus: corpus, ratios: try parseRatios(ratios), baselines: try parseBaselines())
+        suite.calibration.tokens = calibrationTokens
+        var options = HarnessOptions()
+        options.contextTokens = context
+        options.continuationTokens = continuation
+        options.windowsPerText = windowsPerText
+        let windows = QualityHarness.windows(model: model, documents: corpus.heldOut, options: options)
+        guard !windows.isEmpty else { throw CommandError("no held-out text is long enough for --context \(context)") }
+        let compressors = try suite.compressors(progress: { progress.status($0) })
+        let harness = try QualityHarness(model: model, windows: windows, scoreBook: suite.scoreBook, progress: { progress.status($0) })
+        var results: [MethodResult] = []
+        for (i, c) in compressors.enumerated() {
+            progress.status("evaluating \(c.method) \(c.setting) (\(i + 1)/\(compressors.count)) on \(windows.count) windows")
+            results.append(try harness.evaluate(c))
+        }
+        var retrieval: [RetrievalResult] = []
+        if retrievalTrials > 0 {
+            let task = PasskeyTask(model: model, count: retrievalTrials, contextTokens: context)
+            progress.status("passkey retrieval: exact cache")
+            retrieval.append(try task.run(model: model, compressor: nil, scoreBook: suite.scoreBook))
+            for (i, c) in compressors.enumerated() {
+                progress.status("passkey retrieval: \(c.method) \(c.setting) (\(i + 1)/\(compressors.count))")
+                retrieval.append(try task.run(model: model, compressor: c, scoreBook: suite.scoreBook))
+            }
+        }
+        progress.done()
+        print("kvtc eval: \(windows.count) held-out windows, context \(context), continuation \(continuation), model \(model.identity.prefix(12))…")
+        print(EvaluationReport.table(results))
+        if !retrieval.isEmpty {
+            print("\npasskey retrieval (\(retrievalTrials) trials, fact inside the compressed part):")
+            for r in retrieval { print(String(format: "  %-22@ %-8@ %d/%d", r.method, r.setting, r.exact_matches, r.trials)) }
+        }
+        let info = ["model": model.identity, "corpus": corpus.hash, "context": "\(context)", "continuation": "\(continuation)",
+                    "windows": "\(windows.count)"]
+        if let json { try writeFile(json, Array(EvaluationReport.json(results, extra: info, retrieval: retrieval).utf8)) }
+        if let plot {
+            try writeFile(plot, Array(EvaluationReport.svg(results, title: "KV cache compression: mean KL vs ratio (\(URL(fileURLWithPath: model.path).lastPathComponent))").utf8))
+        }
+    }
+}

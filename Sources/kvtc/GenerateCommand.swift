@@ -1,0 +1,101 @@
+import ArgumentParser
+import Foundation
+import KVTCModel
+
+/// `kvtc generate`: stream a reply from the model.
+struct GenerateCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "generate",
+        abstract: "Generate text with the model (chat template by default).")
+
+    @OptionGroup var modelOptions: ModelCommandOptions
+
+    @Argument(help: "The user message (or raw prompt with --raw).")
+    var prompt: String
+
+    @Option(name: .long, help: "System prompt (default: the model's own).")
+    var system: String?
+
+    @Flag(name: .long, help: "Use the prompt as-is, without the chat template.")
+    var raw = false
+
+    @Option(name: .long, help: "Maximum tokens to generate.")
+    var maxTokens = 128
+
+    @Option(name: .long, help: "Sampling temperature (0 = greedy).")
+    var temperature: Float = 0
+
+    @Option(name: .long, help: "Keep only the K most likely tokens (0 = all).")
+    var topK = 0
+
+    @Option(name: .long, help: "Nucleus sampling threshold (1 = off).")
+    var topP: Float = 1
+
+    @Option(name: .long, help: "Random seed for sampling.")
+    var seed: UInt64 = 0
+
+    @Flag(name: .long, help: "Print timing to standard error.")
+    var stats = false
+
+    func validate() throws {
+        guard maxTokens > 0 else { throw ValidationError("--max-tokens must be positive") }
+        guard temperature >= 0 else { throw ValidationError("--temperature must be >= 0") }
+        guard topP > 0, topP <= 1 else { throw ValidationError("--top-p must be in (0, 1]") }
+    }
+
+    func run() throws {
+        let model = try modelOptions.load()
+        let text = raw ? prompt : ChatTemplate.prompt(user: prompt, system: system)
+        let tokens = model.tokenizer.encode(text)
+        var cache = model.makeCache(reservingCapacity: tokens.count + maxTokens)
+        let sampling = SamplingOptions(temperature: temperature, topK: topK, topP: topP, seed: seed)
+        let result = try model.generate(promptTokens: tokens, cache: &cache, maxTokens: maxTokens,
+                                        sampling: sampling) { _, piece in
+            FileHandle.standardOutput.write(Data(piece.utf8))
+            return true
+        }
+        print()
+        if stats {
+            let decodeRate = result.decodeSeconds > 0 ? Double(max(0, result.tokens.count - 1)) / result.decodeSeconds : 0
+            modelCommandLog(String(format: "prompt %d tokens in %.2f s (%.1f tok/s); generated %d tokens (%.1f tok/s); stop: %@",
+                              result.promptTokenCount, result.prefillSeconds,
+                              Double(result.promptTokenCount) / max(result.prefillSeconds, 1e-9),
+                              result.tokens.count, decodeRate, result.stopReason.rawValue))
+        }
+    }
+}
+
+/// Options shared by the commands that run the model.
+struct ModelCommandOptions: ParsableArguments {
+    @Option(name: .long, help: "A llama GGUF file (default: SmolLM2-135M-Instruct, fetched into the kvtc cache).")
+    var model: String?
+
+    /// Loads the model, reporting progress on standard error.
+    func load() throws -> LlamaModel {
+        let log: (String) -> Void = { FileHandle.standardError.write(Data(("kvtc: " + $0 + "\n").utf8)) }
+        if let path = model {
+            let identity = try ModelStore.sha256Hex(path: path)
+            return try LlamaModel(path: path, identity: identity)
+        }
+        return try LlamaModel.loadDefault(log: log)
+    }
+
+    /// Loads only the tokenizer (no weights are dequantized).
+    func loadTokenizer() throws -> Tokenizer {
+        let log: (String) -> Void = { FileHandle.standardError.write(Data(("kvtc: " + $0 + "\n").utf8)) }
+        let path = try model ?? ModelStore().ensure(log: log).path
+        return try Tokenizer(gguf: GGUFFile(path: path))
+    }
+}
+
+/// Writes a line to standard error (for the model commands).
+func modelCommandLog(_ message: String) {
+    FileHandle.standardError.write(Data((message + "\n").utf8))
+}
+
+/// Runs `body` and returns its result with the seconds it took (for the model commands).
+func modelCommandTime<T>(_ body: () throws -> T) rethrows -> (T, Double) {
+    let start = Date()
+    let r = try body()
+    return (r, Date().timeIntervalSince(start))
+}

@@ -1,0 +1,139 @@
+import Foundation
+import Testing
+@testable import KVTCStore
+
+@Suite struct DiskTierTests {
+    let header = DiskEntryFile.headerSize
+
+    func file(_ dir: URL, _ key: StoreKey) -> URL { dir.appendingPathComponent(DiskTier.fileName(key)) }
+
+    @Test func storesAndRebuildsItsIndexOnRestart() async throws {
+        let dir = Fixtures.temporaryDirectory()
+        do {
+            let tier = try DiskTier(directory: dir, quota: 100_000)
+            for i in 0..<5 { try await tier.put(Fixtures.key(i), [UInt8](repeating: UInt8(i), count: 100 + i)) }
+            #expect(await tier.byteCount == (0..<5).reduce(0) { $0 + 100 + $1 + header })
+        }
+        let reopened = try DiskTier(directory: dir, quota: 100_000)
+        #expect(await reopened.stats().entries == 5)
+        for i in 0..<5 { #expect(try await reopened.get(Fixtures.key(i)) == [UInt8](repeating: UInt8(i), count: 100 + i)) }
+        #expect(try await reopened.get(Fixtures.key(9)) == nil)
+    }
+
+    @Test func enforcesTheQuotaAlsoAfterRestart() async throws {
+        let dir = Fixtures.temporaryDirectory()
+        let entry = 1000 + header
+        do {
+            let tier = try DiskTier(directory: dir, quota: 10 * entry)
+            for i in 0..<10 {
+                try await tier.put(Fixtures.key(i), [UInt8](repeating: 7, count: 1000))
+                try await Task.sleep(for: .milliseconds(15)) // distinct modification times
+            }
+            _ = try await tier.get(Fixtures.key(0)) // 0 becomes most recent (mtime refreshed)
+            try await tier.put(Fixtures.key(10), [UInt8](repeating: 7, count: 1000))
+            #expect(try await tier.contains(Fixtures.key(1)) == false, "the least recently used entry was evicted")
+            #expect(await tier.byteCount <= 10 * entry)
+        }
+        // Reopen with a smaller quota: the oldest entries go, the most recent stay.
+        let small = try DiskTier(directory: dir, quota: 3 * entry + 10)
+        #expect(await small.byteCount <= 3 * entry + 10)
+        #expect(await small.stats().entries == 3)
+        #expect(try await small.contains(Fixtures.key(10)))
+        #expect(try await small.contains(Fixtures.key(0)))
+        let files = try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.hasSuffix(".kve") }
+        #expect(files.count == 3, "evicted files are deleted")
+    }
+
+    @Test func corruptTruncatedAndDeletedEntriesAreNeverServed() async throws {
+        let dir = Fixtures.temporaryDirectory()
+        let tier = try DiskTier(directory: dir, quota: 1 << 20)
+        let value = (0..<4000).map { UInt8(truncatingIfNeeded: $0 * 13) }
+        for i in 0..<4 { try await tier.put(Fixtures.key(i), value) }
+        // Flip one payload byte of entry 0.
+        var bytes = try [UInt8](Data(contentsOf: file(dir, Fixtures.key(0))))
+        bytes[header + 1234] ^= 0x40
+        try Data(bytes).write(to: file(dir, Fixtures.key(0)))
+        // Truncate entry 1.
+        let h = try FileHandle(forWritingTo: file(dir, Fixtures.key(1)))
+        try h.truncate(atOffset: UInt64(header + 100))
+        try h.close()
+        // Delete entry 2.
+        try FileManager.default.removeItem(at: file(dir, Fixtures.key(2)))
+        // Replace entry 3 with a valid file of another key.
+        try FileManager.default.removeItem(at: file(dir, Fixtures.key(3)))
+        try await tier.put(Fixtures.key(5), value)
+        try FileManager.default.copyItem(at: file(dir, Fixtures.key(5)), to: file(dir, Fixtures.key(3)))
+
+        for i in 0..<4 { #expect(try await tier.get(Fixtures.key(i)) == nil, "entry \(i)") }
+        #expect(try await tier.get(Fixtures.key(5)) == value)
+        let stats = await tier.stats()
+        #expect(stats.corruptDropped == 3)
+        #expect(stats.vanished == 1)
+        #expect(stats.entries == 1)
+        #expect(!FileManager.default.fileExists(atPath: file(dir, Fixtures.key(0)).path), "corrupt files are removed")
+        #expect(await tier.byteCount == value.count + header)
+    }
+
+    @Test func aWriterKilledMidWriteNeverServes() async throws {
+        let dir = Fixtures.temporaryDirectory()
+        let value = [UInt8](repeating: 3, count: 5000)
+        do {
+            let tier = try DiskTier(directory: dir, quota: 1 << 20)
+            try await tier.put(Fixtures.key(1), value)
+        }
+        // A writer died before its rename: a temporary file is left behind.
+        let full = DiskEntryFile.encode(key: Fixtures.key(2), value: value)
+        let temp = dir.appendingPathComponent(".\(Fixtures.key(2).hex).123.tmp")
+        try Data(full.prefix(2000)).write(to: temp)
+        // A non-atomic writer died mid-write under the final name: a partial file.
+        try Data(full.prefix(3000)).write(to: file(dir, Fixtures.key(3)))
+        // Garbage under an entry name.
+        try Data([1, 2, 3]).write(to: file(dir, Fixtures.key(4)))
+
+        let tier = try DiskTier(directory: dir, quota: 1 << 20)
+        let stats = await tier.stats()
+        #expect(stats.orphansRemoved == 1)
+        #expect(stats.corruptDropped == 2)
+        #expect(stats.entries == 1)
+        #expect(!FileManager.default.fileExists(atPath: temp.path))
+        #expect(try await tier.get(Fixtures.key(2)) == nil)
+        #expect(try await tier.get(Fixtures.key(3)) == nil)
+        #expect(try await tier.get(Fixtures.key(4)) == nil)
+        #expect(try await tier.get(Fixtures.key(1)) == value)
+    }
+
+    @Test func aPartialFileAppearingUnderARunningStoreIsNotServed() async throws {
+        let dir = Fixtures.temporaryDirectory()
+        let tier = try DiskTier(directory: dir, quota: 1 << 20)
+        let value = [UInt8](repeating: 9, count: 3000)
+        try await tier.put(Fixtures.key(1), value)
+        // Simulate a crash of a second, non-atomic writer rewriting the entry in place.
+        let full = DiskEntryFile.encode(key: Fixtures.key(1), value: value)
+        try Data(full.prefix(1500)).write(to: file(dir, Fixtures.key(1)))
+        #expect(try await tier.get(Fixtures.key(1)) == nil)
+    }
+
+    @Test func concurrentPutsAndGets() async throws {
+        let tier = try DiskTier(directory: Fixtures.temporaryDirectory(), quota: 40 * (500 + header))
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for t in 0..<8 {
+                group.addTask {
+                    for i in 0..<30 {
+                        let k = Fixtures.key(t * 100 + i % 10)
+                        let value = [UInt8](repeating: UInt8(t * 10 + i % 10), count: 500)
+                        try await tier.put(k, value)
+                        if let got = try await tier.get(k) { #expect(got == value) }
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        #expect(await tier.byteCount <= 40 * (500 + header))
+        #expect(await tier.stats().corruptDropped == 0)
+    }
+
+    @Test func refusesEntriesLargerThanTheQuota() async throws {
+        let tier = try DiskTier(directory: Fixtures.temporaryDirectory(), quota: 100)
+        await #expect(throws: TierError.self) { try await tier.put(Fixtures.key(1), [UInt8](repeating: 0, count: 100)) }
+    }
+}

@@ -1,0 +1,94 @@
+import Foundation
+import KVTCCache
+import KVTCCodec
+@testable import KVTCStore
+
+/// Deterministic pseudo-random numbers (SplitMix64).
+struct SplitMix: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+    mutating func gaussian() -> Float {
+        let u = Float.random(in: Float.ulpOfOne..<1, using: &self), v = Float.random(in: 0..<1, using: &self)
+        return (-2 * log(u)).squareRoot() * cos(2 * .pi * v)
+    }
+}
+
+enum Fixtures {
+    static let geometry = KVGeometry(layers: 2, kvHeads: 2, headDim: 8)
+    static let rope = RoPE(layout: .interleaved, theta: 10000, rotaryDims: 8)
+
+    /// A low-rank-plus-noise cache at positions `0..<tokens` (values not fp16-exact).
+    static func cache(tokens: Int, seed: UInt64) -> KVCache {
+        var rng = SplitMix(seed: 99)
+        let p = geometry.featuresPerToken
+        let factors = 6
+        let mixK = (0..<(factors * p)).map { _ in rng.gaussian() }
+        let mixV = (0..<(factors * p)).map { _ in rng.gaussian() }
+        var data = SplitMix(seed: seed)
+        var keys = [Float](repeating: 0, count: tokens * p)
+        var values = keys
+        for t in 0..<tokens {
+            let z = (0..<factors).map { f in data.gaussian() / Float(f + 1) }
+            for i in 0..<p {
+                var k: Float = 0, v: Float = 0
+                for f in 0..<factors { k += z[f] * mixK[f * p + i]; v += z[(f + 2) % factors] * mixV[f * p + i] }
+                keys[t * p + i] = k + 0.01 * data.gaussian()
+                values[t * p + i] = v + 0.01 * data.gaussian()
+            }
+        }
+        let positions = Array(0..<tokens)
+        keys.withUnsafeMutableBufferPointer {
+            rope.rotate(rows: $0.baseAddress!, rowLength: p, positions: positions, headDim: geometry.headDim, inverse: false)
+        }
+        return try! KVCache(geometry: geometry, rope: rope, positions: positions, keys: keys, values: values, model: "synthetic")
+    }
+
+    static let profile: Profile = {
+        let caches = (0..<3).map { cache(tokens: 300, seed: UInt64(500 + $0)) }
+        var options = CalibrationOptions()
+        options.ratios = [4]
+        return try! Calibrator.calibrate(caches: caches, options: options,
+                                         provenance: Provenance(rows: 0, sources: [], model: "synthetic"))
+    }()
+
+    static let identity = ProducerIdentity(modelHash: String(repeating: "ab", count: 32), profile: profile, ratio: 4)
+
+    static func tokens(_ count: Int, seed: Int) -> [Int] { (0..<count).map { ($0 * 7919 + seed * 104_729) % 49_152 } }
+
+    /// A store over `tier` with small chunks (32 tokens, 16 recent).
+    static func store(tier: any CacheTier, identity: ProducerIdentity = identity,
+                      configuration: StoreConfiguration = StoreConfiguration(chunkTokens: 32, recentTokens: 16)) -> CacheStore {
+        try! CacheStore(identity: identity, codec: try! CacheStore.kvtcChunkCodec(profile: profile, ratio: 4),
+                        tier: tier, configuration: configuration)
+    }
+
+    /// What the codec alone gives for `cache` with `recent` protected tokens.
+    static func codecAlone(_ cache: KVCache, recent: Int) -> KVCache {
+        let c = try! KVTCCompressor(profile: profile, ratio: 4, protection: Protection(sinkTokens: 4, recentTokens: recent))
+        return try! c.decompress(c.compress(cache).bytes)
+    }
+
+    static func maxDifference(_ a: [Float], _ b: [Float]) -> Float {
+        precondition(a.count == b.count)
+        var m: Float = 0
+        for i in a.indices { m = max(m, abs(a[i] - b[i])) }
+        return m
+    }
+
+    static func temporaryDirectory() -> URL {
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("kvtc-store-\(UUID().uuidString)")
+        try! FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+        return url
+    }
+
+    static func key(_ i: Int) -> StoreKey {
+        KeyChain(identity: identity, chunkTokens: 4).key(kind: .chunk, anchor: .root, start: 0, tokens: [i])
+    }
+}
