@@ -65,8 +65,13 @@ public struct ProtectedCompressor<Codec: MiddleCodec>: CacheCompressor {
         var setting: String
         var geometry: KVGeometry
         var rope: RoPE
-        var positions: [Int]
+        var tokens: Int
+        /// Positions are `firstPosition + i` unless listed explicitly.
+        var firstPosition: Int
+        var explicitPositions: [Int]?
         var model: String
+
+        var positions: [Int] { explicitPositions ?? Array(firstPosition..<(firstPosition + tokens)) }
         var lead: Int
         var trail: Int
         var middleBytes: Int
@@ -96,7 +101,9 @@ public struct ProtectedCompressor<Codec: MiddleCodec>: CacheCompressor {
             }
         }
         let header = Header(method: codec.method, setting: codec.setting, geometry: cache.geometry, rope: cache.rope,
-                            positions: cache.positions, model: cache.model, lead: lead, trail: trail,
+                            tokens: cache.tokenCount, firstPosition: cache.positions.first ?? 0,
+                            explicitPositions: cache.positions == Array((cache.positions.first ?? 0)..<((cache.positions.first ?? 0) + cache.tokenCount)) ? nil : cache.positions,
+                            model: cache.model, lead: lead, trail: trail,
                             middleBytes: payload.count, exactBytes: exact.count)
         let json = Array(try JSONEncoder().encode(header))
         var out = Self.magic
@@ -124,6 +131,9 @@ public struct ProtectedCompressor<Codec: MiddleCodec>: CacheCompressor {
         let header: Header
         do { header = try JSONDecoder().decode(Header.self, from: Data(bytes[12..<(12 + hl)])) } catch {
             throw BaselineError.corrupt("header")
+        }
+        guard header.tokens >= 0, header.tokens < 1 << 26, header.explicitPositions.map({ $0.count == header.tokens }) ?? true else {
+            throw BaselineError.corrupt("token count")
         }
         guard header.method == codec.method else { throw BaselineError.wrongMethod(expected: codec.method, found: header.method) }
         let p = header.geometry.featuresPerToken

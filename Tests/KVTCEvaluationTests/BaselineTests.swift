@@ -22,6 +22,12 @@ func smallCache(tokens: Int = 300, layers: Int = 2, heads: Int = 2, dim: Int = 8
                         positions: Array(firstPosition..<(firstPosition + tokens)), keys: k, values: v, model: "test")
 }
 
+/// Wraps an existential codec (opens it into the generic wrapper).
+func protected(_ codec: any MiddleCodec) -> any CacheCompressor {
+    func wrap<C: MiddleCodec>(_ c: C) -> any CacheCompressor { ProtectedCompressor(c) }
+    return wrap(codec)
+}
+
 @Suite struct BaselineTests {
     /// Bytes each method must store for `n` middle tokens, from its definition.
     static func expectedPayload(_ codec: any MiddleCodec, n: Int, geometry g: KVGeometry) -> Int {
@@ -44,8 +50,7 @@ func smallCache(tokens: Int = 300, layers: Int = 2, heads: Int = 2, dim: Int = 8
         for codec in codecs {
             let payload = try codec.encode(middle: try cache.tokens(4..<(4 + n)), context: cache)
             #expect(payload.count == Self.expectedPayload(codec, n: n, geometry: cache.geometry), "\(codec.method)")
-            let c = ProtectedCompressor(codec)
-            let blob = try c.compress(cache)
+            let blob = try protected(codec).compress(cache)
             #expect(blob.report.totalBytes == blob.bytes.count)
             #expect(blob.report.compressedTokens == n)
             // Everything except the exact tokens is charged to the compressed tokens.
@@ -60,7 +65,7 @@ func smallCache(tokens: Int = 300, layers: Int = 2, heads: Int = 2, dim: Int = 8
         let tolerances: [(any MiddleCodec, Double)] = [(FP8Codec(), 0.07), (PerTokenIntCodec(bits: 8), 0.01), (PerTokenIntCodec(bits: 4), 0.1),
                                                        (KIVICodec(bits: 4), 0.1), (KIVICodec(bits: 2), 0.5)]
         for (codec, tol) in tolerances {
-            let c = ProtectedCompressor(codec)
+            let c = protected(codec)
             let back = try c.decompress(c.compress(cache).bytes)
             #expect(back.positions == cache.positions)
             #expect(Array(back.keys[0..<(4 * p)]) == Array(cache.keys[0..<(4 * p)]))

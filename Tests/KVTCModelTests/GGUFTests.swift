@@ -39,6 +39,7 @@ struct GGUFBuilder {
     }
 }
 
+@discardableResult
 func withTemporaryFile<R>(_ bytes: [UInt8], _ body: (String) throws -> R) throws -> R {
     let path = FileManager.default.temporaryDirectory
         .appendingPathComponent("kvtc-gguf-\(UUID().uuidString).gguf").path
