@@ -10,22 +10,31 @@ public struct StoreConfiguration: Sendable, Hashable {
     public var recentTokens: Int
     /// Precision of the tail's exact tokens.
     public var tailPrecision: ExactPrecision
+    /// Whether a lookup without a matching tail may still return the stored chunks minus
+    /// the last ``recentTokens`` tokens (which the caller then recomputes exactly).
+    public var chunkOnlyMatches: Bool
 
-    public init(chunkTokens: Int = 256, recentTokens: Int = 128, tailPrecision: ExactPrecision = .automatic) {
+    public init(chunkTokens: Int = 256, recentTokens: Int = 128, tailPrecision: ExactPrecision = .automatic,
+                chunkOnlyMatches: Bool = true) {
         self.chunkTokens = chunkTokens
         self.recentTokens = recentTokens
         self.tailPrecision = tailPrecision
+        self.chunkOnlyMatches = chunkOnlyMatches
     }
 }
 
 /// The longest stored prefix of a token sequence.
+///
+/// Either a stored prefix with its tail (its most recent tokens exact), or — when no tail
+/// matches — the leading chunks minus the last ``StoreConfiguration/recentTokens`` tokens
+/// of them, so the caller recomputes the most recent tokens exactly.
 public struct PrefixMatch: Sendable, Equatable {
     /// Tokens of the prefix (`T`).
     public var matchedTokens: Int
     /// Keys of the chunks the restore reads, in order.
     public var chunkKeys: [StoreKey]
-    /// Key of the tail holding the prefix's last tokens exactly.
-    public var tailKey: StoreKey
+    /// Key of the tail holding the prefix's last tokens exactly; `nil` for a chunk-only match.
+    public var tailKey: StoreKey?
 }
 
 /// A cache restored from the store.
@@ -40,6 +49,12 @@ public struct RestoredPrefix: Sendable {
     public var bytesRead: Int
     /// Seconds spent on lookup, reads and decoding.
     public var seconds: Double
+    /// Whether a tail was used (else the prefix ends ``StoreConfiguration/recentTokens``
+    /// before the last matching chunk's end).
+    public var usedTail: Bool { tailKey != nil }
+    /// The tail used, if any (pass it to ``CacheStore/store(tokens:cache:superseding:)``
+    /// when storing the continuation).
+    public var tailKey: StoreKey?
 }
 
 /// What a ``CacheStore/store(tokens:cache:)`` call wrote.
@@ -146,7 +161,7 @@ public final class CacheStore: Sendable {
     // MARK: Lookup
 
     /// The longest stored prefix of `tokens` (chunks present and a tail for exactly that
-    /// prefix), or `nil`.
+    /// prefix, or a chunk-only match when that is longer and allowed), or `nil`.
     public func lookup(tokens: [Int]) async -> PrefixMatch? {
         guard !tokens.isEmpty, Self.keyable(tokens) else { return nil }
         let c = chunkTokens
@@ -154,18 +169,26 @@ public final class CacheStore: Sendable {
         let present = (try? await tier.contains(keys)) ?? [Bool](repeating: false, count: keys.count)
         var j = 0
         while j < keys.count, present[j] { j += 1 }
-        for m in stride(from: j, through: 0, by: -1) {
+        let chunkOnly = configuration.chunkOnlyMatches ? j * c - configuration.recentTokens : 0
+        // A tail may reach back over chunks it holds exactly, so anchors past the last
+        // present chunk count as long as the chunks before the tail's first token are present.
+        let highest = min(keys.count, (j * c + configuration.recentTokens) / c)
+        for m in stride(from: highest, through: 0, by: -1) {
+            guard m * c + c - 1 > chunkOnly else { break }
             let lo = max(m * c, 1), hi = min(tokens.count, m * c + c - 1)
             guard lo <= hi else { continue }
-            let lengths = Array((lo...hi).reversed())
+            let lengths = (lo...hi).reversed().filter { (tailStart(count: $0) + c - 1) / c <= j }
+            guard !lengths.isEmpty else { continue }
             let anchor = m == 0 ? StoreKey.root : keys[m - 1]
             let tails = chain.tailKeys(for: tokens, anchor: anchor, chunks: m, lengths: lengths)
             guard let found = try? await tier.contains(tails), let i = found.firstIndex(of: true) else { continue }
             let t = lengths[i]
+            guard t > chunkOnly else { break }
             let needed = (tailStart(count: t) + c - 1) / c
             return PrefixMatch(matchedTokens: t, chunkKeys: Array(keys[0..<needed]), tailKey: tails[i])
         }
-        return nil
+        guard chunkOnly > 0 else { return nil }
+        return PrefixMatch(matchedTokens: chunkOnly, chunkKeys: Array(keys[0..<((chunkOnly + c - 1) / c)]), tailKey: nil)
     }
 
     // MARK: Restore
@@ -205,44 +228,62 @@ public final class CacheStore: Sendable {
         totals.withLock { $0.invalidEntries += 1 }
     }
 
-    private func fetch(_ match: PrefixMatch) async -> RestoredPrefix? {
+    /// Reads and checks a tail: its rows and the token index they start at.
+    private func fetchTail(_ key: StoreKey, count t: Int, chunks: Int) async -> (KVCache, Int, Int)? {
         let c = chunkTokens
-        let t = match.matchedTokens
-        guard let (tail, tailSize) = await entry(match.tailKey) else { return nil }
-        guard tail.kind == .tail, tail.end == t else { await drop(match.tailKey); return nil }
-        let tailCache: KVCache
-        do { tailCache = try ExactRows.decode(tail.payload) } catch { await drop(match.tailKey); return nil }
-        guard tailCache.tokenCount == t - tail.exactStart,
-              tailCache.tokenCount == 0 || tailCache.positions.first == tail.exactStart else {
-            await drop(match.tailKey)
+        guard let (tail, size) = await entry(key) else { return nil }
+        guard tail.kind == .tail, tail.end == t else { await drop(key); return nil }
+        let rows: KVCache
+        do { rows = try ExactRows.decode(tail.payload) } catch { await drop(key); return nil }
+        guard rows.tokenCount == t - tail.exactStart, rows.tokenCount == 0 || rows.positions.first == tail.exactStart else {
+            await drop(key)
             return nil
         }
         // A tail made with fewer recent tokens than this store wants is not used.
-        guard t - tail.exactStart >= min(t, configuration.recentTokens),
-              (tail.exactStart + c - 1) / c == match.chunkKeys.count else { return nil }
+        guard t - tail.exactStart >= min(t, configuration.recentTokens), (tail.exactStart + c - 1) / c == chunks else {
+            return nil
+        }
+        return (rows, tail.exactStart, size)
+    }
+
+    private func fetch(_ match: PrefixMatch) async -> RestoredPrefix? {
+        let c = chunkTokens
+        let t = match.matchedTokens
+        var tailRows: KVCache?
+        var exactStart = t
+        var bytesRead = 0
+        if let key = match.tailKey {
+            guard let (rows, start, size) = await fetchTail(key, count: t, chunks: match.chunkKeys.count) else { return nil }
+            tailRows = rows
+            exactStart = start
+            bytesRead = size
+        }
         var cache: KVCache?
-        var bytesRead = tailSize
         for (i, key) in match.chunkKeys.enumerated() {
             guard let (chunk, size) = await entry(key) else { return nil }
             bytesRead += size
             guard chunk.kind == .chunk, chunk.start == i * c else { await drop(key); return nil }
             let decoded: KVCache
             do { decoded = try codec.decompress(chunk.payload) } catch { await drop(key); return nil }
-            guard decoded.tokenCount == c, decoded.positions.first == i * c, decoded.geometry == tailCache.geometry,
-                  decoded.rope == tailCache.rope else {
+            guard decoded.tokenCount == c, decoded.positions.first == i * c,
+                  tailRows == nil || (decoded.geometry == tailRows!.geometry && decoded.rope == tailRows!.rope) else {
                 await drop(key)
                 return nil
             }
-            let keep = min(c, tail.exactStart - i * c)
+            let keep = min(c, exactStart - i * c)
             do {
                 let part = keep == c ? decoded : try decoded.tokens(0..<keep)
                 if cache == nil { cache = part } else { try cache!.append(contentsOf: part) }
             } catch { await drop(key); return nil }
         }
-        do {
-            if cache == nil { cache = tailCache } else { try cache!.append(contentsOf: tailCache) }
-        } catch { await drop(match.tailKey); return nil }
-        return RestoredPrefix(cache: cache!, matchedTokens: t, chunks: match.chunkKeys.count, bytesRead: bytesRead, seconds: 0)
+        if let tailRows, let key = match.tailKey {
+            do {
+                if cache == nil { cache = tailRows } else { try cache!.append(contentsOf: tailRows) }
+            } catch { await drop(key); return nil }
+        }
+        guard let cache, cache.tokenCount == t else { return nil }
+        return RestoredPrefix(cache: cache, matchedTokens: t, chunks: match.chunkKeys.count, bytesRead: bytesRead, seconds: 0,
+                              tailKey: match.tailKey)
     }
 
     // MARK: Store
@@ -253,7 +294,9 @@ public final class CacheStore: Sendable {
     /// - Parameters:
     ///   - tokens: the token ids the cache holds, in order.
     ///   - cache: their cache; positions must be `0..<tokens.count`.
-    public func store(tokens: [Int], cache: KVCache) async throws(StoreError) -> StoreReceipt {
+    ///   - superseding: the tail this sequence continues (from ``RestoredPrefix/tailKey``);
+    ///     it is demoted so it is evicted before live entries.
+    public func store(tokens: [Int], cache: KVCache, superseding: StoreKey? = nil) async throws(StoreError) -> StoreReceipt {
         let clock = Date()
         let t = tokens.count
         guard cache.tokenCount == t else { throw .mismatch("\(t) tokens, cache holds \(cache.tokenCount)") }
@@ -296,6 +339,7 @@ public final class CacheStore: Sendable {
         do { try await tier.put(tailKey, tailBytes) } catch { throw .tier(error) }
         receipt.bytesWritten += tailBytes.count
         receipt.tailKey = tailKey
+        if let superseding, superseding != tailKey { await tier.demote(superseding) }
         receipt.seconds = Date().timeIntervalSince(clock)
         totals.withLock {
             $0.chunksWritten += receipt.chunksWritten

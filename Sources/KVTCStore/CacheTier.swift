@@ -50,6 +50,9 @@ public protocol CacheTier: Sendable {
     func contains(_ key: StoreKey) async throws(TierError) -> Bool
     /// Presence of many keys at once (one round trip for remote tiers).
     func contains(_ keys: [StoreKey]) async throws(TierError) -> [Bool]
+    /// Hints that `key` is unlikely to be read again (e.g. a tail superseded by a longer
+    /// one), making it the first candidate for eviction. Tiers without recency may ignore it.
+    func demote(_ key: StoreKey) async
     /// Bytes held.
     var byteCount: Int { get async }
     /// Counters and sizes.
@@ -57,6 +60,8 @@ public protocol CacheTier: Sendable {
 }
 
 extension CacheTier {
+    public func demote(_ key: StoreKey) async {}
+
     public func contains(_ keys: [StoreKey]) async throws(TierError) -> [Bool] {
         var out: [Bool] = []
         out.reserveCapacity(keys.count)

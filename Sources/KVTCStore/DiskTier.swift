@@ -183,6 +183,8 @@ public actor DiskTier: CacheTier {
 
     public func contains(_ keys: [StoreKey]) async throws(TierError) -> [Bool] { keys.map { sizes[$0] != nil } }
 
+    public func demote(_ key: StoreKey) async { order.demote(key) }
+
     public var byteCount: Int { bytes }
 
     public func stats() async -> TierStats {

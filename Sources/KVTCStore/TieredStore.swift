@@ -61,6 +61,10 @@ public struct TieredStore: CacheTier {
         return present
     }
 
+    public func demote(_ key: StoreKey) async {
+        for tier in tiers { await tier.demote(key) }
+    }
+
     /// Bytes held by all tiers together.
     public var byteCount: Int {
         get async {

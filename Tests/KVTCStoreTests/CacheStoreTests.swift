@@ -37,12 +37,27 @@ import KVTCCodec
         _ = try await store.store(tokens: Array(tokens[0..<150]), cache: try cache.tokens(0..<150))
         // Extending a stored prefix finds it.
         #expect(await store.lookup(tokens: tokens)?.matchedTokens == 150)
-        #expect(await store.lookup(tokens: Array(tokens[0..<149]))?.matchedTokens == 70)
-        #expect(await store.lookup(tokens: Array(tokens[0..<69])) == nil)
-        // Diverging after token 100 falls back to the 70-token prefix.
+        #expect(await store.lookup(tokens: tokens)?.tailKey != nil)
+        // Without a matching tail, whole chunks minus the 16 recent tokens (recomputed by the caller).
+        let partial = await store.lookup(tokens: Array(tokens[0..<149]))
+        #expect(partial?.matchedTokens == 4 * 32 - 16 && partial?.tailKey == nil)
+        #expect(await store.lookup(tokens: Array(tokens[0..<69]))?.matchedTokens == 2 * 32 - 16)
+        #expect(await store.lookup(tokens: Array(tokens[0..<40]))?.matchedTokens == 32 - 16)
+        #expect(await store.lookup(tokens: Array(tokens[0..<31])) == nil)
+        // Diverging after token 100: chunks 0-2 still match (80 tokens) and beat the 70-token tail.
         var other = tokens
         other[100] += 1
-        #expect(await store.lookup(tokens: other)?.matchedTokens == 70)
+        #expect(await store.lookup(tokens: other)?.matchedTokens == 80)
+        other = tokens
+        other[75] += 1
+        #expect(await store.lookup(tokens: other)?.matchedTokens == 70, "the 70-token tail beats 2 chunks minus 16")
+        let chunkOnly = try #require(await store.restore(tokens: Array(tokens[0..<149])))
+        #expect(!chunkOnly.usedTail && chunkOnly.cache.tokenCount == 112)
+        let full = try #require(await store.restore(tokens: Array(tokens[0..<150])))
+        #expect(full.usedTail)
+        #expect(chunkOnly.cache == (try full.cache.tokens(0..<112)))
+        let strict = Fixtures.store(tier: store.tier, configuration: StoreConfiguration(chunkTokens: 32, recentTokens: 16, chunkOnlyMatches: false))
+        #expect(await strict.lookup(tokens: Array(tokens[0..<149]))?.matchedTokens == 70)
         // Diverging at token 0 finds nothing.
         other = tokens
         other[0] += 1
@@ -52,6 +67,24 @@ import KVTCCodec
         #expect(restored.matchedTokens == 150 && restored.cache.tokenCount == 150)
         let receipt = try await store.store(tokens: tokens, cache: cache)
         #expect(receipt.chunksReused == 4 && receipt.chunksWritten == 2)
+    }
+
+    @Test func aTailNeedsOnlyTheChunksBeforeItsFirstToken() async throws {
+        let tier = MemoryTier(budget: 1 << 24)
+        let store = Fixtures.store(tier: tier)
+        let tokens = Fixtures.tokens(70, seed: 9)
+        _ = try await store.store(tokens: tokens, cache: Fixtures.cache(tokens: 70, seed: 9))
+        // 70 tokens: chunks [0,32) and [32,64), tail from 54 (the 16 most recent) to 70.
+        let keys = store.chain.chunkKeys(for: tokens)
+        let match = try #require(await store.lookup(tokens: tokens))
+        #expect(match.chunkKeys == keys && match.matchedTokens == 70)
+        // With chunk-only matches off, a 38-token prefix's tail (from 22) needs chunk 0 only.
+        let strict = Fixtures.store(tier: tier, configuration: StoreConfiguration(chunkTokens: 32, recentTokens: 16, chunkOnlyMatches: false))
+        _ = try await strict.store(tokens: Array(tokens[0..<38]), cache: try Fixtures.cache(tokens: 70, seed: 9).tokens(0..<38))
+        try await tier.remove(keys[1])
+        let m38 = try #require(await strict.lookup(tokens: tokens))
+        #expect(m38.matchedTokens == 38 && m38.chunkKeys == [keys[0]])
+        #expect(await strict.restore(tokens: tokens)?.matchedTokens == 38)
     }
 
     @Test func anotherProducerNeverSeesTheEntries() async throws {
@@ -147,8 +180,8 @@ import KVTCCodec
             }
             for (tokens, cache) in expected {
                 guard let restored = await store.restore(tokens: tokens) else { continue }
-                #expect(restored.matchedTokens == tokens.count, "only whole stored prefixes exist")
-                #expect(restored.cache == cache, "a restored cache is exactly the one stored")
+                #expect(restored.usedTail == (restored.matchedTokens == tokens.count))
+                #expect(restored.cache == (try cache.tokens(0..<restored.matchedTokens)), "a restored cache is exactly the one stored")
             }
         }
         let stats = await disk.stats()
@@ -166,7 +199,7 @@ import KVTCCodec
                     let (tokens, cache) = conversations[task % conversations.count]
                     for length in stride(from: 40, through: 140, by: 50) {
                         _ = try await store.store(tokens: Array(tokens[0..<length]), cache: try cache.tokens(0..<length))
-                        if let restored = await store.restore(tokens: Array(tokens[0..<length])) {
+                        if let restored = await store.restore(tokens: Array(tokens[0..<length])), restored.usedTail {
                             #expect(restored.cache.positions == Array(0..<restored.matchedTokens))
                             let exact = try cache.tokens((restored.matchedTokens - 16)..<restored.matchedTokens)
                             let got = try restored.cache.tokens((restored.matchedTokens - 16)..<restored.matchedTokens)

@@ -15,7 +15,7 @@ import KVTCCodec
         #expect(a[0].hex == KeyChainTests.pinnedFirstKey)
     }
 
-    static let pinnedFirstKey = "PIN"
+    static let pinnedFirstKey = "8d066fa370a68da69776d09a3ea0af6eb191d1f82ff63aa3c04f3ddaad1a7193"
 
     @Test func keysAreChained() {
         let chain = KeyChain(identity: fixed, chunkTokens: 4)

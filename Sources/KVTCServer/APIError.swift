@@ -1,0 +1,83 @@
+import Foundation
+import Hummingbird
+
+/// An error answered with an HTTP status and an OpenAI-style JSON body.
+public struct APIError: HTTPResponseError, Sendable, Equatable {
+    public var status: HTTPResponse.Status
+    public var message: String
+    public var type: String
+
+    public init(_ status: HTTPResponse.Status, _ message: String, type: String? = nil) {
+        self.status = status
+        self.message = message
+        self.type = type ?? (status.code >= 500 ? "server_error" : "invalid_request_error")
+    }
+
+    public func response(from request: Request, context: some RequestContext) throws -> Response {
+        let body = ErrorResponse(error: .init(message: message, type: type, code: String(status.code)))
+        return JSONBody.response(body, status: status)
+    }
+}
+
+/// Converts every error (including unmatched routes and framework errors) into a JSON
+/// error response and counts it.
+struct JSONErrorMiddleware<Context: RequestContext>: RouterMiddleware {
+    let metrics: ServerMetrics
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        do {
+            let response = try await next(request, context)
+            if response.status.code >= 400 { metrics.error(status: response.status.code) }
+            return response
+        } catch let error as APIError {
+            metrics.error(status: error.status.code)
+            return try error.response(from: request, context: context)
+        } catch let error as HTTPResponseError {
+            metrics.error(status: error.status.code)
+            let message = error.status == .notFound ? "no route for \(request.method) \(request.uri.path)" : error.status.reasonPhrase
+            return try APIError(error.status, message).response(from: request, context: context)
+        } catch {
+            metrics.error(status: 500)
+            return try APIError(.internalServerError, "\(error)").response(from: request, context: context)
+        }
+    }
+}
+
+/// JSON encoding helpers for responses.
+enum JSONBody {
+    static let encoder: JSONEncoder = {
+        let e = JSONEncoder()
+        e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return e
+    }()
+
+    static func data<T: Encodable>(_ value: T) -> Data { (try? encoder.encode(value)) ?? Data("{}".utf8) }
+
+    static func response<T: Encodable>(_ value: T, status: HTTPResponse.Status = .ok) -> Response {
+        Response(status: status, headers: [.contentType: "application/json"],
+                 body: ResponseBody(byteBuffer: ByteBuffer(bytes: data(value))))
+    }
+
+    /// Decodes a request body, turning failures into 400s that say what is wrong.
+    static func decode<T: Decodable>(_ type: T.Type, from request: inout Request, limit: Int) async throws -> T {
+        let buffer: ByteBuffer
+        do { buffer = try await request.collectBody(upTo: limit) } catch {
+            throw APIError(.contentTooLarge, "the request body exceeds \(limit) bytes")
+        }
+        guard buffer.readableBytes > 0 else { throw APIError(.badRequest, "the request body is empty; expected JSON") }
+        do {
+            return try JSONDecoder().decode(T.self, from: Data(buffer.readableBytesView))
+        } catch let DecodingError.keyNotFound(key, _) {
+            throw APIError(.badRequest, "missing field '\(key.stringValue)'")
+        } catch let DecodingError.typeMismatch(_, ctx) {
+            throw APIError(.badRequest, "wrong type at '\(ctx.codingPath.map(\.stringValue).joined(separator: "."))': \(ctx.debugDescription)")
+        } catch let DecodingError.valueNotFound(_, ctx) {
+            throw APIError(.badRequest, "null at '\(ctx.codingPath.map(\.stringValue).joined(separator: "."))'")
+        } catch let DecodingError.dataCorrupted(ctx) {
+            let path = ctx.codingPath.map(\.stringValue).joined(separator: ".")
+            throw APIError(.badRequest, path.isEmpty ? "the body is not valid JSON" : "invalid '\(path)': \(ctx.debugDescription)")
+        } catch {
+            throw APIError(.badRequest, "cannot decode the request: \(error)")
+        }
+    }
+}

@@ -1,0 +1,206 @@
+import Dispatch
+import Foundation
+import KVTCCache
+import KVTCModel
+import KVTCStore
+
+/// Errors of the inference engine.
+public enum EngineError: Error, Equatable, CustomStringConvertible {
+    /// The request cannot be served (empty prompt, context too long, bad token).
+    case invalidRequest(String)
+    /// The model failed.
+    case model(ModelError)
+
+    public var description: String {
+        switch self {
+        case .invalidRequest(let m): return m
+        case .model(let e): return e.description
+        }
+    }
+}
+
+/// One generation request, in tokens.
+public struct GenerationRequest: Sendable {
+    /// Prompt token ids (at least one).
+    public var promptTokens: [Int]
+    /// Most tokens to generate.
+    public var maxTokens: Int
+    /// Greedy or sampled.
+    public var sampling: SamplingOptions
+    /// Whether to restore the longest stored prefix before prefill.
+    public var restore: Bool
+    /// Whether to store the cache afterwards.
+    public var store: Bool
+
+    public init(promptTokens: [Int], maxTokens: Int, sampling: SamplingOptions = .greedy,
+                restore: Bool = true, store: Bool = true) {
+        self.promptTokens = promptTokens
+        self.maxTokens = maxTokens
+        self.sampling = sampling
+        self.restore = restore
+        self.store = store
+    }
+}
+
+/// What a generation did and how long each step took.
+public struct GenerationOutcome: Sendable, Codable, Equatable {
+    /// Generated token ids (without the stop token).
+    public var tokens: [Int]
+    /// Generated text.
+    public var text: String
+    /// `stop` (end of sequence) or `length`.
+    public var finishReason: String
+    /// Prompt tokens.
+    public var promptTokens: Int
+    /// Prompt tokens restored from the store instead of recomputed.
+    public var cachedTokens: Int
+    /// Prompt tokens run through the model.
+    public var prefilledTokens: Int
+    /// Seconds to look up and restore the stored prefix.
+    public var restoreSeconds: Double
+    /// Seconds to prefill the rest of the prompt.
+    public var prefillSeconds: Double
+    /// Seconds from the request to the first generated token.
+    public var timeToFirstTokenSeconds: Double
+    /// Seconds generating after the first token.
+    public var decodeSeconds: Double
+    /// Seconds storing the cache afterwards.
+    public var storeSeconds: Double
+    /// Chunks newly written to the store.
+    public var chunksWritten: Int
+}
+
+/// Runs the model for requests, restoring and storing caches through a ``CacheStore``.
+///
+/// Forward passes run one at a time on a dedicated serial queue (never on the Swift
+/// concurrency pool), so any number of requests may call ``generate(_:onToken:)``
+/// concurrently: their lookups and restores overlap, their passes are serialized.
+public final class InferenceEngine: Sendable {
+    /// The model.
+    public let model: LlamaModel
+    /// The store, or `nil` to recompute every prompt.
+    public let store: CacheStore?
+    private let queue = DispatchQueue(label: "kvtc.model", qos: .userInitiated)
+    private let observer: (@Sendable (GenerationOutcome) -> Void)?
+
+    /// An engine for `model` with an optional `store`; `observer` sees every outcome (metrics).
+    public init(model: LlamaModel, store: CacheStore?, observer: (@Sendable (GenerationOutcome) -> Void)? = nil) {
+        self.model = model
+        self.store = store
+        self.observer = observer
+    }
+
+    /// Runs work on the model queue.
+    private func onModelQueue<T: Sendable>(_ body: @escaping @Sendable () throws(EngineError) -> T) async throws(EngineError) -> T {
+        let result: Result<T, EngineError> = await withCheckedContinuation { continuation in
+            queue.async {
+                do throws(EngineError) { continuation.resume(returning: .success(try body())) } catch {
+                    continuation.resume(returning: .failure(error))
+                }
+            }
+        }
+        return try result.get()
+    }
+
+    /// Checks that `request` can be served: a non-empty prompt of vocabulary tokens that,
+    /// with `maxTokens`, fits the model's context.
+    public func validate(_ request: GenerationRequest) throws(EngineError) {
+        let prompt = request.promptTokens
+        let limit = model.config.contextLength
+        guard !prompt.isEmpty else { throw .invalidRequest("the prompt is empty") }
+        guard request.maxTokens >= 0 else { throw .invalidRequest("max_tokens must not be negative") }
+        guard prompt.count + request.maxTokens <= limit else {
+            throw .invalidRequest("prompt (\(prompt.count) tokens) plus max_tokens (\(request.maxTokens)) exceeds the context of \(limit) tokens")
+        }
+        if let bad = prompt.first(where: { $0 < 0 || $0 >= model.config.vocabularySize }) {
+            throw .invalidRequest("token id \(bad) is outside the vocabulary")
+        }
+    }
+
+    /// Generates for `request`, calling `onToken` with each token id and the text it
+    /// completes (on the model queue; keep it short).
+    public func generate(_ request: GenerationRequest,
+                         onToken: @escaping @Sendable (Int, String) -> Void = { _, _ in }) async throws(EngineError) -> GenerationOutcome {
+        let clock = Date()
+        let prompt = request.promptTokens
+        try validate(request)
+        // Restore the longest stored prefix, leaving at least one token to prefill.
+        var restored: RestoredPrefix?
+        if request.restore, let store, prompt.count > 1 {
+            restored = await store.restore(tokens: Array(prompt.dropLast()))
+        }
+        let restoreSeconds = Date().timeIntervalSince(clock)
+        let model = self.model
+        let initial = restored
+        let run = try await onModelQueue { () throws(EngineError) -> (GenerationOutcome, KVCache, [Int]) in
+            var cache = initial?.cache ?? model.makeCache(reservingCapacity: prompt.count + request.maxTokens)
+            let cached = initial?.matchedTokens ?? 0
+            var sampler = Sampler(request.sampling)
+            var decoder = StreamingDecoder(tokenizer: model.tokenizer)
+            let stops = model.stopTokens
+            let prefillClock = Date()
+            var logits: [Float]
+            do throws(ModelError) { logits = try model.prefill(tokens: Array(prompt[cached...]), cache: &cache, logits: .last).elements } catch {
+                throw .model(error)
+            }
+            let prefillSeconds = Date().timeIntervalSince(prefillClock)
+            var held = prompt
+            var out: [Int] = []
+            var text = ""
+            var finish = "length"
+            var ttft = Date().timeIntervalSince(clock)
+            let decodeClock = Date()
+            while out.count < request.maxTokens {
+                let next = sampler.sample(logits)
+                if out.isEmpty { ttft = Date().timeIntervalSince(clock) }
+                if stops.contains(next) { finish = "stop"; break }
+                out.append(next)
+                let piece = decoder.append(next)
+                text += piece
+                onToken(next, piece)
+                if out.count == request.maxTokens { break }
+                do throws(ModelError) { logits = try model.decodeStep(token: next, cache: &cache) } catch { throw .model(error) }
+                held.append(next)
+            }
+            let rest = decoder.flush()
+            if !rest.isEmpty { text += rest; onToken(-1, rest) }
+            let outcome = GenerationOutcome(tokens: out, text: text, finishReason: finish, promptTokens: prompt.count,
+                                            cachedTokens: cached, prefilledTokens: prompt.count - cached,
+                                            restoreSeconds: restoreSeconds, prefillSeconds: prefillSeconds,
+                                            timeToFirstTokenSeconds: ttft, decodeSeconds: Date().timeIntervalSince(decodeClock),
+                                            storeSeconds: 0, chunksWritten: 0)
+            return (outcome, cache, held)
+        }
+        var (outcome, cache, held) = run
+        if request.store, let store {
+            let storeClock = Date()
+            if let receipt = try? await store.store(tokens: held, cache: cache, superseding: restored?.tailKey) {
+                outcome.chunksWritten = receipt.chunksWritten
+            }
+            outcome.storeSeconds = Date().timeIntervalSince(storeClock)
+        }
+        observer?(outcome)
+        return outcome
+    }
+
+    /// Seconds to prefill `tokens` from scratch (no store), for benchmarks.
+    public func recomputeSeconds(tokens: [Int]) async throws(EngineError) -> Double {
+        let model = self.model
+        return try await onModelQueue { () throws(EngineError) -> Double in
+            var cache = model.makeCache(reservingCapacity: tokens.count)
+            let clock = Date()
+            do throws(ModelError) { _ = try model.prefill(tokens: tokens, cache: &cache, logits: .last) } catch { throw .model(error) }
+            return Date().timeIntervalSince(clock)
+        }
+    }
+
+    /// The cache of `tokens` computed by the model (for benchmarks and calibration).
+    public func computeCache(tokens: [Int]) async throws(EngineError) -> KVCache {
+        let model = self.model
+        return try await onModelQueue { () throws(EngineError) -> KVCache in
+            var cache = model.makeCache(reservingCapacity: tokens.count)
+            do throws(ModelError) { _ = try model.prefill(tokens: tokens, cache: &cache, logits: .none) } catch { throw .model(error) }
+            return cache
+        }
+    }
+}

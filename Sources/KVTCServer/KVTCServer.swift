@@ -1,0 +1,34 @@
+import Foundation
+import Hummingbird
+import Logging
+
+/// Where and how the server listens.
+public struct ServerConfiguration: Sendable {
+    /// Interface to bind (default `127.0.0.1`).
+    public var host: String
+    /// TCP port (0 picks a free one).
+    public var port: Int
+
+    public init(host: String = "127.0.0.1", port: Int = 8080) {
+        self.host = host
+        self.port = port
+    }
+}
+
+/// The OpenAI-compatible HTTP server that restores caches instead of recomputing them.
+public enum KVTCServer {
+    /// An application serving `service` (run it with `runService()`).
+    ///
+    /// - Parameter onServerRunning: called with the bound port once the server listens.
+    public static func application(service: KVTCService, configuration: ServerConfiguration,
+                                   logger: Logger? = nil,
+                                   onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }) -> some ApplicationProtocol {
+        var log = logger ?? Logger(label: "kvtc.server")
+        if logger == nil { log.logLevel = .warning }
+        return Application(router: Routes.router(for: service),
+                           configuration: .init(address: .hostname(configuration.host, port: configuration.port),
+                                                serverName: "kvtc"),
+                           onServerRunning: { channel in await onServerRunning(channel.localAddress?.port ?? configuration.port) },
+                           logger: log)
+    }
+}

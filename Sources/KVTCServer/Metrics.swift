@@ -1,0 +1,113 @@
+import Foundation
+import KVTCStore
+
+/// A Prometheus histogram with fixed upper bounds (seconds).
+struct Histogram: Sendable {
+    let bounds: [Double]
+    var counts: [Int]
+    var sum = 0.0
+    var count = 0
+
+    init(bounds: [Double]) {
+        self.bounds = bounds
+        counts = [Int](repeating: 0, count: bounds.count)
+    }
+
+    mutating func observe(_ v: Double) {
+        for (i, b) in bounds.enumerated() where v <= b { counts[i] += 1 }
+        sum += v
+        count += 1
+    }
+
+    static let latencyBounds: [Double] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
+}
+
+/// Request-level counters and latency histograms of the server, rendered as Prometheus
+/// text together with the store's and tiers' statistics.
+public final class ServerMetrics: Sendable {
+    struct State {
+        var requests: [String: Int] = [:]
+        var errors: [String: Int] = [:]
+        var promptTokens = 0
+        var cachedTokens = 0
+        var prefilledTokens = 0
+        var completionTokens = 0
+        var restore = Histogram(bounds: Histogram.latencyBounds)
+        var prefill = Histogram(bounds: Histogram.latencyBounds)
+        var ttft = Histogram(bounds: Histogram.latencyBounds)
+        var store = Histogram(bounds: Histogram.latencyBounds)
+    }
+
+    private let state = Guarded(State())
+
+    public init() {}
+
+    /// Counts a request to `route`.
+    public func request(_ route: String) { state.withLock { $0.requests[route, default: 0] += 1 } }
+
+    /// Counts an error response with `status`.
+    public func error(status: Int) { state.withLock { $0.errors[String(status), default: 0] += 1 } }
+
+    /// Records a generation.
+    public func record(_ o: GenerationOutcome) {
+        state.withLock {
+            $0.promptTokens += o.promptTokens
+            $0.cachedTokens += o.cachedTokens
+            $0.prefilledTokens += o.prefilledTokens
+            $0.completionTokens += o.tokens.count
+            $0.restore.observe(o.restoreSeconds)
+            $0.prefill.observe(o.prefillSeconds)
+            $0.ttft.observe(o.timeToFirstTokenSeconds)
+            $0.store.observe(o.storeSeconds)
+        }
+    }
+
+    /// The Prometheus text exposition.
+    public func render(store: StoreCounters?, tiers: [TierStats]) -> String {
+        let s = state.withLock { $0 }
+        var out = ""
+        func metric(_ name: String, _ type: String, _ help: String, _ samples: [(String, Double)]) {
+            out += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
+            for (labels, v) in samples { out += "\(name)\(labels) \(format(v))\n" }
+        }
+        func histogram(_ name: String, _ help: String, _ h: Histogram) {
+            out += "# HELP \(name) \(help)\n# TYPE \(name) histogram\n"
+            for (b, c) in zip(h.bounds, h.counts) { out += "\(name)_bucket{le=\"\(format(b))\"} \(c)\n" }
+            out += "\(name)_bucket{le=\"+Inf\"} \(h.count)\n\(name)_sum \(format(h.sum))\n\(name)_count \(h.count)\n"
+        }
+        metric("kvtc_http_requests_total", "counter", "HTTP requests by route.",
+               s.requests.sorted { $0.key < $1.key }.map { ("{route=\"\($0.key)\"}", Double($0.value)) })
+        metric("kvtc_http_errors_total", "counter", "Error responses by status.",
+               s.errors.sorted { $0.key < $1.key }.map { ("{status=\"\($0.key)\"}", Double($0.value)) })
+        metric("kvtc_prompt_tokens_total", "counter", "Prompt tokens received.", [("", Double(s.promptTokens))])
+        metric("kvtc_cached_tokens_total", "counter", "Prompt tokens restored from the store.", [("", Double(s.cachedTokens))])
+        metric("kvtc_prefilled_tokens_total", "counter", "Prompt tokens run through the model.", [("", Double(s.prefilledTokens))])
+        metric("kvtc_completion_tokens_total", "counter", "Tokens generated.", [("", Double(s.completionTokens))])
+        if let c = store {
+            metric("kvtc_cache_lookups_total", "counter", "Prefix lookups.", [("", Double(c.lookups))])
+            metric("kvtc_cache_hits_total", "counter", "Lookups that restored a prefix.", [("", Double(c.hits))])
+            metric("kvtc_cache_misses_total", "counter", "Lookups that found no usable prefix.", [("", Double(c.misses))])
+            metric("kvtc_cache_invalid_entries_total", "counter", "Entries rejected on read and removed.", [("", Double(c.invalidEntries))])
+            metric("kvtc_cache_chunks_written_total", "counter", "Chunks compressed and stored.", [("", Double(c.chunksWritten))])
+            metric("kvtc_compression_ratio", "gauge", "fp16 bytes over stored bytes of the chunks written.", [("", c.chunkCompressionRatio)])
+        }
+        let byTier = { (f: (TierStats) -> Int) in tiers.map { ("{tier=\"\($0.name)\"}", Double(f($0))) } }
+        metric("kvtc_tier_bytes", "gauge", "Bytes held by tier.", byTier { $0.bytes })
+        metric("kvtc_tier_capacity_bytes", "gauge", "Byte budget or quota by tier.", byTier { $0.capacity ?? 0 })
+        metric("kvtc_tier_entries", "gauge", "Entries held by tier.", byTier { $0.entries })
+        metric("kvtc_tier_hits_total", "counter", "Reads that found an entry, by tier.", byTier { $0.hits })
+        metric("kvtc_tier_misses_total", "counter", "Reads that found nothing, by tier.", byTier { $0.misses })
+        metric("kvtc_tier_evictions_total", "counter", "Entries evicted for the budget, by tier.", byTier { $0.evictions })
+        metric("kvtc_tier_corrupt_dropped_total", "counter", "Entries dropped on failed verification, by tier.", byTier { $0.corruptDropped })
+        histogram("kvtc_restore_seconds", "Lookup and restore latency.", s.restore)
+        histogram("kvtc_prefill_seconds", "Prefill latency of the uncached prompt tokens.", s.prefill)
+        histogram("kvtc_time_to_first_token_seconds", "Time to first token.", s.ttft)
+        histogram("kvtc_store_seconds", "Latency of storing a cache after generation.", s.store)
+        return out
+    }
+
+    private func format(_ v: Double) -> String {
+        if v == v.rounded(), abs(v) < 1e15 { return String(Int(v)) }
+        return String(v)
+    }
+}
