@@ -5,4 +5,4 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 ensure_debian_packages
 swift build -c release --product kvtc >&2
-exec .build/release/kvtc bench codec "$@"
+exec .build/release/kvtc demo "$@"

@@ -285,3 +285,27 @@ extension Profile {
 }
 
 import Foundation
+
+/// Stores the middle tokens as plain fp16: the reference point of every ratio (2x against
+/// f32, 1x against fp16).
+public struct FP16Codec: MiddleCodec {
+    public var method: String { "fp16" }
+    public var setting: String { "exact" }
+    public var nominalRatio: Double? { 1 }
+    public init() {}
+
+    public func encode(middle: KVCache, context: KVCache) throws -> [UInt8] {
+        var out = Payload()
+        out.bytes.reserveCapacity(4 * middle.keys.count)
+        for stream in [middle.keys, middle.values] { for v in stream { out.u16(HalfPrecision.f16Bits(v)) } }
+        return out.bytes
+    }
+
+    public func decode(_ bytes: [UInt8], template: MiddleTemplate) throws -> KVCache {
+        let n = template.positions.count * template.geometry.featuresPerToken
+        guard bytes.count == 4 * n else { throw BaselineError.corrupt("payload length") }
+        let all = (0..<(2 * n)).map { HalfPrecision.float(f16Bits: UInt16(bytes[2 * $0]) | UInt16(bytes[2 * $0 + 1]) << 8) }
+        return try KVCache(geometry: template.geometry, rope: template.rope, positions: template.positions,
+                           keys: Array(all[0..<n]), values: Array(all[n...]), model: template.model)
+    }
+}

@@ -72,16 +72,22 @@ public struct PasskeyTask: Sendable {
         return (try? model.tokenizer.decode(out)) ?? ""
     }
 
-    /// Runs the task with the exact cache (compressor nil) or through a compressor.
-    public func run(model: LlamaModel, compressor: (any CacheCompressor)?, scoreBook: AttentionScoreBook? = nil) throws -> RetrievalResult {
-        var hits = 0
-        for t in trials {
+    /// Prefills every trial's prompt (all but its last token) once; with a score book the
+    /// attention scores are recorded for attention-based eviction.
+    public func prepare(model: LlamaModel, scoreBook: AttentionScoreBook? = nil) throws -> [KVCache] {
+        try trials.map { t in
+            if let scoreBook { return try scoreBook.prefill(model: model, tokens: Array(t.prompt.dropLast())) }
             var cache = model.makeCache()
-            if let scoreBook {
-                cache = try scoreBook.prefill(model: model, tokens: Array(t.prompt.dropLast()))
-            } else {
-                _ = try model.prefill(tokens: Array(t.prompt.dropLast()), cache: &cache, logits: .none)
-            }
+            _ = try model.prefill(tokens: Array(t.prompt.dropLast()), cache: &cache, logits: .none)
+            return cache
+        }
+    }
+
+    /// Runs the task with the exact caches (compressor nil) or through a compressor.
+    public func run(model: LlamaModel, caches: [KVCache], compressor: (any CacheCompressor)?) throws -> RetrievalResult {
+        var hits = 0
+        for (t, exact) in zip(trials, caches) {
+            var cache = exact
             if let compressor { cache = try compressor.decompress(compressor.compress(cache).bytes) }
             let a = try Self.answer(model: model, cache: cache, lastToken: t.prompt.last!)
             let digits = a.filter(\.isNumber)

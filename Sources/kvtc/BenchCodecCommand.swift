@@ -50,6 +50,7 @@ struct BenchCodecCommand: AsyncParsableCommand {
     @Option(help: "DEFLATE level.") var level: Int = 6
     @Option(help: "Timed repetitions (best is reported).") var repeats: Int = 3
     @Option(help: "Write the figures as JSON to this file.") var json: String?
+    @Flag(help: "Also measure alternative code layouts and DEFLATE levels.") var layouts = false
 
     func validate() throws {
         if cache != nil && profile == nil { throw ValidationError("--cache needs --profile") }
@@ -124,6 +125,14 @@ struct BenchCodecCommand: AsyncParsableCommand {
         print(String(format: "ratio         %.2fx over compressed tokens, %.2fx whole cache (%@ -> %@)", result.compressed_tokens_ratio,
                      result.whole_cache_ratio, formatBytes(inputBytes), formatBytes(result.blob_bytes)))
         print(String(format: "rel. error    keys %.4f, values %.4f", result.relative_error_keys, result.relative_error_values))
+        if layouts {
+            let rows = try LayoutStudy.run(blob: blob.bytes, compressor: compressor)
+            let fp16 = blob.report.compressedTokensFP16Bytes
+            print("\nlayout before DEFLATE                                  level      bytes    ratio   seconds")
+            for r in rows {
+                print(String(format: "%-54@ %5d %10d %7.2fx %9.3f", r.layout, r.level, r.bytes, Double(fp16) / Double(r.bytes), r.seconds))
+            }
+        }
         if let json {
             try writeFile(json, Array(jsonString(result).utf8))
         }

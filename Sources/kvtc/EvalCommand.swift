@@ -67,11 +67,12 @@ struct EvalCommand: AsyncParsableCommand {
         var retrieval: [RetrievalResult] = []
         if retrievalTrials > 0 {
             let task = PasskeyTask(model: model, count: retrievalTrials, contextTokens: context)
-            progress.status("passkey retrieval: exact cache")
-            retrieval.append(try task.run(model: model, compressor: nil, scoreBook: suite.scoreBook))
+            progress.status("passkey retrieval: prefilling \(retrievalTrials) prompts")
+            let caches = try task.prepare(model: model, scoreBook: suite.scoreBook)
+            retrieval.append(try task.run(model: model, caches: caches, compressor: nil))
             for (i, c) in compressors.enumerated() {
                 progress.status("passkey retrieval: \(c.method) \(c.setting) (\(i + 1)/\(compressors.count))")
-                retrieval.append(try task.run(model: model, compressor: c, scoreBook: suite.scoreBook))
+                retrieval.append(try task.run(model: model, caches: caches, compressor: c))
             }
         }
         progress.done()
