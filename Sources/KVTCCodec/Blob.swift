@@ -278,7 +278,7 @@ extension Blob {
             raw["\(c.kind)", default: 0] += c.rawLength
             stored["\(c.kind)", default: 0] += c.storedLength
         }
-        return BlobSummary(formatVersion: formatVersion, profileHash: h.profileHash.map { String(format: "%02x", $0) }.joined(),
+        return BlobSummary(formatVersion: formatVersion, profileHash: hexString(h.profileHash),
                            geometry: h.geometry, rope: h.rope, tokens: h.tokens, leadingExactTokens: h.leadingProtected,
                            trailingExactTokens: h.trailingProtected, nominalRatio: h.nominalRatio,
                            keyPlan: h.keyPlan.description, valuePlan: h.valuePlan.description,

@@ -37,20 +37,12 @@ struct GroupQuantizer {
         return err
     }
 
-    /// Squared error of quantizing `count` values with `maxCode` levels (no codes kept).
+    /// Squared error of quantizing `count` values spanning `lo...hi` (no codes kept).
     @inlinable
     static func error(_ x: UnsafePointer<Float>, count: Int, lo: Float, hi: Float, maxCode: Int) -> Float {
         let p = parameters(lo: lo, hi: hi, maxCode: maxCode)
-        let shift = Float(Float16(bitPattern: p.shift)), scale = Float(Float16(bitPattern: p.scale))
-        let inv: Float = scale > 0 ? 1 / scale : 0
-        let top = Float(maxCode)
-        var err: Float = 0
-        for i in 0..<count {
-            let q = min(top, max(0, ((x[i] - shift) * inv).rounded(.toNearestOrEven)))
-            let d = shift + q * scale - x[i]
-            err += d * d
-        }
-        return err
+        return quantize(x, count: count, maxCode: maxCode, shift: Float(Float16(bitPattern: p.shift)),
+                        scale: Float(Float16(bitPattern: p.scale))) { _, _ in }
     }
 }
 
@@ -77,11 +69,9 @@ extension GroupErrorTable {
                 let lo = task * per, hi = min(count, lo + per)
                 guard lo < hi else { return }
                 var acc = partsBox.value[task]
-                var rowErr = [Float](repeating: 0, count: 0)
                 for row in lo..<hi {
                     let x = rowsBox.value + row * stride
                     for (si, s) in sizes.enumerated() {
-                        rowErr = rowErr.isEmpty ? rowErr : rowErr
                         for g in 0..<layoutCounts[si] {
                             let p = x + g * s
                             var mn = p[0], mx = p[0], sq: Float = 0

@@ -222,7 +222,7 @@ public struct LayerwiseDecoder: Sendable {
         do { parsed = try Blob.parseHeader(bytes) } catch { throw .blob(error) }
         let (h, chunks, dataStart) = parsed
         guard h.profileHash == profile.hashBytes else {
-            throw .blob(.profileMismatch(blob: h.profileHash.map { String(format: "%02x", $0) }.joined(), profile: profile.contentHash))
+            throw .blob(.profileMismatch(blob: hexString(h.profileHash), profile: profile.contentHash))
         }
         guard h.geometry == profile.geometry, h.rope == profile.rope else {
             throw .blob(.corrupt("geometry or RoPE differ from the profile it names"))

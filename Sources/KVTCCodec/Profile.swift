@@ -150,7 +150,7 @@ public struct Profile: Sendable {
                                       plans: self.plans, provenance: provenance)
         let digest = Array(SHA256.hash(data: body))
         self.hashBytes = digest
-        self.contentHash = digest.map { String(format: "%02x", $0) }.joined()
+        self.contentHash = hexString(digest)
     }
 
     /// The plan for a nominal ratio.
@@ -270,7 +270,7 @@ public struct Profile: Sendable {
             self.plans = h.plans
             self.provenance = h.provenance
             self.hashBytes = stored
-            self.contentHash = stored.map { String(format: "%02x", $0) }.joined()
+            self.contentHash = hexString(stored)
         } catch let e as ProfileError {
             throw e
         } catch {

@@ -84,7 +84,7 @@ public struct PerLayerCompressor: CacheCompressor {
     }
 
     public func compress(_ cache: KVCache) throws -> CompressedCache {
-        var out = Payload()
+        var out = ByteWriter()
         var reports: [CompressionReport] = []
         for (l, c) in layers.enumerated() {
             let blob = try c.compress(cache.layer(l))
@@ -103,13 +103,11 @@ public struct PerLayerCompressor: CacheCompressor {
     }
 
     public func decompress(_ bytes: [UInt8]) throws -> KVCache {
-        var r = PayloadReader(bytes)
+        var r = ByteReader(bytes)
         var parts: [KVCache] = []
         for c in layers {
             let n = Int(try r.u32())
-            guard r.offset + n <= bytes.count else { throw BaselineError.corrupt("layer blob length") }
-            parts.append(try c.decompress(Array(bytes[r.offset..<(r.offset + n)])))
-            r.offset += n
+            parts.append(try c.decompress(Array(bytes[try r.take(n)])))
         }
         try r.finish()
         return try KVCache.stacking(layers: parts)

@@ -123,6 +123,10 @@ public struct ProtectedCompressor<Codec: MiddleCodec>: CacheCompressor {
     }
 
     public func decompress(_ bytes: [UInt8]) throws -> KVCache {
+        do { return try decode(bytes) } catch is ByteReader.OutOfBounds { throw BaselineError.corrupt("payload ends early or has trailing bytes") }
+    }
+
+    private func decode(_ bytes: [UInt8]) throws -> KVCache {
         guard bytes.count >= 16, Array(bytes[0..<8]) == Self.magic else { throw BaselineError.notABaselineBlob }
         let stored = bytes[(bytes.count - 4)...].enumerated().reduce(UInt32(0)) { $0 | UInt32($1.element) << (8 * UInt32($1.offset)) }
         guard Deflate.crc32(Array(bytes[0..<(bytes.count - 4)])) == stored else { throw BaselineError.corrupt("checksum mismatch") }
@@ -166,33 +170,6 @@ public struct ProtectedCompressor<Codec: MiddleCodec>: CacheCompressor {
                                keys: leadK + middle.keys + trailK, values: leadV + middle.values + trailV, model: header.model)
         } catch { throw BaselineError.corrupt("\(error)") }
     }
-}
-
-/// Little helpers for byte payloads.
-struct Payload {
-    var bytes: [UInt8] = []
-    mutating func u16(_ v: UInt16) { bytes.append(UInt8(v & 0xFF)); bytes.append(UInt8(v >> 8)) }
-    mutating func f32(_ v: Float) { let b = v.bitPattern; for i in 0..<4 { bytes.append(UInt8((b >> (8 * UInt32(i))) & 0xFF)) } }
-    mutating func u32(_ v: UInt32) { for i in 0..<4 { bytes.append(UInt8((v >> (8 * UInt32(i))) & 0xFF)) } }
-}
-
-struct PayloadReader {
-    let bytes: [UInt8]
-    var offset = 0
-    init(_ b: [UInt8]) { bytes = b }
-    mutating func u8() throws -> UInt8 {
-        guard offset < bytes.count else { throw BaselineError.corrupt("payload ends early") }
-        defer { offset += 1 }
-        return bytes[offset]
-    }
-    mutating func u16() throws -> UInt16 { UInt16(try u8()) | UInt16(try u8()) << 8 }
-    mutating func u32() throws -> UInt32 {
-        var v: UInt32 = 0
-        for i in 0..<4 { v |= UInt32(try u8()) << (8 * UInt32(i)) }
-        return v
-    }
-    mutating func f32() throws -> Float { Float(bitPattern: try u32()) }
-    func finish() throws { guard offset == bytes.count else { throw BaselineError.corrupt("payload has trailing bytes") } }
 }
 
 /// Packs unsigned codes of `bits` (2, 4 or 8) LSB-first.

@@ -31,7 +31,7 @@ public struct FP8Codec: MiddleCodec {
 
     public func encode(middle: KVCache, context: KVCache) throws -> [UInt8] {
         let g = middle.geometry, p = g.featuresPerToken, f = g.featuresPerLayer
-        var out = Payload()
+        var out = ByteWriter()
         for stream in [middle.keys, middle.values] {
             for l in 0..<g.layers {
                 var amax: Float = 0
@@ -46,7 +46,7 @@ public struct FP8Codec: MiddleCodec {
 
     public func decode(_ bytes: [UInt8], template: MiddleTemplate) throws -> KVCache {
         let g = template.geometry, p = g.featuresPerToken, f = g.featuresPerLayer, n = template.positions.count
-        var r = PayloadReader(bytes)
+        var r = ByteReader(bytes)
         var streams: [[Float]] = []
         for _ in 0..<2 {
             var s = [Float](repeating: 0, count: n * p)
@@ -76,7 +76,7 @@ public struct PerTokenIntCodec: MiddleCodec {
 
     public func encode(middle: KVCache, context: KVCache) throws -> [UInt8] {
         let d = middle.geometry.headDim
-        var out = Payload()
+        var out = ByteWriter()
         for stream in [middle.keys, middle.values] {
             for v in stride(from: 0, to: stream.count, by: d) {
                 let q = UniformQuantizer.quantize(Array(stream[v..<(v + d)]), bits: bits)
@@ -126,7 +126,7 @@ public struct KIVICodec: MiddleCodec {
     public func encode(middle: KVCache, context: KVCache) throws -> [UInt8] {
         let p = middle.geometry.featuresPerToken, n = middle.tokenCount
         let full = n / group * group
-        var out = Payload()
+        var out = ByteWriter()
         // Keys: for each token group, each channel.
         for t0 in stride(from: 0, to: full, by: group) {
             for c in 0..<p {
@@ -230,7 +230,7 @@ public struct EvictionCodec: MiddleCodec {
             let s = Array(all[offset..<(offset + n)])
             kept = (0..<n).sorted { s[$0] > s[$1] }.prefix(keep).sorted()
         }
-        var out = Payload()
+        var out = ByteWriter()
         out.u32(UInt32(kept.count))
         for i in kept { out.u32(UInt32(i)) }
         for stream in [middle.keys, middle.values] {
@@ -241,7 +241,7 @@ public struct EvictionCodec: MiddleCodec {
 
     public func decode(_ bytes: [UInt8], template: MiddleTemplate) throws -> KVCache {
         let p = template.geometry.featuresPerToken, n = template.positions.count
-        var r = PayloadReader(bytes)
+        var r = ByteReader(bytes)
         let count = Int(try r.u32())
         guard count <= n, bytes.count == 4 + 4 * count + 4 * count * p else { throw BaselineError.corrupt("payload length") }
         var idx: [Int] = []
@@ -295,7 +295,7 @@ public struct FP16Codec: MiddleCodec {
     public init() {}
 
     public func encode(middle: KVCache, context: KVCache) throws -> [UInt8] {
-        var out = Payload()
+        var out = ByteWriter()
         out.bytes.reserveCapacity(4 * middle.keys.count)
         for stream in [middle.keys, middle.values] { for v in stream { out.u16(HalfPrecision.f16Bits(v)) } }
         return out.bytes

@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import KVTCNumerics
 
 /// The text corpus shipped with the tool: a calibration part and a held-out part that
 /// never share a file (see `Corpus/SOURCES.md` for each file's source and licence).
@@ -33,7 +34,7 @@ public struct Corpus: Sendable {
         self.heldOut = heldOut
         var h = SHA256()
         for d in calibration + heldOut { h.update(data: Array(d.name.utf8)); h.update(data: Array(d.text.utf8)) }
-        hash = h.finalize().map { String(format: "%02x", $0) }.joined()
+        hash = hexString(Array(h.finalize()))
     }
 
     /// Loads a corpus directory holding `calibration/` and `heldout/`.
@@ -47,12 +48,9 @@ public struct Corpus: Sendable {
                 return Document(name: n, text: t)
             }
         }
-        calibration = try load("calibration")
-        heldOut = try load("heldout")
+        let calibration = try load("calibration"), heldOut = try load("heldout")
         guard !calibration.isEmpty, !heldOut.isEmpty else { throw .missing("\(directory.path) has an empty part") }
-        var h = SHA256()
-        for d in calibration + heldOut { h.update(data: Array(d.name.utf8)); h.update(data: Array(d.text.utf8)) }
-        hash = h.finalize().map { String(format: "%02x", $0) }.joined()
+        self.init(calibration: calibration, heldOut: heldOut)
     }
 
     /// The corpus shipped inside the tool.

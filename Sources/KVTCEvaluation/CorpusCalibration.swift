@@ -81,7 +81,7 @@ public enum CorpusCalibration {
         let text = [model.identity, corpus.hash, variant, "\(options.tokens)", "\(options.windowTokens)",
                     c.ratios.map { "\($0)" }.joined(separator: ","), "\(c.rankCap ?? 0)", "\(c.equalizeLayerVariance)",
                     "\(c.protection.sinkTokens)", "\(c.groupSizes)", "v\(Profile.formatVersion)"].joined(separator: "|")
-        return SHA256.hash(data: Array(text.utf8)).prefix(12).map { String(format: "%02x", $0) }.joined()
+        return hexString(Array(SHA256.hash(data: Array(text.utf8)).prefix(12)))
     }
 
     /// Loads a cached profile for `key`, or builds it with `make` and caches it.

@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import KVTCNumerics
 
 /// Errors locating, fetching or verifying the model file.
 public enum ModelStoreError: Error, Equatable, CustomStringConvertible {
@@ -210,12 +211,12 @@ public struct ModelStore: Sendable {
         } catch {
             throw .io(path: path, message: "read failed: \(error.localizedDescription)")
         }
-        return hasher.finalize().map { String(format: "%02x", $0) }.joined()
+        return hexString(Array(hasher.finalize()))
     }
 
     /// The SHA-256 of bytes as lowercase hex.
     public static func sha256Hex(bytes: some DataProtocol) -> String {
-        SHA256.hash(data: bytes).map { String(format: "%02x", $0) }.joined()
+        hexString(Array(SHA256.hash(data: bytes)))
     }
 }
 

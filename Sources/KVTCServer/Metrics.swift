@@ -1,4 +1,5 @@
 import Foundation
+import KVTCNumerics
 import KVTCStore
 
 /// A Prometheus histogram with fixed upper bounds (seconds).
@@ -38,7 +39,7 @@ public final class ServerMetrics: Sendable {
         var store = Histogram(bounds: Histogram.latencyBounds)
     }
 
-    private let state = Guarded(State())
+    private let state = Locked(State())
 
     public init() {}
 

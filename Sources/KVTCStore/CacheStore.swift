@@ -1,3 +1,4 @@
+import KVTCNumerics
 import Foundation
 import KVTCCache
 import KVTCCodec

@@ -1,3 +1,4 @@
+import KVTCNumerics
 import Crypto
 
 /// The on-disk form of one entry: a fixed header, then the value.
@@ -18,7 +19,7 @@ enum DiskEntryFile {
     }
 
     static func encode(key: StoreKey, value: [UInt8]) -> [UInt8] {
-        var s = ByteSink(capacity: headerSize + value.count)
+        var s = ByteWriter(capacity: headerSize + value.count)
         s.raw(magic)
         s.raw(key.bytes)
         s.u64(UInt64(value.count))
@@ -39,7 +40,7 @@ enum DiskEntryFile {
     static func checkHeader(_ header: [UInt8], key: StoreKey, fileSize: Int) throws(Rejection) {
         guard header.count >= headerSize, Array(header[0..<8]) == magic else { throw .header }
         guard Array(header[8..<40]) == key.bytes else { throw .wrongKey }
-        var r = ByteSource(header, offset: 40)
+        var r = ByteReader(header, offset: 40)
         let length = (try? r.u64()).map(Int.init) ?? -1
         guard length >= 0, headerSize + length == fileSize else {
             throw .length(expected: headerSize + max(0, length), actual: fileSize)

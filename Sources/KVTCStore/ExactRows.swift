@@ -1,3 +1,4 @@
+import KVTCNumerics
 import KVTCCache
 import KVTCCodec
 
@@ -40,7 +41,7 @@ public enum ExactRows {
         }
         let g = cache.geometry
         let n = cache.tokenCount * g.featuresPerToken
-        var s = ByteSink(capacity: 128 + 2 * n * (half ? 2 : 4))
+        var s = ByteWriter(capacity: 128 + 2 * n * (half ? 2 : 4))
         s.raw(magic)
         s.u8(half ? 16 : 32)
         for v in [g.layers, g.kvHeads, g.headDim, cache.tokenCount] { s.u32(UInt32(v)) }
@@ -67,7 +68,7 @@ public enum ExactRows {
 
     /// Decodes bytes made by ``encode(_:precision:)``.
     public static func decode(_ bytes: [UInt8]) throws(StoreError) -> KVCache {
-        var r = ByteSource(bytes)
+        var r = ByteReader(bytes)
         do {
             guard try r.raw(8) == magic else { throw StoreError.invalidEntry("not exact rows") }
             let bits = Int(try r.u8())

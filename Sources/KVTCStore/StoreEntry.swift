@@ -1,3 +1,4 @@
+import KVTCNumerics
 /// One stored entry: a chunk or a tail, self-describing so that its key can be recomputed
 /// from its contents and checked on every read and upload.
 ///
@@ -48,7 +49,7 @@ public struct StoreEntry: Sendable, Equatable {
 
     /// The entry's bytes.
     public func encoded() -> [UInt8] {
-        var s = ByteSink(capacity: 128 + 4 * tokens.count + payload.count)
+        var s = ByteWriter(capacity: 128 + 4 * tokens.count + payload.count)
         s.raw(Self.magic)
         s.u8(kind.rawValue)
         s.raw(identityDigest)
@@ -65,7 +66,7 @@ public struct StoreEntry: Sendable, Equatable {
     /// Parses an entry and checks that it belongs under `key` in `chain`: same producer,
     /// and the key recomputed from its anchor and tokens equals `key`.
     public init(bytes: [UInt8], key: StoreKey, chain: KeyChain) throws(StoreError) {
-        var r = ByteSource(bytes)
+        var r = ByteReader(bytes)
         do {
             guard try r.raw(8) == Self.magic else { throw StoreError.invalidEntry("bad magic") }
             guard let kind = EntryKind(rawValue: try r.u8()) else { throw StoreError.invalidEntry("unknown kind") }

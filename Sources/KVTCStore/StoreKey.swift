@@ -1,3 +1,4 @@
+import KVTCNumerics
 import Crypto
 import KVTCCodec
 
@@ -78,7 +79,7 @@ public struct ProducerIdentity: Hashable, Sendable, Codable, CustomStringConvert
 
     /// SHA-256 over a canonical encoding of every field; the first input of every key.
     public var digest: [UInt8] {
-        var sink = ByteSink()
+        var sink = ByteWriter()
         sink.raw(Array("kvtc.producer.v1".utf8))
         sink.string(modelHash.lowercased())
         sink.string(profileHash.lowercased())

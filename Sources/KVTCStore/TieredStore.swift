@@ -1,3 +1,5 @@
+import KVTCNumerics
+
 /// Tiers stacked fastest first: reads fall through until a tier has the entry and promote
 /// it into every faster tier; writes go through to every tier.
 ///

@@ -26,7 +26,7 @@ func loadCache(_ path: String) throws -> KVCache {
 }
 
 func sha256Hex(_ bytes: [UInt8]) -> String {
-    SHA256.hash(data: bytes).map { String(format: "%02x", $0) }.joined()
+    hexString(Array(SHA256.hash(data: bytes)))
 }
 
 struct CalibrateCommand: AsyncParsableCommand {

@@ -6,18 +6,18 @@ import KVTCModel
 struct GenerateCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "generate",
-        abstract: "Generate text with the model (chat template by default).")
+        abstract: "Generate text with the model, streaming tokens (greedy by default).")
 
     @OptionGroup var modelOptions: ModelCommandOptions
 
-    @Argument(help: "The user message (or raw prompt with --raw).")
+    @Option(name: .long, help: "The prompt (a user message with --chat).")
     var prompt: String
 
     @Option(name: .long, help: "System prompt (default: the model's own).")
     var system: String?
 
-    @Flag(name: .long, help: "Use the prompt as-is, without the chat template.")
-    var raw = false
+    @Flag(name: .long, help: "Wrap the prompt in the model's chat template as a user turn.")
+    var chat = false
 
     @Option(name: .long, help: "Maximum tokens to generate.")
     var maxTokens = 128
@@ -45,8 +45,10 @@ struct GenerateCommand: ParsableCommand {
 
     func run() throws {
         let model = try modelOptions.load()
-        let text = raw ? prompt : ChatTemplate.prompt(user: prompt, system: system)
-        let tokens = model.tokenizer.encode(text)
+        let text = chat ? ChatTemplate.prompt(user: prompt, system: system) : prompt
+        // A raw prompt starts a document, so it gets BOS as in training; the chat template
+        // starts with its own turn marker.
+        let tokens = model.tokenizer.encode(text, addBOS: !chat)
         var cache = model.makeCache(reservingCapacity: tokens.count + maxTokens)
         let sampling = SamplingOptions(temperature: temperature, topK: topK, topP: topP, seed: seed)
         let result = try model.generate(promptTokens: tokens, cache: &cache, maxTokens: maxTokens,
