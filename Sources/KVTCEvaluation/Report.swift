@@ -4,12 +4,14 @@ import Foundation
 public enum EvaluationReport {
     /// A fixed-width table, one row per method and setting.
     public static func table(_ results: [MethodResult]) -> String {
-        var lines = [String(format: "%-22@ %-9@ %9@ %9@ %10@ %7@ %9@ %9@ %8@ %8@", "method", "setting", "ratio",
-                            "whole", "mean KL", "top-1", "ppl exact", "ppl dec.", "err K", "err V")]
+        func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s : s + String(repeating: " ", count: n - s.count) }
+        var lines = [pad("method", 23) + pad("setting", 10) + "     ratio     whole    mean KL   top-1  ppl exact  ppl dec.    err K    err V"]
         for r in results {
-            lines.append(String(format: "%-22@ %-9@ %8.2fx %8.2fx %10.5f %6.1f%% %9.3f %9.3f %8.4f %8.4f",
-                                r.method, r.setting, r.effective_ratio, r.whole_cache_ratio, r.mean_kl, 100 * r.top1,
-                                r.ppl_exact, r.ppl_decoded, r.rel_err_keys, r.rel_err_values))
+            let ratio = r.effective_ratio > 1000 ? "      (all)" : String(format: "%9.2fx", r.effective_ratio)
+            lines.append(pad(r.method, 23) + pad(r.setting, 10) + ratio
+                         + String(format: " %8.2fx %10.5f %6.1f%% %10.3f %9.3f %8.4f %8.4f",
+                                  r.whole_cache_ratio, r.mean_kl, 100 * r.top1, r.ppl_exact, r.ppl_decoded,
+                                  r.rel_err_keys, r.rel_err_values))
         }
         return lines.joined(separator: "\n")
     }
@@ -28,11 +30,15 @@ public enum EvaluationReport {
 
     /// Mean KL against effective ratio on log-log axes, one curve per method.
     public static func svg(_ results: [MethodResult], title: String) -> String {
+        // Methods that store nothing for the middle (ratio beyond any axis) are drawn as a
+        // horizontal reference line at their KL.
+        let references = results.filter { $0.effective_ratio > 1000 && $0.mean_kl.isFinite }
+        let results = results.filter { $0.effective_ratio <= 1000 }
         let groups = Dictionary(grouping: results.filter { $0.mean_kl.isFinite && $0.effective_ratio.isFinite }, by: \.method)
         let names = groups.keys.sorted()
         let w = 900.0, h = 560.0, left = 80.0, right = 230.0, top = 50.0, bottom = 60.0
         let xs = results.map(\.effective_ratio).filter { $0 > 0 && $0.isFinite }
-        let ys = results.map { max($0.mean_kl, 1e-5) }.filter { $0.isFinite }
+        let ys = (results + references).map { max($0.mean_kl, 1e-5) }.filter { $0.isFinite }
         let x0 = log10(max(1, (xs.min() ?? 1) / 1.2)), x1 = log10((xs.max() ?? 100) * 1.2)
         let y0 = log10((ys.min() ?? 1e-4) / 1.5), y1 = log10((ys.max() ?? 1) * 1.5)
         func px(_ x: Double) -> Double { left + (log10(x) - x0) / max(1e-9, x1 - x0) * (w - left - right) }
@@ -80,6 +86,10 @@ public enum EvaluationReport {
             let ly = top + 18 * Double(i)
             s += "<rect x=\"\(w - right + 15)\" y=\"\(ly - 9)\" width=\"12\" height=\"12\" fill=\"\(color)\"/>"
             s += "<text x=\"\(w - right + 32)\" y=\"\(ly + 1)\">\(escape(name))</text>\n"
+        }
+        for r in references {
+            s += "<line x1=\"\(left)\" y1=\"\(py(r.mean_kl))\" x2=\"\(w - right)\" y2=\"\(py(r.mean_kl))\" stroke=\"black\" stroke-dasharray=\"6,4\"/>"
+            s += "<text x=\"\(left + 6)\" y=\"\(py(r.mean_kl) - 5)\">\(escape(r.method)): middle dropped (sinks + window only)</text>\n"
         }
         return s + "</svg>\n"
     }

@@ -130,7 +130,8 @@ struct BenchCodecCommand: AsyncParsableCommand {
             let fp16 = blob.report.compressedTokensFP16Bytes
             print("\nlayout before DEFLATE                                  level      bytes    ratio   seconds")
             for r in rows {
-                print(String(format: "%-54@ %5d %10d %7.2fx %9.3f", r.layout, r.level, r.bytes, Double(fp16) / Double(r.bytes), r.seconds))
+                print(r.layout.padding(toLength: 54, withPad: " ", startingAt: 0)
+                      + String(format: " %5d %10d %7.2fx %9.3f", r.level, r.bytes, Double(fp16) / Double(r.bytes), r.seconds))
             }
         }
         if let json {

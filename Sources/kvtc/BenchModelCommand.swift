@@ -14,7 +14,7 @@ struct BenchModelCommand: ParsableCommand {
     var decodeSteps = 64
 
     @Option(name: .long, help: "Also write the JSON to this path.")
-    var output: String?
+    var json: String?
 
     func run() throws {
         let model = try modelOptions.load()
@@ -23,6 +23,6 @@ struct BenchModelCommand: ParsableCommand {
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         let data = try encoder.encode(result)
         print(String(decoding: data, as: UTF8.self))
-        if let output { try data.write(to: URL(fileURLWithPath: output), options: .atomic) }
+        if let json { try data.write(to: URL(fileURLWithPath: json), options: .atomic) }
     }
 }

@@ -44,7 +44,7 @@ struct BenchServeCommand: AsyncParsableCommand {
     var policies = "recompute,exact,kvtc"
 
     @Option(name: .long, help: "Write the JSON report here.")
-    var output = "bench-serve.json"
+    var json: String?
 
     struct PolicyRecord: Codable {
         var policy: String
@@ -222,7 +222,7 @@ struct BenchServeCommand: AsyncParsableCommand {
                      conversations, turns, context, Double(budget) / 1048576))
         print("policy      TTFT mean   p50      p95      hit rate  cached   bytes held")
         for r in records {
-            print(String(format: "%-10@ %7.3f s %7.3f s %7.3f s  %6.1f%%  %6.1f%%  %8.1f MiB", r.policy as NSString,
+            print((r.policy as String).padding(toLength: 10, withPad: " ", startingAt: 0) + String(format: " %7.3f s %7.3f s %7.3f s  %6.1f%%  %6.1f%%  %8.1f MiB",
                          r.ttftMeanSeconds, r.ttftP50Seconds, r.ttftP95Seconds, 100 * r.hitRate, 100 * r.cachedTokenFraction,
                          Double(r.bytesHeld) / 1048576))
         }
@@ -238,7 +238,9 @@ struct BenchServeCommand: AsyncParsableCommand {
                             exactStoredBytes4096: exactReceipt.bytesWritten)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        try encoder.encode(report).write(to: URL(fileURLWithPath: output))
-        warn("kvtc: wrote \(output)")
+        if let json {
+            try encoder.encode(report).write(to: URL(fileURLWithPath: json))
+            warn("kvtc: wrote \(json)")
+        }
     }
 }

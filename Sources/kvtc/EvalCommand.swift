@@ -80,7 +80,10 @@ struct EvalCommand: AsyncParsableCommand {
         print(EvaluationReport.table(results))
         if !retrieval.isEmpty {
             print("\npasskey retrieval (\(retrievalTrials) trials, fact inside the compressed part):")
-            for r in retrieval { print(String(format: "  %-22@ %-8@ %d/%d", r.method, r.setting, r.exact_matches, r.trials)) }
+            for r in retrieval {
+                let name = "\(r.method) \(r.setting)"
+                print("  " + name.padding(toLength: max(name.count, 32), withPad: " ", startingAt: 0) + " \(r.exact_matches)/\(r.trials)")
+            }
         }
         let info = ["model": model.identity, "corpus": corpus.hash, "context": "\(context)", "continuation": "\(continuation)",
                     "windows": "\(windows.count)"]
