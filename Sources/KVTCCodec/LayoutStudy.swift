@@ -2,7 +2,7 @@ import KVTCNumerics
 
 /// Measures the byte layouts and DEFLATE levels one could use for a blob's codes, to
 /// justify the layout KVTC writes (group-major codes, byte-split shifts and scales,
-/// level 6). Used by `kvtc bench codec --layouts`.
+/// level 1). Used by `kvtc bench codec --layouts`.
 public enum LayoutStudy {
     /// One alternative and its entropy-coded size (code and metadata sections only).
     public struct Row: Sendable, Codable {

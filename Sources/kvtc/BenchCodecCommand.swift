@@ -47,7 +47,7 @@ struct BenchCodecCommand: AsyncParsableCommand {
     @Option(help: "Calibration rows for the synthetic profile.") var calibrationRows: Int = 16384
     @Option(help: "Use this profile instead of calibrating a synthetic one.") var profile: String?
     @Option(help: "Use this cache file (needs --profile).") var cache: String?
-    @Option(help: "DEFLATE level.") var level: Int = 6
+    @Option(help: "DEFLATE level.") var level: Int = KVTCCompressor.defaultDeflateLevel
     @Option(help: "Timed repetitions (best is reported).") var repeats: Int = 3
     @Option(help: "Write the figures as JSON to this file.") var json: String?
     @Flag(help: "Also measure alternative code layouts and DEFLATE levels.") var layouts = false

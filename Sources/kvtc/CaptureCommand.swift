@@ -11,11 +11,11 @@ struct CaptureCommand: ParsableCommand {
 
     @OptionGroup var modelOptions: ModelCommandOptions
 
-    @Option(name: .long, help: "Text file to capture (omit with --text).")
-    var file: String?
-
-    @Option(name: .long, help: "Text to capture.")
+    @Option(name: .long, help: "Text file to capture.")
     var text: String?
+
+    @Option(name: .long, help: "Literal text to capture instead of a file.")
+    var prompt: String?
 
     @Option(name: [.short, .long], help: "Output path (.safetensors).")
     var output: String
@@ -33,7 +33,7 @@ struct CaptureCommand: ParsableCommand {
     var dtype = "f16"
 
     func validate() throws {
-        guard (text == nil) != (file == nil) else { throw ValidationError("give either --text or --file") }
+        guard (text == nil) != (prompt == nil) else { throw ValidationError("give either --text FILE or --prompt TEXT") }
         guard ["f16", "bf16", "f32"].contains(dtype.lowercased()) else {
             throw ValidationError("--dtype must be f16, bf16 or f32")
         }
@@ -41,7 +41,12 @@ struct CaptureCommand: ParsableCommand {
 
     func run() throws {
         let model = try modelOptions.load()
-        var input = try text ?? String(contentsOfFile: file!, encoding: .utf8)
+        var input: String
+        if let prompt {
+            input = prompt
+        } else {
+            do { input = try String(contentsOfFile: text!, encoding: .utf8) } catch { throw CommandError(text!, "cannot be read as UTF-8 text") }
+        }
         if chat { input = ChatTemplate.prompt(user: input) }
         var ids = model.tokenizer.encode(input, parseSpecial: chat)
         if tokens > 0 { ids = Array(ids.prefix(tokens)) }

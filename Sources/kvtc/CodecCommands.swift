@@ -170,7 +170,7 @@ struct CompressCommand: AsyncParsableCommand {
     var recentTokens: Int?
 
     @Option(help: "DEFLATE level, 1 (fast) to 12 (small).")
-    var level: Int = 6
+    var level: Int = KVTCCompressor.defaultDeflateLevel
 
     @Argument(help: "KV cache interchange file (.safetensors).")
     var input: String

@@ -87,7 +87,10 @@ struct InspectCommand: AsyncParsableCommand {
                 print("  \(k.padding(toLength: 16, withPad: " ", startingAt: 0)) \(formatBytes(s.rawBytesBySection[k]!)) -> \(formatBytes(s.storedBytesBySection[k]!))")
             }
         } else {
-            let cache = try loadCache(file)
+            let cache: KVCache
+            do { cache = try loadCache(file) } catch {
+                throw CommandError("\(file): not a kvtc profile or blob, and not a KV cache file: \(error)")
+            }
             struct CacheSummary: Codable { var kind = "cache"; var tokens: Int; var geometry: KVGeometry; var rope: RoPE; var model: String; var firstPosition: Int?; var fp16Bytes: Int }
             let s = CacheSummary(tokens: cache.tokenCount, geometry: cache.geometry, rope: cache.rope, model: cache.model,
                                  firstPosition: cache.positions.first, fp16Bytes: cache.fp16Bytes)

@@ -144,7 +144,11 @@ func protected(_ codec: any MiddleCodec) -> any CacheCompressor {
                              rel_err_keys: 0.1, rel_err_values: 0.2, windows: 1, compress_seconds: 0, decompress_seconds: 0)
         var r2 = r
         r2.method = "kivi2"; r2.effective_ratio = 6; r2.mean_kl = 0.2
-        let svg = EvaluationReport.svg([r, r2], title: "t")
+        var drop = r
+        drop.method = "drop-middle"; drop.effective_ratio = 60000; drop.mean_kl = 0.5
+        let svg = EvaluationReport.svg([r, r2, drop], title: "t")
+        // A method that stores nothing is a reference line, not a point far off the axis.
+        #expect(svg.contains("stroke-dasharray") && svg.contains("drop-middle: middle dropped"))
         let doc = try XMLDocument(xmlString: svg)
         #expect(doc.rootElement()?.name == "svg")
         #expect(svg.contains("kivi2") && svg.contains("polyline") == false)
