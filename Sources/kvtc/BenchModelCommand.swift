@@ -2,18 +2,18 @@ import ArgumentParser
 import Foundation
 import KVTCModel
 
-/// `kvtc bench model`: GEMM, prefill and decode throughput as JSON.
+/// `kvtc bench model`: GEMM, prefill and decode throughput as a table (and JSON).
 struct BenchModelCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "model",
-        abstract: "Measure SGEMM rate, prefill tokens/s (512, 2048) and decode tokens/s; prints JSON.")
+        abstract: "Measure SGEMM rate, prefill tokens/s (512, 2048) and decode tokens/s.")
 
     @OptionGroup var modelOptions: ModelCommandOptions
 
     @Option(name: .long, help: "Decode steps after a 512-token prefill.")
     var decodeSteps = 64
 
-    @Option(name: .long, help: "Also write the JSON to this path.")
+    @Option(name: .long, help: "Also write the figures as JSON to this path.")
     var json: String?
 
     func run() throws {
@@ -22,7 +22,15 @@ struct BenchModelCommand: ParsableCommand {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         let data = try encoder.encode(result)
-        print(String(decoding: data, as: UTF8.self))
+        print("kvtc bench model: \(URL(fileURLWithPath: model.path).lastPathComponent), \(model.config.layers) layers")
+        print("measure                      value")
+        for key in result.prefillTokensPerSecond.keys.sorted(by: { Int($0) ?? 0 < Int($1) ?? 0 }) {
+            print("prefill \(key.padding(toLength: 5, withPad: " ", startingAt: 0)) tokens   " + String(format: "%9.1f tokens/s", result.prefillTokensPerSecond[key]!))
+        }
+        print(String(format: "decode               %9.1f tokens/s", result.decodeTokensPerSecond))
+        print(String(format: "prefill 2048 useful  %9.1f GFLOP/s (%.0f%% of the GEMM rate; floor 40%%)",
+                     result.prefillUsefulGflops2048, 100 * result.prefillGemmEfficiency))
+        print(String(format: "sgemm rate           %9.1f GFLOP/s", result.gemmGflops))
         if let json { try data.write(to: URL(fileURLWithPath: json), options: .atomic) }
     }
 }
