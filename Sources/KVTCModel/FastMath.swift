@@ -12,7 +12,11 @@ enum FastMath {
     /// to [-87.3, 88.7].
     @inline(__always)
     static func exp8(_ x0: V) -> V {
-        let x = x0.clamped(lowerBound: V(repeating: -87.3), upperBound: V(repeating: 88.7))
+        // Comparisons and `replacing` compile to vector min/max; `clamped` and
+        // `pointwiseMin/Max` are not inlined and cost a call per 8 lanes.
+        let lo = V(repeating: -87.3), hi = V(repeating: 88.7)
+        var x = x0.replacing(with: lo, where: x0 .< lo)
+        x = x.replacing(with: hi, where: x .> hi)
         let magic = V(repeating: 12582912.0) // 1.5 * 2^23: adding it rounds to an integer
         let t = x * V(repeating: 1.44269504088896341) + magic
         let n = t - magic
@@ -80,7 +84,8 @@ enum FastMath {
         var i = 0
         let raw = UnsafeRawPointer(x)
         while i + 8 <= count {
-            m = pointwiseMax(m, raw.loadUnaligned(fromByteOffset: i * 4, as: V.self))
+            let v = raw.loadUnaligned(fromByteOffset: i * 4, as: V.self)
+            m = m.replacing(with: v, where: v .> m)
             i += 8
         }
         var r = m.max()
