@@ -11,6 +11,11 @@ struct Kvtc: AsyncParsableCommand {
             BenchCommand.self,
         ]
     )
+
+    static func main() async {
+        OpenBLASTuning.applyBeforeLoading()
+        await main(nil)
+    }
 }
 
 /// `kvtc bench codec|model|...`
