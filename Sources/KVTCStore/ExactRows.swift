@@ -66,8 +66,19 @@ public enum ExactRows {
         return s.bytes
     }
 
-    /// Decodes bytes made by ``encode(_:precision:)``.
-    public static func decode(_ bytes: [UInt8]) throws(StoreError) -> KVCache {
+    /// What the header of encoded rows says.
+    struct Header {
+        var bits: Int
+        var geometry: KVGeometry
+        var rope: RoPE
+        var model: String
+        var firstPosition: Int
+        var tokens: Int
+        /// Offset of the keys.
+        var dataStart: Int
+    }
+
+    static func header(_ bytes: [UInt8]) throws(StoreError) -> Header {
         var r = ByteReader(bytes)
         do {
             guard try r.raw(8) == magic else { throw StoreError.invalidEntry("not exact rows") }
@@ -83,41 +94,61 @@ public enum ExactRows {
             guard layers > 0, heads > 0, dim > 0, g.featuresPerToken < 1 << 24, first < 1 << 40 else {
                 throw StoreError.invalidEntry("geometry \(g)")
             }
+            let rope = RoPE(layout: layout, theta: theta, rotaryDims: rotary)
+            do { try rope.validate(headDim: dim) } catch { throw StoreError.invalidEntry(error.description) }
             let n = tokens * g.featuresPerToken
             guard r.remaining == 2 * n * bits / 8 else {
                 throw StoreError.invalidEntry("exact rows hold \(r.remaining) bytes, expected \(2 * n * bits / 8)")
             }
-            var streams: [[Float]] = []
-            for _ in 0..<2 {
-                let range = try r.take(n * bits / 8)
-                let out = [Float](unsafeUninitializedCapacity: n) { buf, count in
-                    bytes.withUnsafeBytes { raw in
-                        let base = raw.baseAddress! + range.lowerBound
-                        if bits == 16 {
-                            for i in 0..<n {
-                                buf[i] = Float(Float16(bitPattern: UInt16(littleEndian: base.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))))
-                            }
-                        } else {
-                            for i in 0..<n {
-                                buf[i] = Float(bitPattern: UInt32(littleEndian: base.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self)))
-                            }
-                        }
-                    }
-                    count = n
-                }
-                streams.append(out)
-            }
-            do {
-                let cache = try KVCache(geometry: g, rope: RoPE(layout: layout, theta: theta, rotaryDims: rotary),
-                                        positions: Array(first..<(first + tokens)), keys: streams[0], values: streams[1],
-                                        model: model)
-                try cache.validateFinite()
-                return cache
-            } catch { throw StoreError.invalidEntry(error.description) }
+            return Header(bits: bits, geometry: g, rope: rope, model: model, firstPosition: first, tokens: tokens,
+                          dataStart: bytes.count - r.remaining)
         } catch let e as StoreError {
             throw e
         } catch {
             throw .invalidEntry("exact rows are truncated")
+        }
+    }
+
+    /// Decodes bytes made by ``encode(_:precision:)``.
+    public static func decode(_ bytes: [UInt8]) throws(StoreError) -> KVCache {
+        let h = try header(bytes)
+        var cache = KVCache(geometry: h.geometry, rope: h.rope, model: h.model, reservingCapacity: h.tokens)
+        try append(bytes, header: h, to: &cache)
+        return cache
+    }
+
+    /// Decodes bytes made by ``encode(_:precision:)`` straight into `cache`, which must have
+    /// their geometry and RoPE. On error `cache` is unchanged.
+    public static func decode(_ bytes: [UInt8], appendingTo cache: inout KVCache) throws(StoreError) {
+        let h = try header(bytes)
+        guard h.geometry == cache.geometry, h.rope == cache.rope else {
+            throw .mismatch("exact rows of \(h.geometry) cannot extend a cache of \(cache.geometry)")
+        }
+        try append(bytes, header: h, to: &cache)
+    }
+
+    private static func append(_ bytes: [UInt8], header h: Header, to cache: inout KVCache) throws(StoreError) {
+        let n = h.tokens * h.geometry.featuresPerToken
+        let first = cache.appendZeroedTokens(positions: Array(h.firstPosition..<(h.firstPosition + h.tokens)))
+        let offset = first * h.geometry.featuresPerToken
+        bytes.withUnsafeBytes { raw in
+            cache.withMutableStreams { k, v in
+                for (s, stream) in [k, v].enumerated() {
+                    let base = raw.baseAddress! + h.dataStart + s * n * h.bits / 8
+                    let out = stream.baseAddress! + offset
+                    if h.bits == 16 {
+                        HalfPrecision.convertF16ToFloat(littleEndian: base, out, count: n)
+                    } else {
+                        for i in 0..<n {
+                            out[i] = Float(bitPattern: UInt32(littleEndian: base.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self)))
+                        }
+                    }
+                }
+            }
+        }
+        do { try cache.validateFinite(tokens: first..<cache.tokenCount) } catch {
+            cache.truncate(to: first)
+            throw .invalidEntry(error.description)
         }
     }
 }
@@ -143,4 +174,8 @@ public struct ExactCompressor: CacheCompressor {
     }
 
     public func decompress(_ bytes: [UInt8]) throws -> KVCache { try ExactRows.decode(bytes) }
+
+    public func decompress(_ bytes: [UInt8], appendingTo cache: inout KVCache) throws {
+        try ExactRows.decode(bytes, appendingTo: &cache)
+    }
 }

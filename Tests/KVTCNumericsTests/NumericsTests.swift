@@ -48,6 +48,27 @@ import Testing
         #expect(HalfPrecision.float(bf16Bits: HalfPrecision.bf16Bits(.nan)).isNaN)
     }
 
+    @Test func bulkHalfConversionIsExactForEveryBitPattern() {
+        // Every binary16 value, at an odd byte offset, plus a ragged tail.
+        let count = 65536 + 5
+        var bytes = [UInt8](repeating: 0, count: 1 + 2 * count)
+        for i in 0..<count {
+            let bits = UInt16(truncatingIfNeeded: i)
+            bytes[1 + 2 * i] = UInt8(bits & 0xFF)
+            bytes[2 + 2 * i] = UInt8(bits >> 8)
+        }
+        var out = [Float](repeating: 0, count: count)
+        bytes.withUnsafeBytes { raw in
+            out.withUnsafeMutableBufferPointer { HalfPrecision.convertF16ToFloat(littleEndian: raw.baseAddress! + 1, $0.baseAddress!, count: count) }
+        }
+        var mismatches = 0
+        for i in 0..<count {
+            let expected = Float(Float16(bitPattern: UInt16(truncatingIfNeeded: i)))
+            if expected.isNaN ? !out[i].isNaN : out[i].bitPattern != expected.bitPattern { mismatches += 1 }
+        }
+        #expect(mismatches == 0)
+    }
+
     @Test func byteReaderRefusesReadsPastTheEnd() throws {
         var w = ByteWriter()
         w.u32(7); w.string("kv"); w.f64(2.5)
