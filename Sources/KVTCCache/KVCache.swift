@@ -72,7 +72,7 @@ public struct KVCache: Sendable, Equatable {
     /// Number of tokens held.
     public var tokenCount: Int { positions.count }
 
-    /// Creates a cache, checking shapes. Finite values are checked by ``validateFinite()``.
+    /// Creates a cache, checking shapes. Finite values are checked by ``validateFinite(tokens:)``.
     public init(geometry: KVGeometry, rope: RoPE, positions: [Int], keys: [Float], values: [Float],
                 model: String = "") throws(KVCacheError) {
         guard geometry.layers > 0, geometry.kvHeads > 0, geometry.headDim > 0 else {
@@ -107,13 +107,24 @@ public struct KVCache: Sendable, Equatable {
         values.reserveCapacity(capacity * geometry.featuresPerToken)
     }
 
-    /// Throws if any key or value is NaN or infinite.
-    public func validateFinite() throws(KVCacheError) {
+    /// Reserves room for `capacity` tokens in total, so appending up to that many tokens
+    /// (a restore followed by a prefill, say) never reallocates and copies the streams.
+    public mutating func reserveCapacity(tokens capacity: Int) {
+        guard capacity > tokenCount else { return }
+        positions.reserveCapacity(capacity)
+        keys.reserveCapacity(capacity * geometry.featuresPerToken)
+        values.reserveCapacity(capacity * geometry.featuresPerToken)
+    }
+
+    /// Throws if any key or value of the tokens in `range` (default: all) is NaN or infinite.
+    public func validateFinite(tokens range: Range<Int>? = nil) throws(KVCacheError) {
         let p = geometry.featuresPerToken
+        let r = range ?? 0..<tokenCount
+        guard r.lowerBound >= 0, r.upperBound <= tokenCount else { throw .tokenRange(r, count: tokenCount) }
         for (name, stream) in [("keys", keys), ("values", values)] {
             var bad = -1
             stream.withUnsafeBufferPointer { b in
-                for i in 0..<b.count where !b[i].isFinite { bad = i / p; break }
+                for i in (r.lowerBound * p)..<(r.upperBound * p) where !b[i].isFinite { bad = i / p; break }
             }
             if bad >= 0 { throw .nonFinite(stream: name, token: bad) }
         }

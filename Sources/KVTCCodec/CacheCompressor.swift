@@ -69,4 +69,46 @@ public protocol CacheCompressor: Sendable {
     func compress(_ cache: KVCache) throws -> CompressedCache
     /// Restores a cache from bytes this compressor produced.
     func decompress(_ bytes: [UInt8]) throws -> KVCache
+    /// Restores the tokens of bytes this compressor produced and appends them to `cache`
+    /// (same geometry and RoPE), writing straight into its storage where the method can.
+    /// On error `cache` is unchanged.
+    func decompress(_ bytes: [UInt8], appendingTo cache: inout KVCache) throws
+    /// Restores consecutive pieces of one sequence (each made by this compressor) and
+    /// appends their tokens to `cache` in order, sharing work across pieces where the
+    /// method can. On error `cache` is unchanged and the error names the first bad piece.
+    func decompress(sequence pieces: [[UInt8]], appendingTo cache: inout KVCache) throws(SequenceDecodingError)
+}
+
+/// A piece of a sequence given to ``CacheCompressor/decompress(sequence:appendingTo:)``
+/// could not be decoded.
+public struct SequenceDecodingError: Error, CustomStringConvertible {
+    /// Index of the first piece that failed.
+    public var index: Int
+    /// Why it failed.
+    public var underlying: any Error
+
+    public init(index: Int, underlying: any Error) {
+        self.index = index
+        self.underlying = underlying
+    }
+
+    public var description: String { "piece \(index): \(underlying)" }
+}
+
+extension CacheCompressor {
+    /// Decodes into a cache of its own and appends it.
+    public func decompress(_ bytes: [UInt8], appendingTo cache: inout KVCache) throws {
+        try cache.append(contentsOf: try decompress(bytes))
+    }
+
+    /// Decodes the pieces one by one.
+    public func decompress(sequence pieces: [[UInt8]], appendingTo cache: inout KVCache) throws(SequenceDecodingError) {
+        let start = cache.tokenCount
+        for (i, piece) in pieces.enumerated() {
+            do { try decompress(piece, appendingTo: &cache) } catch {
+                cache.truncate(to: start)
+                throw SequenceDecodingError(index: i, underlying: error)
+            }
+        }
+    }
 }

@@ -197,6 +197,38 @@ public struct KVTCCompressor: CacheCompressor {
         let decoder = try LayerwiseDecoder(bytes, compressor: self)
         return try decoder.decodeAll()
     }
+
+    /// Decodes consecutive blobs of one sequence straight into `cache`: every blob is
+    /// opened (checked, inflated, dequantized) first, then each run of blobs whose
+    /// compressed tokens are adjacent is reconstructed with one GEMM per stream, so the
+    /// basis is streamed once per run rather than once per blob.
+    public func decompress(sequence blobs: [[UInt8]], appendingTo cache: inout KVCache) throws(SequenceDecodingError) {
+        // Open the blobs concurrently (each is checked, inflated and dequantized alone).
+        var opened = [Result<LayerwiseDecoder, KVTCError>?](repeating: nil, count: blobs.count)
+        opened.withUnsafeMutableBufferPointer { results in
+            let box = UncheckedSendable(results.baseAddress!)
+            Parallel.forEach(blobs.count) { i in
+                box.value[i] = Result { () throws(KVTCError) in try LayerwiseDecoder(blobs[i], compressor: self) }
+            }
+        }
+        var decoders: [LayerwiseDecoder] = []
+        decoders.reserveCapacity(blobs.count)
+        for (i, result) in opened.enumerated() {
+            do {
+                let d = try result!.get()
+                guard d.geometry == cache.geometry, d.header.rope == cache.rope else {
+                    throw KVTCError.cache(.mismatch("blob of \(d.geometry) cannot extend a cache of \(cache.geometry)"))
+                }
+                decoders.append(d)
+            } catch { throw SequenceDecodingError(index: i, underlying: error) }
+        }
+        LayerwiseDecoder.decode(decoders, appendingTo: &cache)
+    }
+
+    /// Decodes straight into `cache`'s storage: no intermediate cache, no copy.
+    public func decompress(_ bytes: [UInt8], appendingTo cache: inout KVCache) throws(KVTCError) {
+        try LayerwiseDecoder(bytes, compressor: self).decode(appendingTo: &cache)
+    }
 }
 
 /// Decodes a blob one layer at a time: opening it verifies, inflates and dequantizes the
@@ -291,28 +323,41 @@ public struct LayerwiseDecoder: Sendable {
     /// Reconstructs `columns` (a contiguous block of features) of one stream for every token
     /// into `out` (row stride `stride`).
     private func reconstruct(keys: Bool, columns: Range<Int>, into out: UnsafeMutablePointer<Float>, stride: Int) {
+        copyProtected(keys: keys, columns: columns, into: out, stride: stride)
+        let h = header
+        let lead = h.leadingProtected
+        (keys ? keyCoefficients : valueCoefficients).withUnsafeBufferPointer { y in
+            Self.reconstructCompressed(tables: keys ? keyTables : valueTables, coefficients: y.baseAddress!,
+                                       rows: h.compressedTokens, rope: keys ? h.rope : nil, headDim: h.geometry.headDim,
+                                       positions: positions[lead..<(lead + h.compressedTokens)],
+                                       columns: columns, into: out + lead * stride, stride: stride)
+        }
+    }
+
+    /// Copies the protected rows of one stream into their places in `out`.
+    private func copyProtected(keys: Bool, columns: Range<Int>, into out: UnsafeMutablePointer<Float>, stride: Int) {
         let h = header
         let p = h.geometry.featuresPerToken
-        let n = h.compressedTokens
-        let tables = keys ? keyTables : valueTables
-        let y = keys ? keyCoefficients : valueCoefficients
-        let exact = keys ? protectedKeys : protectedValues
-        let width = columns.count
-        let lead = h.leadingProtected
-        // Protected rows.
-        for t in 0..<(lead + h.trailingProtected) {
-            let dst = t < lead ? t : t + n
-            exact.withUnsafeBufferPointer { e in
-                (out + dst * stride).update(from: e.baseAddress! + t * p + columns.lowerBound, count: width)
+        let lead = h.leadingProtected, n = h.compressedTokens
+        (keys ? protectedKeys : protectedValues).withUnsafeBufferPointer { e in
+            for t in 0..<(lead + h.trailingProtected) {
+                let dst = t < lead ? t : t + n
+                (out + dst * stride).update(from: e.baseAddress! + t * p + columns.lowerBound, count: columns.count)
             }
         }
-        // Compressed rows: Y * B[:, columns] + mean.
-        let c = out + lead * stride
-        y.withUnsafeBufferPointer { yb in
-            tables.decode.withUnsafeBufferPointer { b in
-                BLAS.gemm(m: n, n: width, k: tables.rank, a: yb.baseAddress!, lda: max(1, tables.rank),
-                          b: b.baseAddress! + columns.lowerBound, ldb: p, c: c, ldc: stride)
-            }
+    }
+
+    /// Writes `rows` reconstructed rows `Y * B[:, columns] + mean[columns]` into `out` (row
+    /// stride `stride`), re-applying `rope` (keys) at `positions`.
+    static func reconstructCompressed(tables: StreamTables, coefficients y: UnsafePointer<Float>, rows n: Int, rope: RoPE?,
+                                      headDim: Int, positions: ArraySlice<Int>, columns: Range<Int>,
+                                      into c: UnsafeMutablePointer<Float>, stride: Int) {
+        guard n > 0 else { return }
+        let p = tables.dimension
+        let width = columns.count
+        tables.decode.withUnsafeBufferPointer { b in
+            BLAS.gemm(m: n, n: width, k: tables.rank, a: y, lda: max(1, tables.rank),
+                      b: b.baseAddress! + columns.lowerBound, ldb: p, c: c, ldc: stride)
         }
         if tables.rank == 0 { for t in 0..<n { (c + t * stride).update(repeating: 0, count: width) } }
         let box = UncheckedSendable(c)
@@ -325,21 +370,18 @@ public struct LayerwiseDecoder: Sendable {
                 }
             }
         }
-        if keys {
-            // Re-apply RoPE to the compressed rows.
-            let g = h.geometry
-            let pos = Array(positions[lead..<(lead + n)])
-            if stride == width {
-                h.rope.rotate(rows: c, rowLength: width, positions: pos, headDim: g.headDim, inverse: false)
-            } else {
-                // Rotate within the strided block: process rows one at a time through a buffer.
-                var buf = [Float](repeating: 0, count: width)
-                for t in 0..<n {
-                    buf.withUnsafeMutableBufferPointer { bb in
-                        bb.baseAddress!.update(from: c + t * stride, count: width)
-                        h.rope.rotate(rows: bb.baseAddress!, rowLength: width, positions: [pos[t]], headDim: g.headDim, inverse: false)
-                        (c + t * stride).update(from: bb.baseAddress!, count: width)
-                    }
+        guard let rope else { return }
+        let pos = Array(positions)
+        if stride == width {
+            rope.rotate(rows: c, rowLength: width, positions: pos, headDim: headDim, inverse: false)
+        } else {
+            // Rotate within the strided block: process rows one at a time through a buffer.
+            var buf = [Float](repeating: 0, count: width)
+            for t in 0..<n {
+                buf.withUnsafeMutableBufferPointer { bb in
+                    bb.baseAddress!.update(from: c + t * stride, count: width)
+                    rope.rotate(rows: bb.baseAddress!, rowLength: width, positions: [pos[t]], headDim: headDim, inverse: false)
+                    (c + t * stride).update(from: bb.baseAddress!, count: width)
                 }
             }
         }
@@ -358,13 +400,71 @@ public struct LayerwiseDecoder: Sendable {
 
     /// The whole cache.
     public func decodeAll() throws(KVTCError) -> KVCache {
+        var cache = KVCache(geometry: header.geometry, rope: header.rope, model: header.model, reservingCapacity: header.tokens)
+        try decode(appendingTo: &cache)
+        return cache
+    }
+
+    /// Appends the tokens of consecutive opened blobs (same geometry and RoPE as `cache`).
+    static func decode(_ decoders: [LayerwiseDecoder], appendingTo cache: inout KVCache) {
+        guard !decoders.isEmpty else { return }
+        let g = cache.geometry
+        let p = g.featuresPerToken
+        let first = cache.appendZeroedTokens(positions: decoders.flatMap(\.positions))
+        // Runs of blobs with adjacent compressed rows and the same tables.
+        var runs: [Range<Int>] = []
+        var lo = 0
+        for i in 1...decoders.count {
+            let split = i == decoders.count || decoders[i].header.leadingProtected > 0 || decoders[i - 1].header.trailingProtected > 0
+                || decoders[i].keyTables !== decoders[lo].keyTables || decoders[i].valueTables !== decoders[lo].valueTables
+            if split { runs.append(lo..<i); lo = i }
+        }
+        var starts: [Int] = []
+        var t = first
+        for d in decoders { starts.append(t); t += d.tokenCount }
+        cache.withMutableStreams { k, v in
+            for (i, d) in decoders.enumerated() {
+                d.copyProtected(keys: true, columns: 0..<p, into: k.baseAddress! + starts[i] * p, stride: p)
+                d.copyProtected(keys: false, columns: 0..<p, into: v.baseAddress! + starts[i] * p, stride: p)
+            }
+            for run in runs {
+                let head = decoders[run.lowerBound]
+                let rows = run.reduce(0) { $0 + decoders[$1].header.compressedTokens }
+                let out = starts[run.lowerBound] + head.header.leadingProtected
+                let positions = run.flatMap { i in
+                    let h = decoders[i].header
+                    return decoders[i].positions[h.leadingProtected..<(h.leadingProtected + h.compressedTokens)]
+                }
+                for keys in [true, false] {
+                    let tables = keys ? head.keyTables : head.valueTables
+                    var y: [Float] = keys ? head.keyCoefficients : head.valueCoefficients
+                    if run.count > 1 {
+                        y.reserveCapacity(rows * tables.rank)
+                        for i in run.dropFirst() { y.append(contentsOf: keys ? decoders[i].keyCoefficients : decoders[i].valueCoefficients) }
+                    }
+                    y.withUnsafeBufferPointer { yb in
+                        reconstructCompressed(tables: tables, coefficients: yb.baseAddress!, rows: rows,
+                                              rope: keys ? head.header.rope : nil, headDim: g.headDim,
+                                              positions: positions[...], columns: 0..<p,
+                                              into: (keys ? k : v).baseAddress! + out * p, stride: p)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Appends every token to `cache`, which must have the blob's geometry and RoPE,
+    /// reconstructing straight into its storage.
+    public func decode(appendingTo cache: inout KVCache) throws(KVTCError) {
+        guard cache.geometry == header.geometry else {
+            throw .cache(.mismatch("geometry \(header.geometry) vs \(cache.geometry)"))
+        }
+        guard cache.rope == header.rope else { throw .cache(.mismatch("RoPE settings differ")) }
         let p = header.geometry.featuresPerToken
-        var k = [Float](repeating: 0, count: header.tokens * p)
-        var v = k
-        k.withUnsafeMutableBufferPointer { reconstruct(keys: true, columns: 0..<p, into: $0.baseAddress!, stride: p) }
-        v.withUnsafeMutableBufferPointer { reconstruct(keys: false, columns: 0..<p, into: $0.baseAddress!, stride: p) }
-        do {
-            return try KVCache(geometry: header.geometry, rope: header.rope, positions: positions, keys: k, values: v, model: header.model)
-        } catch { throw .cache(error) }
+        let first = cache.appendZeroedTokens(positions: positions)
+        cache.withMutableStreams { k, v in
+            reconstruct(keys: true, columns: 0..<p, into: k.baseAddress! + first * p, stride: p)
+            reconstruct(keys: false, columns: 0..<p, into: v.baseAddress! + first * p, stride: p)
+        }
     }
 }

@@ -127,7 +127,7 @@ public final class InferenceEngine: Sendable {
         // Restore the longest stored prefix, leaving at least one token to prefill.
         var restored: RestoredPrefix?
         if request.restore, let store, prompt.count > 1 {
-            restored = await store.restore(tokens: Array(prompt.dropLast()))
+            restored = await store.restore(tokens: Array(prompt.dropLast()), reservingCapacity: prompt.count + request.maxTokens)
         }
         let restoreSeconds = Date().timeIntervalSince(clock)
         let model = self.model

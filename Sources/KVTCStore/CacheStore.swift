@@ -195,12 +195,15 @@ public final class CacheStore: Sendable {
     // MARK: Restore
 
     /// Restores the longest stored prefix of `tokens`: its cache and length, or `nil`.
-    public func restore(tokens: [Int]) async -> RestoredPrefix? {
+    ///
+    /// - Parameter capacity: tokens the restored cache should have room for (say, the whole
+    ///   prompt plus the tokens to generate), so that extending it does not copy it.
+    public func restore(tokens: [Int], reservingCapacity capacity: Int = 0) async -> RestoredPrefix? {
         let clock = Date()
         totals.withLock { $0.lookups += 1 }
         for _ in 0..<3 {
             guard let match = await lookup(tokens: tokens) else { break }
-            if var restored = await fetch(match) {
+            if var restored = await fetch(match, capacity: capacity) {
                 restored.seconds = Date().timeIntervalSince(clock)
                 totals.withLock {
                     $0.hits += 1
@@ -247,7 +250,10 @@ public final class CacheStore: Sendable {
         return (rows, tail.exactStart, size)
     }
 
-    private func fetch(_ match: PrefixMatch) async -> RestoredPrefix? {
+    /// Reads, checks and decodes the entries of `match` into one cache with room for
+    /// `capacity` tokens: chunks are decoded straight into its storage, in order, and
+    /// the rows past the tail's first token are then replaced by the tail's exact rows.
+    private func fetch(_ match: PrefixMatch, capacity: Int) async -> RestoredPrefix? {
         let c = chunkTokens
         let t = match.matchedTokens
         var tailRows: KVCache?
@@ -259,30 +265,42 @@ public final class CacheStore: Sendable {
             exactStart = start
             bytesRead = size
         }
-        var cache: KVCache?
+        var payloads: [[UInt8]] = []
         for (i, key) in match.chunkKeys.enumerated() {
             guard let (chunk, size) = await entry(key) else { return nil }
             bytesRead += size
-            guard chunk.kind == .chunk, chunk.start == i * c else { await drop(key); return nil }
-            let decoded: KVCache
-            do { decoded = try codec.decompress(chunk.payload) } catch { await drop(key); return nil }
-            guard decoded.tokenCount == c, decoded.positions.first == i * c,
-                  tailRows == nil || (decoded.geometry == tailRows!.geometry && decoded.rope == tailRows!.rope) else {
-                await drop(key)
-                return nil
-            }
-            let keep = min(c, exactStart - i * c)
-            do {
-                let part = keep == c ? decoded : try decoded.tokens(0..<keep)
-                if cache == nil { cache = part } else { try cache!.append(contentsOf: part) }
-            } catch { await drop(key); return nil }
+            guard chunk.kind == .chunk, chunk.start == i * c, chunk.tokens.count == c else { await drop(key); return nil }
+            payloads.append(chunk.payload)
         }
+        var cache: KVCache
+        var pieces = payloads[...]
+        if let tailRows {
+            cache = KVCache(geometry: tailRows.geometry, rope: tailRows.rope, model: tailRows.model, reservingCapacity: max(capacity, t))
+        } else if let head = pieces.popFirst() {
+            // A chunk-only match: the first chunk gives the geometry.
+            do { cache = try codec.decompress(head) } catch { await drop(match.chunkKeys[0]); return nil }
+            cache.reserveCapacity(tokens: max(capacity, t))
+        } else {
+            return nil
+        }
+        do { try codec.decompress(sequence: Array(pieces), appendingTo: &cache) } catch {
+            await drop(match.chunkKeys[payloads.count - pieces.count + error.index])
+            return nil
+        }
+        // Every chunk must have decoded to exactly its own tokens.
+        guard cache.tokenCount == payloads.count * c else {
+            for key in match.chunkKeys { await drop(key) }
+            return nil
+        }
+        for i in payloads.indices where !((i * c)..<(i * c + c)).allSatisfy({ cache.positions[$0] == $0 }) {
+            await drop(match.chunkKeys[i])
+            return nil
+        }
+        cache.truncate(to: min(exactStart, cache.tokenCount))
         if let tailRows, let key = match.tailKey {
-            do {
-                if cache == nil { cache = tailRows } else { try cache!.append(contentsOf: tailRows) }
-            } catch { await drop(key); return nil }
+            do { try cache.append(contentsOf: tailRows) } catch { await drop(key); return nil }
         }
-        guard let cache, cache.tokenCount == t else { return nil }
+        guard cache.tokenCount == t else { return nil }
         return RestoredPrefix(cache: cache, matchedTokens: t, chunks: match.chunkKeys.count, bytesRead: bytesRead, seconds: 0,
                               tailKey: match.tailKey)
     }

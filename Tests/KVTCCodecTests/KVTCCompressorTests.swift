@@ -52,6 +52,46 @@ import KVTCCache
         }
     }
 
+    @Test func decodingIntoACacheMatchesDecodingAlone() throws {
+        // Consecutive pieces of one sequence, as a store keeps them: the first holds the
+        // sinks, none keeps recent tokens exact.
+        let whole = Fixtures.cache(tokens: 4 * 96, seed: 10)
+        let c = try KVTCCompressor(profile: Self.profile, ratio: 8,
+                                   protection: Protection(sinkTokens: Self.profile.protection.sinkTokens, recentTokens: 0))
+        let pieces = try (0..<4).map { i in try c.compress(whole.tokens((i * 96)..<((i + 1) * 96))).bytes }
+        var expected = try c.decompress(pieces[0])
+        for piece in pieces.dropFirst() { try expected.append(contentsOf: try c.decompress(piece)) }
+
+        var one = KVCache(geometry: whole.geometry, rope: whole.rope)
+        for piece in pieces { try c.decompress(piece, appendingTo: &one) }
+        var batched = KVCache(geometry: whole.geometry, rope: whole.rope)
+        try c.decompress(sequence: pieces, appendingTo: &batched)
+        for got in [one, batched] {
+            #expect(got.positions == expected.positions)
+            #expect(Fixtures.relativeError(got.keys, expected.keys) < 1e-6)
+            #expect(Fixtures.relativeError(got.values, expected.values) < 1e-6)
+        }
+        // Sinks are bit-exact; the batched decode only differs from piecewise by GEMM rounding.
+        let p = whole.geometry.featuresPerToken
+        #expect(Array(batched.keys[0..<(4 * p)]) == Array(whole.keys[0..<(4 * p)]))
+
+        // A bad piece is named and leaves the cache as it was.
+        var corrupt = pieces
+        corrupt[2][corrupt[2].count - 10] ^= 0x5A
+        var target = KVCache(geometry: whole.geometry, rope: whole.rope)
+        do {
+            try c.decompress(sequence: corrupt, appendingTo: &target)
+            Issue.record("a corrupt piece was decoded")
+        } catch {
+            #expect(error.index == 2)
+        }
+        #expect(target.tokenCount == 0)
+        // A cache of another geometry is refused.
+        var other = KVCache(geometry: KVGeometry(layers: 1, kvHeads: 1, headDim: 8), rope: .none(headDim: 8))
+        #expect(throws: KVTCError.self) { try c.decompress(pieces[0], appendingTo: &other) }
+        #expect(other.tokenCount == 0)
+    }
+
     @Test func layerwiseDecodingMatchesFullDecoding() throws {
         let cache = Fixtures.cache(tokens: 300, seed: 9, firstPosition: 50)
         let c = try KVTCCompressor(profile: Self.profile, ratio: 8)

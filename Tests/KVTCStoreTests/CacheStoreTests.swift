@@ -12,9 +12,10 @@ import KVTCCodec
             let cache = Fixtures.cache(tokens: count, seed: UInt64(count))
             let receipt = try await store.store(tokens: tokens, cache: cache)
             #expect(receipt.chunksWritten == count / 32)
-            let restored = try #require(await store.restore(tokens: tokens))
+            let restored = try #require(await store.restore(tokens: tokens, reservingCapacity: count + 50))
             #expect(restored.matchedTokens == count)
             #expect(restored.cache.positions == Array(0..<count))
+            #expect(restored.cache.keys.capacity >= (count + 50) * Fixtures.geometry.featuresPerToken)
             // The most recent 16 tokens and every token after the last full chunk are exact.
             let exactFrom = min((count / 32) * 32, count - 16)
             let p = Fixtures.geometry.featuresPerToken
