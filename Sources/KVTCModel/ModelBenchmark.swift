@@ -12,6 +12,9 @@ public struct ModelBenchmarkResult: Sendable, Codable, Equatable {
     public var gemmGflops: Double
     /// `prefillUsefulGflops2048 / gemmGflops`.
     public var prefillGemmEfficiency: Double
+    /// Tokens per second of prefilling 512 new tokens after a cache of the given context
+    /// (key `"3584+512"`): the work of a chat turn after its history was restored.
+    public var extendTokensPerSecond: [String: Double]
 
     enum CodingKeys: String, CodingKey {
         case prefillTokensPerSecond = "prefill_tokens_per_second"
@@ -19,6 +22,7 @@ public struct ModelBenchmarkResult: Sendable, Codable, Equatable {
         case prefillUsefulGflops2048 = "prefill_useful_gflops_2048"
         case gemmGflops = "gemm_gflops"
         case prefillGemmEfficiency = "prefill_gemm_efficiency"
+        case extendTokensPerSecond = "extend_tokens_per_second"
     }
 }
 
@@ -62,7 +66,7 @@ public enum ModelBenchmark {
     ///
     /// Each prefill length is timed `repeats` times and the best run is kept, so a briefly
     /// busy machine does not distort the result.
-    public static func run(model: LlamaModel, prefillLengths: [Int] = [512, 2048],
+    public static func run(model: LlamaModel, prefillLengths: [Int] = [512, 2048], extendContexts: [Int] = [1536, 3584],
                            decodeSteps: Int = 64, repeats: Int = 2) throws(ModelError) -> ModelBenchmarkResult {
         let gemm = gemmGflops()
         let vocab = model.config.vocabularySize
@@ -86,6 +90,22 @@ public enum ModelBenchmark {
             if n == 2048 { useful2048 = prefillFlops(config: model.config, tokens: n) / best / 1e9 }
         }
 
+        var extend: [String: Double] = [:]
+        for context in extendContexts {
+            var base = model.makeCache(reservingCapacity: context)
+            _ = try model.prefill(tokens: prompt(context + 512).prefix(context).map { $0 }, cache: &base, logits: .none)
+            let tokens = Array(prompt(context + 512).suffix(512))
+            var best = Double.infinity
+            for _ in 0..<max(1, repeats) {
+                var cache = base
+                cache.reserveCapacity(tokens: context + 512)
+                let s = Stopwatch()
+                _ = try model.prefill(tokens: tokens, cache: &cache, logits: .last)
+                best = min(best, s.elapsed)
+            }
+            extend["\(context)+512"] = 512 / best
+        }
+
         var cache = model.makeCache(reservingCapacity: 512 + decodeSteps)
         var logits = try model.prefill(tokens: prompt(512), cache: &cache, logits: .last).elements
         let s = Stopwatch()
@@ -95,6 +115,7 @@ public enum ModelBenchmark {
         let decode = Double(decodeSteps) / s.elapsed
         return ModelBenchmarkResult(prefillTokensPerSecond: rates, decodeTokensPerSecond: decode,
                                     prefillUsefulGflops2048: useful2048, gemmGflops: gemm,
-                                    prefillGemmEfficiency: gemm > 0 ? useful2048 / gemm : 0)
+                                    prefillGemmEfficiency: gemm > 0 ? useful2048 / gemm : 0,
+                                    extendTokensPerSecond: extend)
     }
 }

@@ -27,6 +27,9 @@ struct BenchModelCommand: ParsableCommand {
         for key in result.prefillTokensPerSecond.keys.sorted(by: { Int($0) ?? 0 < Int($1) ?? 0 }) {
             print("prefill \(key.padding(toLength: 5, withPad: " ", startingAt: 0)) tokens   " + String(format: "%9.1f tokens/s", result.prefillTokensPerSecond[key]!))
         }
+        for key in result.extendTokensPerSecond.keys.sorted(by: { $0.count == $1.count ? $0 < $1 : $0.count < $1.count }) {
+            print("extend \(key.padding(toLength: 8, withPad: " ", startingAt: 0))    " + String(format: "%9.1f tokens/s", result.extendTokensPerSecond[key]!))
+        }
         print(String(format: "decode               %9.1f tokens/s", result.decodeTokensPerSecond))
         print(String(format: "prefill 2048 useful  %9.1f GFLOP/s (%.0f%% of the GEMM rate; floor 40%%)",
                      result.prefillUsefulGflops2048, 100 * result.prefillGemmEfficiency))
