@@ -70,6 +70,8 @@ let package = Package(
         .testTarget(name: "KVTCCodecTests", dependencies: ["KVTCCodec"]),
         .testTarget(name: "KVTCModelTests", dependencies: ["KVTCModel"]),
         .testTarget(name: "KVTCEvaluationTests", dependencies: ["KVTCEvaluation"]),
+        // A writer process the disk-tier tests start and kill mid-write (not a product).
+        .executableTarget(name: "KVTCDiskWriter", dependencies: ["KVTCStore"], path: "Tests/KVTCDiskWriter"),
         .testTarget(name: "KVTCStoreTests", dependencies: ["KVTCStore"]),
         .testTarget(name: "KVTCServerTests", dependencies: ["KVTCServer",
                                                             .product(name: "HummingbirdTesting", package: "hummingbird")]),

@@ -102,6 +102,55 @@ import Testing
         #expect(try await tier.get(Fixtures.key(1)) == value)
     }
 
+    /// A real writer process (`KVTCDiskWriter`) rewrites entries of 0.25-2 MB until it is
+    /// killed with SIGKILL at a random moment; the reopened tier must hold one complete,
+    /// consistent entry for every key and clean up what the writer left behind.
+    @Test func aWriterProcessKilledMidWriteNeverLeavesAPartialEntry() async throws {
+        let writer = try Fixtures.builtExecutable("KVTCDiskWriter")
+        let dir = Fixtures.temporaryDirectory()
+        let keys = 12
+        var rng = SplitMix(seed: 2026)
+        var orphans = 0
+        for round in 0..<10 {
+            let process = Process()
+            process.executableURL = writer
+            process.arguments = [dir.path, String(keys)]
+            let output = Pipe()
+            process.standardOutput = output
+            try process.run()
+            let pid = process.processIdentifier
+            // Never wait forever on a writer that does not get going.
+            let watchdog = DispatchWorkItem { kill(pid, SIGKILL) }
+            DispatchQueue.global().asyncAfter(deadline: .now() + 30, execute: watchdog)
+            let line = String(decoding: output.fileHandleForReading.availableData, as: UTF8.self)
+            #expect(line.hasPrefix("ready"), "round \(round): the writer said \(line.debugDescription)")
+            usleep(UInt32.random(in: 5_000...150_000, using: &rng))
+            kill(pid, SIGKILL)
+            process.waitUntilExit()
+            watchdog.cancel()
+            #expect(process.terminationReason == .uncaughtSignal && process.terminationStatus == SIGKILL)
+
+            let tier = try DiskTier(directory: dir, quota: 1 << 36)
+            let stats = await tier.stats()
+            orphans += stats.orphansRemoved
+            #expect(stats.corruptDropped == 0, "an entry under its final name was incomplete")
+            #expect(stats.entries == keys)
+            for k in 0..<keys {
+                let key = StoreKey(bytes: [UInt8(k)] + [UInt8](repeating: 0xA5, count: 31))!
+                let value = try #require(try await tier.get(key), "round \(round): key \(k) lost")
+                try #require(value.count >= 24)
+                func word(_ i: Int) -> Int { value[(8 * i)..<(8 * i + 8)].reversed().reduce(0) { $0 << 8 | Int($1) } }
+                let generation = word(1), length = word(2)
+                #expect(word(0) == k && value.count == 24 + length)
+                let fill = UInt8((k * 31 + generation * 17) & 0xFF)
+                #expect(value[24...].allSatisfy { $0 == fill }, "round \(round): key \(k) generation \(generation) is inconsistent")
+            }
+            #expect(try FileManager.default.contentsOfDirectory(atPath: dir.path).allSatisfy { !$0.hasSuffix(".tmp") })
+        }
+        // The kills landed mid-write: the writer left temporary files that were cleaned up.
+        #expect(orphans > 0)
+    }
+
     @Test func aPartialFileAppearingUnderARunningStoreIsNotServed() async throws {
         let dir = Fixtures.temporaryDirectory()
         let tier = try DiskTier(directory: dir, quota: 1 << 20)

@@ -82,6 +82,22 @@ enum Fixtures {
         return m
     }
 
+    struct MissingExecutable: Error, CustomStringConvertible {
+        var description: String
+    }
+
+    /// An executable of this package's build, found next to the test bundle (`swift build
+    /// --build-tests` builds every target).
+    static func builtExecutable(_ name: String) throws -> URL {
+        let runner = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+        let places = [runner.deletingLastPathComponent(), Bundle.main.bundleURL]
+        for place in places {
+            let url = place.appendingPathComponent(name)
+            if FileManager.default.isExecutableFile(atPath: url.path) { return url }
+        }
+        throw MissingExecutable(description: "\(name) is not built next to the tests (looked in \(places.map(\.path))); run swift build --build-tests")
+    }
+
     static func temporaryDirectory() -> URL {
         let url = FileManager.default.temporaryDirectory.appendingPathComponent("kvtc-store-\(UUID().uuidString)")
         try! FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
