@@ -173,6 +173,14 @@ public struct KVCache: Sendable, Equatable {
         return first
     }
 
+    /// Removes every token; with `keepingCapacity` the storage stays allocated (and paged in)
+    /// for the next sequence.
+    public mutating func removeAll(keepingCapacity: Bool = false) {
+        positions.removeAll(keepingCapacity: keepingCapacity)
+        keys.removeAll(keepingCapacity: keepingCapacity)
+        values.removeAll(keepingCapacity: keepingCapacity)
+    }
+
     /// Removes every token from `index` on.
     public mutating func truncate(to count: Int) {
         guard count < tokenCount else { return }

@@ -70,6 +70,19 @@ public struct GenerationOutcome: Sendable, Codable, Equatable {
     public var chunksWritten: Int
 }
 
+/// Moves a value into a closure that runs on another queue, so that it arrives there
+/// uniquely referenced and can be mutated in place.
+private final class Handoff<Value>: @unchecked Sendable {
+    private var value: Value?
+    init(_ value: Value) { self.value = value }
+    /// The value; the handoff no longer holds it. Called once.
+    func take() -> Value {
+        let v = value!
+        value = nil
+        return v
+    }
+}
+
 /// Runs the model for requests, restoring and storing caches through a ``CacheStore``.
 ///
 /// Forward passes run one at a time on a dedicated serial queue (never on the Swift
@@ -131,10 +144,13 @@ public final class InferenceEngine: Sendable {
         }
         let restoreSeconds = Date().timeIntervalSince(clock)
         let model = self.model
-        let initial = restored
-        let run = try await onModelQueue { () throws(EngineError) -> (GenerationOutcome, KVCache, [Int]) in
-            var cache = initial?.cache ?? model.makeCache(reservingCapacity: prompt.count + request.maxTokens)
-            let cached = initial?.matchedTokens ?? 0
+        // Hand the cache to the model queue as its only reference: a second one (here or in
+        // `restored`) would make the prefill's first append copy the whole cache.
+        let handoff = Handoff(restored?.cache ?? model.makeCache(reservingCapacity: prompt.count + request.maxTokens))
+        restored?.cache.removeAll()
+        let cached = restored?.matchedTokens ?? 0
+        var (outcome, cache, held) = try await onModelQueue { () throws(EngineError) -> (GenerationOutcome, KVCache, [Int]) in
+            var cache = handoff.take()
             var sampler = Sampler(request.sampling)
             var decoder = StreamingDecoder(tokenizer: model.tokenizer)
             let stops = model.stopTokens
@@ -171,7 +187,6 @@ public final class InferenceEngine: Sendable {
                                             storeSeconds: 0, chunksWritten: 0)
             return (outcome, cache, held)
         }
-        var (outcome, cache, held) = run
         if request.store, let store {
             let storeClock = Date()
             if let receipt = try? await store.store(tokens: held, cache: cache, superseding: restored?.tailKey) {
