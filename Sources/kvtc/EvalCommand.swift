@@ -24,6 +24,8 @@ struct EvalCommand: AsyncParsableCommand {
     @Option(help: "Continuation tokens per window.") var continuation: Int = 64
     @Option(help: "Windows per held-out text.") var windowsPerText: Int = 2
     @Option(help: "Calibration tokens for the profiles.") var calibrationTokens: Int = 32768
+    @Option(help: "Keep at most this many principal components per stream in the KVTC profiles (fewer components decode faster).")
+    var rankCap: Int?
     @Option(help: "Passkey retrieval trials per method (0 skips the task).") var retrievalTrials: Int = 5
     @Option(help: "Write results as JSON to this file.") var json: String?
     @Option(help: "Write the rate-distortion plot (SVG) to this file.") var plot: String?
@@ -34,6 +36,7 @@ struct EvalCommand: AsyncParsableCommand {
         }
         guard context > 132 + 4 else { throw ValidationError("--context must exceed the protected tokens") }
         _ = try parseBaselines()
+        if let rankCap, rankCap < 1 { throw ValidationError("--rank-cap must be positive") }
     }
 
     func parseBaselines() throws -> [Baseline] {
@@ -51,6 +54,7 @@ struct EvalCommand: AsyncParsableCommand {
         let corpus = try Corpus.bundled()
         var suite = EvaluationSuite(model: model, corpus: corpus, ratios: try parseRatios(ratios), baselines: try parseBaselines())
         suite.calibration.tokens = calibrationTokens
+        suite.calibration.calibration.rankCap = rankCap
         var options = HarnessOptions()
         options.contextTokens = context
         options.continuationTokens = continuation
