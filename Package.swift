@@ -67,12 +67,14 @@ let package = Package(
 
         .testTarget(name: "KVTCNumericsTests", dependencies: ["KVTCNumerics"]),
         .testTarget(name: "KVTCCacheTests", dependencies: ["KVTCCache"]),
-        .testTarget(name: "KVTCCodecTests", dependencies: ["KVTCCodec"]),
+        // Helpers shared by the test targets.
+        .target(name: "KVTCTestSupport", path: "Tests/KVTCTestSupport"),
+        .testTarget(name: "KVTCCodecTests", dependencies: ["KVTCCodec", "KVTCTestSupport"]),
         .testTarget(name: "KVTCModelTests", dependencies: ["KVTCModel"]),
         .testTarget(name: "KVTCEvaluationTests", dependencies: ["KVTCEvaluation"]),
         // A writer process the disk-tier tests start and kill mid-write (not a product).
         .executableTarget(name: "KVTCDiskWriter", dependencies: ["KVTCStore"], path: "Tests/KVTCDiskWriter"),
-        .testTarget(name: "KVTCStoreTests", dependencies: ["KVTCStore"]),
+        .testTarget(name: "KVTCStoreTests", dependencies: ["KVTCStore", "KVTCTestSupport"]),
         .testTarget(name: "KVTCServerTests", dependencies: ["KVTCServer",
                                                             .product(name: "HummingbirdTesting", package: "hummingbird")]),
     ]

@@ -1,4 +1,5 @@
 import Testing
+import KVTCTestSupport
 @testable import KVTCCodec
 
 /// Exhaustive search over every aligned partition, for comparison with the DP.

@@ -1,4 +1,5 @@
 import Testing
+import KVTCTestSupport
 import KVTCCache
 @testable import KVTCCodec
 

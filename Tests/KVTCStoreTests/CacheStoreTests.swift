@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import KVTCTestSupport
 import KVTCCache
 import KVTCCodec
 @testable import KVTCStore

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import KVTCTestSupport
 @testable import KVTCStore
 
 @Suite struct DiskTierTests {

@@ -1,24 +1,9 @@
 import Foundation
 import KVTCCache
+import KVTCTestSupport
 import KVTCCodec
 @testable import KVTCStore
 
-/// Deterministic pseudo-random numbers (SplitMix64).
-struct SplitMix: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    mutating func gaussian() -> Float {
-        let u = Float.random(in: Float.ulpOfOne..<1, using: &self), v = Float.random(in: 0..<1, using: &self)
-        return (-2 * log(u)).squareRoot() * cos(2 * .pi * v)
-    }
-}
 
 enum Fixtures {
     static let geometry = KVGeometry(layers: 2, kvHeads: 2, headDim: 8)
