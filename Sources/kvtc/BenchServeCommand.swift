@@ -198,7 +198,7 @@ struct BenchServeCommand: AsyncParsableCommand {
             }
             return r.seconds
         }
-        let restoreExact = try await median(3) { await exactStore.restore(tokens: longIDs)?.seconds ?? .nan }
+        let restoreExact = await median(3) { await exactStore.restore(tokens: longIDs)?.seconds ?? .nan }
         let recompute = try await median(2) { try await recomputeEngine.recomputeSeconds(tokens: longIDs) }
         Progress.shared.done()
         print(String(format: "restore %d tokens: kvtc %.3f s (%.1f MiB stored), exact fp16 %.3f s (%.1f MiB); recompute %.3f s; kvtc restore is %.1fx faster than recompute",
