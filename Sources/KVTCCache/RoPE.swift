@@ -45,11 +45,22 @@ public struct RoPE: Hashable, Codable, Sendable {
     ///   - headDim: dimension of one head; every `headDim` block of a row is one head.
     public func rotate(rows: UnsafeMutablePointer<Float>, rowLength: Int, positions: [Int],
                        headDim: Int, inverse: Bool) {
-        guard layout != .none, !positions.isEmpty else { return }
+        rotate(rows: rows, rowStride: rowLength, heads: rowLength / headDim, headDim: headDim,
+               positions: positions, inverse: inverse)
+    }
+
+    /// Rotates the first `heads` heads of each of `positions.count` rows, `rowStride` floats
+    /// apart, in place. This is the one rotation kernel of the project: models rotate
+    /// queries and keys with it and the codec removes and re-applies key rotations with it,
+    /// so both agree bit for bit.
+    ///
+    /// Angles are computed in double precision (large positions stay accurate) and rounded
+    /// to single precision once per position and pair.
+    public func rotate(rows: UnsafeMutablePointer<Float>, rowStride: Int, heads: Int, headDim: Int,
+                       positions: [Int], inverse: Bool) {
+        guard layout != .none, !positions.isEmpty, heads > 0 else { return }
         let pairs = rotaryDims / 2
-        let heads = rowLength / headDim
         let rowsBox = UnsafeSendablePointer(rows)
-        // Frequencies in double so that large positions stay accurate.
         let freqs = (0..<pairs).map { pow(theta, -2.0 * Double($0) / Double(rotaryDims)) }
         let layout = self.layout
         Parallel.forEachRange(positions.count, minimumPerTask: 64) { range in
@@ -62,7 +73,7 @@ public struct RoPE: Hashable, Codable, Sendable {
                     cosv[i] = Float(cos(a))
                     sinv[i] = Float(inverse ? -sin(a) : sin(a))
                 }
-                let row = rowsBox.pointer + t * rowLength
+                let row = rowsBox.pointer + t * rowStride
                 for h in 0..<heads {
                     let x = row + h * headDim
                     if layout == .interleaved {

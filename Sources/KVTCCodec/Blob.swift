@@ -73,7 +73,7 @@ public enum Blob {
         for g in p.groups { w.u32(UInt32(g.start)); w.u32(UInt32(g.size)); w.u8(UInt8(g.type.rawValue)) }
     }
 
-    static func readPlan(_ r: inout ByteReader) throws(ByteReader.OutOfBounds) -> BitPlan? {
+    static func readPlan(_ r: inout ByteReader<[UInt8]>) throws(ByteReaderOutOfBounds) -> BitPlan? {
         let n = Int(try r.u32())
         guard n <= 1 << 20 else { return nil }
         var groups: [PlanGroup] = []

@@ -1,6 +1,6 @@
 import Foundation
 import KVTCCache
-import KVTCModel
+import KVTCModels
 
 /// Attention scores recorded when caches are produced, for attention-based eviction
 /// (SnapKV-style: the attention the last prompt tokens pay to every cached token, summed
@@ -30,7 +30,7 @@ public final class AttentionScoreBook: @unchecked Sendable {
     }
 
     /// Prefills `tokens` into a fresh cache while observing attention, records the scores.
-    public func prefill(model: LlamaModel, tokens: [Int]) throws -> KVCache {
+    public func prefill(model: any LanguageModel, tokens: [Int]) throws -> KVCache {
         var cache = model.makeCache(reservingCapacity: tokens.count)
         let s = try model.prefillObservingAttention(tokens: tokens, cache: &cache, window: observationWindow)
         record(cache, s)

@@ -123,7 +123,7 @@ public struct ProtectedCompressor<Codec: MiddleCodec>: CacheCompressor {
     }
 
     public func decompress(_ bytes: [UInt8]) throws -> KVCache {
-        do { return try decode(bytes) } catch is ByteReader.OutOfBounds { throw BaselineError.corrupt("payload ends early or has trailing bytes") }
+        do { return try decode(bytes) } catch is ByteReaderOutOfBounds { throw BaselineError.corrupt("payload ends early or has trailing bytes") }
     }
 
     private func decode(_ bytes: [UInt8]) throws -> KVCache {

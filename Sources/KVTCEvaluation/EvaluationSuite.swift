@@ -1,7 +1,8 @@
 import Foundation
+import KVTCCalibration
 import KVTCCache
 import KVTCCodec
-import KVTCModel
+import KVTCModels
 import KVTCNumerics
 
 /// Which methods an evaluation runs besides KVTC itself.
@@ -19,7 +20,7 @@ public enum Baseline: String, CaseIterable, Sendable {
 /// Builds every compressor of an evaluation from the model and corpus (profiles are built
 /// once and cached on disk) and runs the harness and the retrieval task.
 public struct EvaluationSuite {
-    public var model: LlamaModel
+    public var model: any LanguageModel
     public var corpus: Corpus
     public var ratios: [Double]
     public var baselines: [Baseline]
@@ -29,7 +30,7 @@ public struct EvaluationSuite {
     /// Attention scores for attention-based eviction, recorded when caches are made.
     public let scoreBook = AttentionScoreBook()
 
-    public init(model: LlamaModel, corpus: Corpus, ratios: [Double], baselines: [Baseline]) {
+    public init(model: any LanguageModel, corpus: Corpus, ratios: [Double], baselines: [Baseline]) {
         self.model = model
         self.corpus = corpus
         self.ratios = ratios

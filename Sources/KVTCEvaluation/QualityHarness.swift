@@ -1,7 +1,8 @@
 import Foundation
+import KVTCCalibration
 import KVTCCache
 import KVTCCodec
-import KVTCModel
+import KVTCModels
 import KVTCNumerics
 
 /// One held-out window: a context that is cached and compressed, and a continuation fed
@@ -46,7 +47,7 @@ public struct HarnessOptions: Sendable {
 /// continuation teacher-forced with the exact and the decoded cache -> compare the
 /// next-token distributions.
 public final class QualityHarness: @unchecked Sendable {
-    public let model: LlamaModel
+    public let model: any LanguageModel
     public let windows: [EvaluationWindow]
     /// Exact caches and exact continuation logits, per window.
     private var exactCaches: [KVCache] = []
@@ -54,7 +55,7 @@ public final class QualityHarness: @unchecked Sendable {
 
     /// Cuts `windowsPerText` windows of `contextTokens + continuationTokens + 1` tokens out
     /// of each document (evenly spaced; documents too short for one are skipped).
-    public static func windows(model: LlamaModel, documents: [Corpus.Document], options: HarnessOptions) -> [EvaluationWindow] {
+    public static func windows(model: any LanguageModel, documents: [Corpus.Document], options: HarnessOptions) -> [EvaluationWindow] {
         let need = options.contextTokens - 1 + options.continuationTokens + 1
         var out: [EvaluationWindow] = []
         for d in documents {
@@ -73,7 +74,7 @@ public final class QualityHarness: @unchecked Sendable {
     }
 
     /// Prepares exact caches and logits; with a score book, records attention scores too.
-    public init(model: LlamaModel, windows: [EvaluationWindow], scoreBook: AttentionScoreBook? = nil,
+    public init(model: any LanguageModel, windows: [EvaluationWindow], scoreBook: AttentionScoreBook? = nil,
                 progress: (String) -> Void = { _ in }) throws {
         self.model = model
         self.windows = windows
@@ -101,7 +102,7 @@ public final class QualityHarness: @unchecked Sendable {
         var fp16 = 0, stored = 0, before = 0, total = 0, whole = 0
         var tc = 0.0, td = 0.0
         var nominal: Double?
-        let v = model.config.vocabularySize
+        let v = model.dimensions.vocabularySize
         for (i, w) in windows.enumerated() {
             let exact = exactCaches[i]
             let (blob, c) = try Stopwatch.time { try compressor.compress(exact) }

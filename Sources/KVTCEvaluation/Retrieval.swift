@@ -1,7 +1,7 @@
 import Foundation
 import KVTCCache
 import KVTCCodec
-import KVTCModel
+import KVTCModels
 
 /// Exact-match rate of a passkey retrieval task for one method.
 public struct RetrievalResult: Codable, Sendable {
@@ -39,7 +39,7 @@ public struct PasskeyTask: Sendable {
     public let trials: [Trial]
 
     /// Builds `count` trials of about `contextTokens` tokens with the fact at varying depths.
-    public init(model: LlamaModel, count: Int = 6, contextTokens: Int = 1024, seed: UInt64 = 7) {
+    public init(model: any LanguageModel, count: Int = 6, contextTokens: Int = 1024, seed: UInt64 = 7) {
         let filler = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
         let fillerTokens = model.tokenizer.encode(filler).count
         var trials: [Trial] = []
@@ -59,22 +59,16 @@ public struct PasskeyTask: Sendable {
         self.trials = trials
     }
 
-    /// Greedy answer from a cache of everything but the prompt's last token.
-    static func answer(model: LlamaModel, cache: KVCache, lastToken: Int) throws -> String {
+    /// Greedy answer (at most 8 tokens) from a cache of everything but the prompt's last token.
+    static func answer(model: any LanguageModel, cache: KVCache, lastToken: Int) throws -> String {
         var c = cache
-        var logits = try model.prefill(tokens: [lastToken], cache: &c, startPosition: cache.positions.last! + 1, logits: .last).elements
-        var out: [Int] = []
-        for _ in 0..<8 {
-            let t = Sampler.argmax(logits)
-            out.append(t)
-            logits = try model.decodeStep(token: t, cache: &c)
-        }
-        return (try? model.tokenizer.decode(out)) ?? ""
+        let logits = try model.prefill(tokens: [lastToken], cache: &c, startPosition: cache.positions.last! + 1, logits: .last).elements
+        return try model.generate(after: logits, cache: &c, maxTokens: 8).text
     }
 
     /// Prefills every trial's prompt (all but its last token) once; with a score book the
     /// attention scores are recorded for attention-based eviction.
-    public func prepare(model: LlamaModel, scoreBook: AttentionScoreBook? = nil) throws -> [KVCache] {
+    public func prepare(model: any LanguageModel, scoreBook: AttentionScoreBook? = nil) throws -> [KVCache] {
         try trials.map { t in
             if let scoreBook { return try scoreBook.prefill(model: model, tokens: Array(t.prompt.dropLast())) }
             var cache = model.makeCache()
@@ -84,7 +78,7 @@ public struct PasskeyTask: Sendable {
     }
 
     /// Runs the task with the exact caches (compressor nil) or through a compressor.
-    public func run(model: LlamaModel, caches: [KVCache], compressor: (any CacheCompressor)?) throws -> RetrievalResult {
+    public func run(model: any LanguageModel, caches: [KVCache], compressor: (any CacheCompressor)?) throws -> RetrievalResult {
         var hits = 0
         for (t, exact) in zip(trials, caches) {
             var cache = exact

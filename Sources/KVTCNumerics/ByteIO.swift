@@ -23,25 +23,33 @@ public struct ByteWriter: Sendable {
     }
 }
 
+/// A read went past the end of its bytes, or a value was out of its allowed range.
+public struct ByteReaderOutOfBounds: Error, Equatable, Sendable {
+    public init() {}
+}
+
 /// Reads little-endian fields with bounds checks; every read past the end throws.
-public struct ByteReader: Sendable {
-    public let bytes: [UInt8]
+///
+/// One reader serves every binary format of the project: over `[UInt8]` for blobs, profiles
+/// and store entries, and over a memory-mapped file's `UnsafeRawBufferPointer` for GGUF.
+public struct ByteReader<Bytes: RandomAccessCollection> where Bytes.Element == UInt8, Bytes.Index == Int {
+    public let bytes: Bytes
     public private(set) var offset: Int
     public let end: Int
 
     /// A read went past the end, or a value was out of its allowed range.
-    public struct OutOfBounds: Error, Equatable {}
+    public typealias OutOfBounds = ByteReaderOutOfBounds
 
     /// Reads `range` of `bytes` (all of them by default).
-    public init(_ bytes: [UInt8], range: Range<Int>? = nil) {
+    public init(_ bytes: Bytes, range: Range<Int>? = nil) {
         self.bytes = bytes
-        self.offset = range?.lowerBound ?? 0
-        self.end = range?.upperBound ?? bytes.count
+        self.offset = range?.lowerBound ?? bytes.startIndex
+        self.end = range?.upperBound ?? bytes.endIndex
     }
 
     /// Reads from `offset` to the end.
-    public init(_ bytes: [UInt8], offset: Int) {
-        self.init(bytes, range: offset..<bytes.count)
+    public init(_ bytes: Bytes, offset: Int) {
+        self.init(bytes, range: offset..<bytes.endIndex)
     }
 
     public var remaining: Int { end - offset }
@@ -76,6 +84,7 @@ public struct ByteReader: Sendable {
         return Int(v)
     }
 
+    /// A string of `u32` length and UTF-8 bytes (invalid sequences replaced).
     public mutating func string(maxLength: Int = 1 << 20) throws(OutOfBounds) -> String {
         let n = Int(try u32())
         guard n <= maxLength else { throw OutOfBounds() }
@@ -88,16 +97,27 @@ public struct ByteReader: Sendable {
     public mutating func floats(maxCount: Int) throws(OutOfBounds) -> [Float] {
         let n = try int(max: maxCount)
         let r = try take(n * 4)
+        let base = r.lowerBound - bytes.startIndex
         return [Float](unsafeUninitializedCapacity: n) { buf, count in
-            bytes.withUnsafeBytes { raw in
+            let copied: Void? = bytes.withContiguousStorageIfAvailable { storage in
+                let raw = UnsafeRawBufferPointer(storage)
                 for i in 0..<n {
-                    buf[i] = Float(bitPattern: raw.loadUnaligned(fromByteOffset: r.lowerBound + 4 * i, as: UInt32.self).littleEndian)
+                    buf[i] = Float(bitPattern: raw.loadUnaligned(fromByteOffset: base + 4 * i, as: UInt32.self).littleEndian)
+                }
+            }
+            if copied == nil {
+                for i in 0..<n {
+                    var bits: UInt32 = 0
+                    for j in 0..<4 { bits |= UInt32(bytes[r.lowerBound + 4 * i + j]) << (8 * j) }
+                    buf[i] = Float(bitPattern: bits)
                 }
             }
             count = n
         }
     }
 }
+
+extension ByteReader: Sendable where Bytes: Sendable {}
 
 /// Lowercase hexadecimal of bytes.
 public func hexString<C: Collection>(_ bytes: C) -> String where C.Element == UInt8 {

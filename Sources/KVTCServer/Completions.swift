@@ -1,6 +1,8 @@
 import Foundation
 import Hummingbird
-import KVTCModel
+import KVTCModels
+import KVTCRuntime
+import KVTCTokenizers
 import KVTCStore
 
 /// Serves `/v1/chat/completions` and `/v1/completions`, streaming or not.
@@ -37,33 +39,30 @@ enum Completions {
 
     static func chat(_ body: ChatCompletionRequest, service: KVTCService) async throws -> Response {
         guard !body.messages.isEmpty else { throw APIError(.badRequest, "'messages' must not be empty") }
-        for m in body.messages where !["system", "user", "assistant"].contains(m.role) {
-            throw APIError(.badRequest, "unsupported role '\(m.role)'")
-        }
         let p = try parameters(maxTokens: body.maxCompletionTokens ?? body.maxTokens, temperature: body.temperature,
                                topP: body.topP, seed: body.seed, n: body.n, stream: body.stream,
                                streamOptions: body.streamOptions, service: service)
-        let tokens = service.engine.model.tokenizer.encode(ChatTemplate.render(body.messages))
+        let tokens = service.engine.model.tokenizer.encode(service.engine.model.chatTemplate.render(body.messages, addGenerationPrompt: true))
         let request = GenerationRequest(promptTokens: tokens, maxTokens: p.maxTokens, sampling: p.sampling)
         let id = identifier("chatcmpl-"), created = Int(Date().timeIntervalSince1970), model = service.modelName
         if !p.stream {
             let o = try await run(request, service: service)
             let response = ChatCompletionResponse(
                 id: id, object: "chat.completion", created: created, model: model,
-                choices: [.init(index: 0, message: ChatMessage(role: "assistant", content: o.text), delta: nil, finishReason: o.finishReason)],
+                choices: [.init(index: 0, message: ChatMessage(role: .assistant, content: o.text), delta: nil, finishReason: FinishReason(o.stopReason))],
                 usage: Usage(o), kvtc: Timings(o))
             return JSONBody.response(response)
         }
-        @Sendable func chunk(_ delta: ChatCompletionResponse.Delta?, finish: String? = nil, usage: Usage? = nil, timings: Timings? = nil) -> ChatCompletionResponse {
+        @Sendable func chunk(_ delta: ChatCompletionResponse.Delta?, finish: FinishReason? = nil, usage: Usage? = nil, timings: Timings? = nil) -> ChatCompletionResponse {
             ChatCompletionResponse(id: id, object: "chat.completion.chunk", created: created, model: model,
                                    choices: delta == nil && finish == nil ? [] : [.init(index: 0, message: nil, delta: delta ?? .init(), finishReason: finish)],
                                    usage: usage, kvtc: timings)
         }
         return try stream(request, service: service,
-                      first: chunk(.init(role: "assistant", content: "")),
+                      first: chunk(.init(role: .assistant, content: "")),
                       piece: { chunk(.init(role: nil, content: $0)) },
                       last: { o in
-                          var events = [chunk(.init(), finish: o.finishReason, timings: Timings(o))]
+                          var events = [chunk(.init(), finish: FinishReason(o.stopReason), timings: Timings(o))]
                           if p.includeUsage { events.append(chunk(nil, usage: Usage(o))) }
                           return events
                       })
@@ -84,15 +83,15 @@ enum Completions {
             let o = try await run(request, service: service)
             return JSONBody.response(CompletionResponse(
                 id: id, object: "text_completion", created: created, model: model,
-                choices: [.init(index: 0, text: o.text, finishReason: o.finishReason)], usage: Usage(o), kvtc: Timings(o)))
+                choices: [.init(index: 0, text: o.text, finishReason: FinishReason(o.stopReason))], usage: Usage(o), kvtc: Timings(o)))
         }
-        @Sendable func chunk(_ text: String?, finish: String? = nil, usage: Usage? = nil, timings: Timings? = nil) -> CompletionResponse {
+        @Sendable func chunk(_ text: String?, finish: FinishReason? = nil, usage: Usage? = nil, timings: Timings? = nil) -> CompletionResponse {
             CompletionResponse(id: id, object: "text_completion", created: created, model: model,
                                choices: text == nil ? [] : [.init(index: 0, text: text!, finishReason: finish)],
                                usage: usage, kvtc: timings)
         }
         return try stream(request, service: service, first: nil, piece: { chunk($0) }, last: { o in
-            var events = [chunk("", finish: o.finishReason, timings: Timings(o))]
+            var events = [chunk("", finish: FinishReason(o.stopReason), timings: Timings(o))]
             if p.includeUsage { events.append(chunk(nil, usage: Usage(o))) }
             return events
         })
@@ -128,6 +127,7 @@ enum Completions {
             do {
                 let outcome = try await service.engine.generate(request) { _, text in
                     if !text.isEmpty { continuation.yield(sse(piece(text))) }
+                    return true
                 }
                 for e in last(outcome) { continuation.yield(sse(e)) }
             } catch {

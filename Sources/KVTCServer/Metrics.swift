@@ -1,5 +1,6 @@
 import Foundation
 import KVTCNumerics
+import KVTCRuntime
 import KVTCStore
 
 /// A Prometheus histogram with fixed upper bounds (seconds).

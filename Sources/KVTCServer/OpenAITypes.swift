@@ -1,5 +1,7 @@
 import Foundation
-import KVTCModel
+import KVTCModels
+import KVTCRuntime
+import KVTCTokenizers
 
 /// `POST /v1/chat/completions` request (the supported subset of OpenAI's).
 public struct ChatCompletionRequest: Codable, Sendable {
@@ -134,7 +136,7 @@ public struct ChatCompletionResponse: Codable, Sendable {
         public var index: Int
         public var message: ChatMessage?
         public var delta: Delta?
-        public var finishReason: String?
+        public var finishReason: FinishReason?
         enum CodingKeys: String, CodingKey {
             case index, message, delta
             case finishReason = "finish_reason"
@@ -142,7 +144,7 @@ public struct ChatCompletionResponse: Codable, Sendable {
     }
 
     public struct Delta: Codable, Sendable {
-        public var role: String?
+        public var role: ChatRole?
         public var content: String?
     }
 
@@ -160,7 +162,7 @@ public struct CompletionResponse: Codable, Sendable {
     public struct Choice: Codable, Sendable {
         public var index: Int
         public var text: String
-        public var finishReason: String?
+        public var finishReason: FinishReason?
         enum CodingKeys: String, CodingKey {
             case index, text
             case finishReason = "finish_reason"
@@ -208,4 +210,20 @@ public struct ErrorResponse: Codable, Sendable {
         public var code: String?
     }
     public var error: Body
+}
+
+/// OpenAI's `finish_reason`.
+public enum FinishReason: String, Codable, Sendable, Equatable {
+    /// A stop token ended the reply (or generation was cancelled).
+    case stop
+    /// `max_tokens` or the model's context ended it.
+    case length
+
+    /// The finish reason a generation's stop reason reports.
+    public init(_ reason: StopReason) {
+        switch reason {
+        case .endOfSequence, .cancelled: self = .stop
+        case .length, .contextFull: self = .length
+        }
+    }
 }

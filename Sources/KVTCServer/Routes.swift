@@ -1,6 +1,8 @@
 import Foundation
 import Hummingbird
-import KVTCModel
+import KVTCModels
+import KVTCRuntime
+import KVTCTokenizers
 import KVTCStore
 
 /// The HTTP routes of the server.
@@ -104,7 +106,7 @@ public enum Routes {
         } else {
             let messages = body.messages ?? []
             guard !messages.isEmpty else { throw APIError(.badRequest, "'messages' is empty") }
-            tokens = tokenizer.encode(ChatTemplate.render(messages))
+            tokens = tokenizer.encode(service.engine.model.chatTemplate.render(messages, addGenerationPrompt: true))
         }
         guard let store = service.store else {
             return LookupResponse(totalTokens: tokens.count, matchedTokens: 0, chunkTokens: 0, chunkKeys: [], tailKey: nil)

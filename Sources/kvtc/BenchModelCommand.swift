@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
-import KVTCModel
+import KVTCBenchmarks
+import KVTCModels
 
 /// `kvtc bench model`: GEMM, prefill and decode throughput as a table (and JSON).
 struct BenchModelCommand: ParsableCommand {
@@ -22,7 +23,7 @@ struct BenchModelCommand: ParsableCommand {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         let data = try encoder.encode(result)
-        print("kvtc bench model: \(URL(fileURLWithPath: model.path).lastPathComponent), \(model.config.layers) layers")
+        print("kvtc bench model: \(URL(fileURLWithPath: model.path).lastPathComponent), \(model.dimensions.layers) layers")
         print("measure                      value")
         for key in result.prefillTokensPerSecond.keys.sorted(by: { Int($0) ?? 0 < Int($1) ?? 0 }) {
             print("prefill \(key.padding(toLength: 5, withPad: " ", startingAt: 0)) tokens   " + String(format: "%9.1f tokens/s", result.prefillTokensPerSecond[key]!))

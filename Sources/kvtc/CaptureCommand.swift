@@ -1,7 +1,7 @@
 import ArgumentParser
 import Foundation
 import KVTCCache
-import KVTCModel
+import KVTCModels
 
 /// `kvtc capture`: run text through the model and save its KV cache.
 struct CaptureCommand: ParsableCommand {
@@ -47,11 +47,11 @@ struct CaptureCommand: ParsableCommand {
         } else {
             do { input = try String(contentsOfFile: text!, encoding: .utf8) } catch { throw CommandError(text!, "cannot be read as UTF-8 text") }
         }
-        if chat { input = ChatTemplate.prompt(user: input) }
+        if chat { input = model.chatTemplate.prompt(user: input) }
         var ids = model.tokenizer.encode(input, parseSpecial: chat)
         if tokens > 0 { ids = Array(ids.prefix(tokens)) }
         if bos && !chat, let b = model.tokenizer.bosID { ids.insert(b, at: 0) }
-        let limit = model.config.contextLength
+        let limit = model.dimensions.contextLength
         if ids.count > limit {
             modelCommandLog("kvtc: truncating \(ids.count) tokens to the context of \(limit)")
             ids = Array(ids.prefix(limit))

@@ -1,7 +1,8 @@
 import ArgumentParser
 import Foundation
-import KVTCModel
-import KVTCServer
+import KVTCModels
+import KVTCRuntime
+import KVTCTokenizers
 import KVTCStore
 
 /// `kvtc chat`: multi-turn chat in the terminal, restoring each turn's context from the
@@ -31,7 +32,7 @@ struct ChatCommand: AsyncParsableCommand {
         let model = try modelOptions.load()
         let store: CacheStore? = noStore ? nil : try storeOptions.makeStore(model: model).0
         let engine = InferenceEngine(model: model, store: store)
-        var messages: [ChatMessage] = system.map { [ChatMessage(role: "system", content: $0)] } ?? []
+        var messages: [ChatMessage] = system.map { [ChatMessage(role: .system, content: $0)] } ?? []
         let initial = messages
         var turn = 0
         warn("kvtc chat: \(store.map { "store \($0.chain.identity)" } ?? "no store, recomputing every turn"). /reset, /quit.")
@@ -42,16 +43,17 @@ struct ChatCommand: AsyncParsableCommand {
             if text.isEmpty { continue }
             if text == "/quit" || text == "/exit" { break }
             if text == "/reset" { messages = initial; turn = 0; warn("(conversation reset)"); continue }
-            messages.append(ChatMessage(role: "user", content: text))
-            let tokens = model.tokenizer.encode(ChatTemplate.render(messages))
+            messages.append(ChatMessage(role: .user, content: text))
+            let tokens = model.tokenizer.encode(model.chatTemplate.render(messages, addGenerationPrompt: true))
             let request = GenerationRequest(promptTokens: tokens, maxTokens: maxTokens,
                                             sampling: SamplingOptions(temperature: temperature, seed: UInt64(turn)))
             do {
                 let outcome = try await engine.generate(request) { _, piece in
                     FileHandle.standardOutput.write(Data(piece.utf8))
+                    return true
                 }
                 turn += 1
-                messages.append(ChatMessage(role: "assistant", content: outcome.text))
+                messages.append(ChatMessage(role: .assistant, content: outcome.text))
                 warn(String(format: "\n[turn %d: %d prompt tokens = %d cached + %d new; TTFT %.0f ms (restore %.0f ms, prefill %.0f ms); %d tokens in %.2f s]",
                             turn, outcome.promptTokens, outcome.cachedTokens, outcome.prefilledTokens,
                             outcome.timeToFirstTokenSeconds * 1000, outcome.restoreSeconds * 1000, outcome.prefillSeconds * 1000,

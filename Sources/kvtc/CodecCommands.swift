@@ -1,10 +1,11 @@
 import ArgumentParser
 import Crypto
 import Foundation
+import KVTCCalibration
 import KVTCCache
 import KVTCCodec
 import KVTCEvaluation
-import KVTCModel
+import KVTCModels
 import KVTCNumerics
 
 /// Loads a profile, naming the file in errors.

@@ -1,9 +1,10 @@
 import ArgumentParser
 import Foundation
+import KVTCCalibration
 import KVTCCache
 import KVTCCodec
 import KVTCEvaluation
-import KVTCModel
+import KVTCModels
 import KVTCNumerics
 
 /// `kvtc demo`: the end-to-end story on one screen.
@@ -53,7 +54,7 @@ struct DemoCommand: AsyncParsableCommand {
         var ce = exact, cd = decoded
         let le = try model.prefill(tokens: feed, cache: &ce, logits: .all)
         let ld = try model.prefill(tokens: feed, cache: &cd, logits: .all)
-        let metrics = compareDistributions(reference: le.elements, candidate: ld.elements, vocabulary: model.config.vocabularySize,
+        let metrics = compareDistributions(reference: le.elements, candidate: ld.elements, vocabulary: model.dimensions.vocabularySize,
                                            targets: Array(window.continuation.dropFirst()))
         progress.status("generating greedily from both caches")
         let textExact = try greedy(model: model, cache: exact, first: window.continuation[0])
@@ -81,16 +82,12 @@ struct DemoCommand: AsyncParsableCommand {
         }
     }
 
-    private func greedy(model: LlamaModel, cache: KVCache, first: Int) throws -> String {
+    /// The first continuation token, then greedy generation from `cache`.
+    private func greedy(model: any LanguageModel, cache: KVCache, first: Int) throws -> String {
         var c = cache
-        var ids = [first]
-        var logits = try model.decodeStep(token: first, cache: &c)
-        for _ in 1..<generate {
-            let t = Sampler.argmax(logits)
-            ids.append(t)
-            logits = try model.decodeStep(token: t, cache: &c)
-        }
-        return (try? model.tokenizer.decode(ids)) ?? ""
+        let logits = try model.decodeStep(token: first, cache: &c)
+        let reply = try model.generate(after: logits, cache: &c, maxTokens: generate - 1)
+        return ((try? model.tokenizer.decode([first])) ?? "") + reply.text
     }
 
     private func oneLine(_ s: String) -> String {

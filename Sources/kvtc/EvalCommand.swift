@@ -1,8 +1,9 @@
 import ArgumentParser
 import Foundation
+import KVTCCalibration
 import KVTCCodec
 import KVTCEvaluation
-import KVTCModel
+import KVTCModels
 
 struct EvalCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(

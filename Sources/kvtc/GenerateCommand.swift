@@ -1,6 +1,8 @@
 import ArgumentParser
 import Foundation
-import KVTCModel
+import KVTCGGUF
+import KVTCModels
+import KVTCTokenizers
 
 /// `kvtc generate`: stream a reply from the model.
 struct GenerateCommand: ParsableCommand {
@@ -45,7 +47,7 @@ struct GenerateCommand: ParsableCommand {
 
     func run() throws {
         let model = try modelOptions.load()
-        let text = chat ? ChatTemplate.prompt(user: prompt, system: system) : prompt
+        let text = chat ? model.chatTemplate.prompt(user: prompt, system: system) : prompt
         // A raw prompt starts a document, so it gets BOS as in training; the chat template
         // starts with its own turn marker.
         let tokens = model.tokenizer.encode(text, addBOS: !chat)
@@ -69,23 +71,22 @@ struct GenerateCommand: ParsableCommand {
 
 /// Options shared by the commands that run the model.
 struct ModelCommandOptions: ParsableArguments {
-    @Option(name: .long, help: "A llama GGUF file (default: SmolLM2-135M-Instruct, fetched into the kvtc cache).")
+    @Option(name: .long, help: "A model name from `kvtc models` or a GGUF file (default: \(ModelRegistry.defaultModelName), fetched into the kvtc cache).")
     var model: String?
 
     /// Loads the model, reporting progress on standard error.
-    func load() throws -> LlamaModel {
-        let log: (String) -> Void = { FileHandle.standardError.write(Data(("kvtc: " + $0 + "\n").utf8)) }
-        if let path = model {
-            let identity = try ModelStore.sha256Hex(path: path)
-            return try LlamaModel(path: path, identity: identity)
-        }
-        return try LlamaModel.loadDefault(log: log)
+    func load() throws -> any LanguageModel {
+        try ModelRegistry.load(model) { modelCommandLog("kvtc: " + $0) }
     }
 
     /// Loads only the tokenizer (no weights are dequantized).
     func loadTokenizer() throws -> Tokenizer {
-        let log: (String) -> Void = { FileHandle.standardError.write(Data(("kvtc: " + $0 + "\n").utf8)) }
-        let path = try model ?? ModelStore().ensure(log: log).path
+        let path: String
+        if let entry = ModelRegistry.entry(named: model ?? ModelRegistry.defaultModelName) {
+            path = try ModelStore().ensure(entry.source) { modelCommandLog("kvtc: " + $0) }.path
+        } else {
+            path = model ?? ""
+        }
         return try Tokenizer(gguf: GGUFFile(path: path))
     }
 }

@@ -7,7 +7,7 @@ struct Kvtc: AsyncParsableCommand {
         abstract: "Compress transformer KV caches ~20x with KV cache transform coding.",
         subcommands: [
             DemoCommand.self, CalibrateCommand.self, CompressCommand.self, DecompressCommand.self, InspectCommand.self,
-            EvalCommand.self, ServeCommand.self, ChatCommand.self, GenerateCommand.self, PerplexityCommand.self, CaptureCommand.self, TokenizeCommand.self,
+            EvalCommand.self, ServeCommand.self, ChatCommand.self, ModelsCommand.self, GenerateCommand.self, PerplexityCommand.self, CaptureCommand.self, TokenizeCommand.self,
             BenchCommand.self,
         ]
     )

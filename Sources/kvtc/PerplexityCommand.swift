@@ -1,6 +1,6 @@
 import ArgumentParser
 import Foundation
-import KVTCModel
+import KVTCModels
 
 /// `kvtc perplexity`: score a text file with the model.
 struct PerplexityCommand: ParsableCommand {
@@ -29,8 +29,8 @@ struct PerplexityCommand: ParsableCommand {
         var ids = model.tokenizer.encode(text, parseSpecial: false)
         if tokens > 0 { ids = Array(ids.prefix(tokens)) }
         if bos, let b = model.tokenizer.bosID { ids.insert(b, at: 0) }
-        guard ids.count <= model.config.contextLength else {
-            throw ValidationError("\(ids.count) tokens exceed the context of \(model.config.contextLength); use --tokens")
+        guard ids.count <= model.dimensions.contextLength else {
+            throw ValidationError("\(ids.count) tokens exceed the context of \(model.dimensions.contextLength); use --tokens")
         }
         let (result, seconds) = try modelCommandTime { try model.perplexity(tokens: ids) }
         if json {

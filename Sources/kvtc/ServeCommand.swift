@@ -1,8 +1,8 @@
 import ArgumentParser
 import Foundation
 import KVTCCodec
-import KVTCEvaluation
-import KVTCModel
+import KVTCModels
+import KVTCRuntime
 import KVTCServer
 import KVTCStore
 
@@ -51,24 +51,22 @@ struct StoreCommandOptions: ParsableArguments {
     @Option(name: .long, help: "Tokens per stored chunk.")
     var chunkTokens = 256
 
-    /// The profile from `--profile`, or the default profile of `model`.
-    func loadProfile(model: LlamaModel) throws -> Profile {
-        if let profile {
-            do { return try Profile(contentsOf: profile) } catch { throw CommandError(profile, error) }
-        }
-        let corpus = try Corpus.bundled()
-        let p = try CorpusCalibration.defaultProfile(model: model, corpus: corpus) { Progress.shared.status($0) }
-        Progress.shared.done()
-        return p
+    /// The runtime's options for these flags.
+    var storeOptions: StoreOptions {
+        var o = StoreOptions()
+        o.memoryBudget = memoryBudget.bytes
+        o.diskDirectory = disk
+        o.diskQuota = diskQuota.bytes
+        o.profilePath = profile
+        o.ratio = ratio
+        o.chunkTokens = chunkTokens
+        return o
     }
 
-    /// Tiers and a KVTC store for `model`.
-    func makeStore(model: LlamaModel) throws -> (CacheStore, [any CacheTier]) {
-        let profile = try loadProfile(model: model)
-        let tiers = try StoreFactory.tiers(memoryBudget: memoryBudget.bytes, diskDirectory: disk, diskQuota: diskQuota.bytes)
-        let configuration = StoreConfiguration(chunkTokens: chunkTokens, tailPrecision: .fp16)
-        let store = try StoreFactory.kvtcStore(model: model, profile: profile, ratio: ratio, tiers: tiers, configuration: configuration)
-        return (store, tiers)
+    /// Tiers and a KVTC store for `model` (building its default profile if needed).
+    func makeStore(model: any LanguageModel) throws -> (CacheStore, [any CacheTier]) {
+        defer { Progress.shared.done() }
+        return try StoreFactory.store(storeOptions, model: model) { Progress.shared.status($0) }
     }
 }
 

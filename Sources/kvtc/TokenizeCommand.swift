@@ -1,6 +1,6 @@
 import ArgumentParser
 import Foundation
-import KVTCModel
+import KVTCModels
 
 /// `kvtc tokenize`: show how the model's tokenizer splits text.
 struct TokenizeCommand: ParsableCommand {

@@ -77,7 +77,7 @@ import Testing
         #expect(try r.string() == "kv")
         #expect(try r.f64() == 2.5)
         try r.finish()
-        #expect(throws: ByteReader.OutOfBounds.self) { try r.u8() }
+        #expect(throws: ByteReaderOutOfBounds.self) { try r.u8() }
         #expect(hexString([0, 15, 255]) == "000fff")
     }
 

@@ -1,0 +1,203 @@
+import Foundation
+import KVTCCache
+import KVTCCodec
+import KVTCNumerics
+
+/// Figures of one `kvtc bench codec` run (field names as in the committed JSON).
+public struct CodecBenchResult: Codable, Sendable {
+    public var source: String
+    public var tokens: Int
+    public var geometry: KVGeometry
+    public var ratio: Double
+    public var input_bytes: Int
+    public var blob_bytes: Int
+    public var compressed_tokens_ratio: Double
+    public var whole_cache_ratio: Double
+    public var key_components: Int
+    public var value_components: Int
+    public var calibrate_seconds: Double?
+    public var calibration_rows: Int?
+    public var compress_seconds: Double
+    public var decompress_seconds: Double
+    public var compress_gemm_seconds: Double
+    public var decompress_gemm_seconds: Double
+    public var gemm_gflops: Double
+    public var compress_mb_per_second: Double
+    public var decompress_mb_per_second: Double
+    public var compress_over_gemm: Double
+    public var decompress_over_gemm: Double
+    public var relative_error_keys: Double
+    public var relative_error_values: Double
+    public var threads: Int
+}
+
+/// Times compression and decompression of one cache against their projection GEMMs alone.
+public struct CodecBenchmark: Sendable {
+    /// Tokens of the synthetic cache (when no cache is given).
+    public var tokens = 8192
+    /// Nominal ratio.
+    public var ratio: Double = 16
+    /// Calibration rows of the synthetic profile (when no profile is given).
+    public var calibrationRows = 16384
+    /// DEFLATE level.
+    public var deflateLevel = KVTCCompressor.defaultDeflateLevel
+    /// Timed repetitions; the best is reported.
+    public var repeats = 3
+
+    public init() {}
+
+    /// The measured figures, the last blob and the compressor that made it.
+    public struct Outcome: Sendable {
+        public var result: CodecBenchResult
+        public var blob: CompressedCache
+        public var compressor: KVTCCompressor
+    }
+
+    /// Runs the benchmark on `cache` with `profile`; without a profile, calibrates one on
+    /// synthetic caches of the embedded model's geometry (30 layers x 3 kv heads x 64);
+    /// without a cache, times a synthetic one.
+    public func run(profile given: Profile?, cache: KVCache?, source: String = "synthetic",
+                    progress: @escaping (String) -> Void = { _ in }) throws -> Outcome {
+        let geometry = KVGeometry(layers: 30, kvHeads: 3, headDim: 64)
+        let rope = RoPE(layout: .interleaved, theta: 100_000, rotaryDims: 64)
+        var calibrateSeconds: Double?
+        let prof: Profile
+        if let given {
+            prof = given
+        } else {
+            progress("generating \(calibrationRows) synthetic calibration rows")
+            let calib = SyntheticCaches.cache(geometry: geometry, rope: rope, tokens: calibrationRows + 4, seed: 1)
+            var options = CalibrationOptions()
+            options.ratios = [ratio]
+            let sw = Stopwatch()
+            prof = try Calibrator.calibrate(caches: [calib], options: options,
+                                            provenance: Provenance(rows: 0, sources: [], model: "synthetic"),
+                                            progress: { progress("calibrating: \($0)") })
+            calibrateSeconds = sw.elapsed
+        }
+        let input: KVCache
+        if let cache { input = cache } else {
+            progress("generating a \(tokens)-token synthetic cache")
+            input = SyntheticCaches.cache(geometry: prof.geometry, rope: prof.rope, tokens: tokens, seed: 2)
+        }
+        let compressor = try KVTCCompressor(profile: prof, ratio: ratio, deflateLevel: deflateLevel)
+        var best = (c: Double.infinity, d: Double.infinity)
+        var blob: CompressedCache?
+        var restored: KVCache?
+        for i in 0..<max(1, repeats) {
+            progress("timing compress/decompress (\(i + 1)/\(repeats))")
+            let (b, tc) = try Stopwatch.time { try compressor.compress(input) }
+            let (r, td) = try Stopwatch.time { try compressor.decompress(b.bytes) }
+            best = (min(best.c, tc), min(best.d, td))
+            blob = b
+            restored = r
+        }
+        guard let blob, let restored else { preconditionFailure("at least one repetition runs") }
+        progress("timing the projection GEMMs alone")
+        let n = blob.report.compressedTokens
+        let p = prof.geometry.featuresPerToken
+        let rk = compressor.plan.keys.componentsUsed, rv = compressor.plan.values.componentsUsed
+        let gemm = ProjectionGEMM.times(tokens: n, features: p, keyRank: rk, valueRank: rv, repeats: repeats)
+        let inputBytes = input.fp16Bytes
+        let result = CodecBenchResult(
+            source: source, tokens: input.tokenCount, geometry: prof.geometry, ratio: ratio, input_bytes: inputBytes,
+            blob_bytes: blob.bytes.count, compressed_tokens_ratio: blob.report.ratio, whole_cache_ratio: blob.report.wholeCacheRatio,
+            key_components: rk, value_components: rv, calibrate_seconds: calibrateSeconds,
+            calibration_rows: calibrateSeconds == nil ? nil : calibrationRows,
+            compress_seconds: best.c, decompress_seconds: best.d,
+            compress_gemm_seconds: gemm.compress, decompress_gemm_seconds: gemm.decompress, gemm_gflops: gemm.gflops,
+            compress_mb_per_second: Double(inputBytes) / best.c / 1e6, decompress_mb_per_second: Double(inputBytes) / best.d / 1e6,
+            compress_over_gemm: best.c / gemm.compress, decompress_over_gemm: best.d / gemm.decompress,
+            relative_error_keys: Self.relativeError(restored.keys, input.keys),
+            relative_error_values: Self.relativeError(restored.values, input.values),
+            threads: BLAS.threadCount)
+        return Outcome(result: result, blob: blob, compressor: compressor)
+    }
+
+    /// `||a - b|| / ||b||`.
+    static func relativeError(_ a: [Float], _ b: [Float]) -> Double {
+        var num = 0.0, den = 0.0
+        for i in a.indices { let d = Double(a[i] - b[i]); num += d * d; den += Double(b[i]) * Double(b[i]) }
+        return (num / max(den, 1e-30)).squareRoot()
+    }
+}
+
+/// Times the projection GEMMs of compression and decompression on their own.
+public enum ProjectionGEMM {
+    public static func times(tokens n: Int, features p: Int, keyRank rk: Int, valueRank rv: Int, repeats: Int)
+        -> (compress: Double, decompress: Double, gflops: Double)
+    {
+        let x = [Float](repeating: 0.5, count: n * p)
+        var y = [Float](repeating: 0, count: n * max(rk, rv))
+        let basis = [Float](repeating: 0.01, count: max(rk, rv) * p)
+        var out = [Float](repeating: 0, count: n * p)
+        var bestC = Double.infinity, bestD = Double.infinity
+        for _ in 0..<repeats {
+            let sc = Stopwatch()
+            for r in [rk, rv] {
+                x.withUnsafeBufferPointer { a in basis.withUnsafeBufferPointer { b in y.withUnsafeMutableBufferPointer { c in
+                    BLAS.gemm(.normal, .transposed, m: n, n: r, k: p, a: a.baseAddress!, lda: p, b: b.baseAddress!, ldb: p, c: c.baseAddress!, ldc: r)
+                } } }
+            }
+            bestC = min(bestC, sc.elapsed)
+            let sd = Stopwatch()
+            for r in [rk, rv] {
+                y.withUnsafeBufferPointer { a in basis.withUnsafeBufferPointer { b in out.withUnsafeMutableBufferPointer { c in
+                    BLAS.gemm(m: n, n: p, k: r, a: a.baseAddress!, lda: r, b: b.baseAddress!, ldb: p, c: c.baseAddress!, ldc: p)
+                } } }
+            }
+            bestD = min(bestD, sd.elapsed)
+        }
+        let flops = 2.0 * Double(n) * Double(p) * Double(rk + rv)
+        return (bestC, bestD, 2 * flops / (bestC + bestD) / 1e9)
+    }
+}
+
+/// Synthetic caches with a decaying spectrum, for benchmarks without a model.
+public enum SyntheticCaches {
+    /// Rows `Z * diag(sigma) * M + bias` with `sigma_j = (1 + j)^-0.75` and Gaussian `M`,
+    /// keys rotated by RoPE, rounded to fp16.
+    public static func cache(geometry: KVGeometry, rope: RoPE, tokens: Int, seed: UInt64) -> KVCache {
+        let p = geometry.featuresPerToken
+        func stream(_ s: UInt64, bias: Bool) -> [Float] {
+            let mix = gaussian(count: p * p, seed: 77 + (bias ? 1 : 0), scale: 1 / Float(p).squareRoot())
+            var z = gaussian(count: tokens * p, seed: s, scale: 1)
+            for t in 0..<tokens { for j in 0..<p { z[t * p + j] *= pow(Float(1 + j), -0.75) * 4 } }
+            var x = [Float](repeating: 0, count: tokens * p)
+            z.withUnsafeBufferPointer { a in mix.withUnsafeBufferPointer { b in x.withUnsafeMutableBufferPointer { c in
+                BLAS.gemm(m: tokens, n: p, k: p, a: a.baseAddress!, lda: p, b: b.baseAddress!, ldb: p, c: c.baseAddress!, ldc: p)
+            } } }
+            if bias {
+                let b = gaussian(count: p, seed: 99, scale: 1)
+                for t in 0..<tokens { for j in 0..<p { x[t * p + j] += b[j] } }
+            }
+            return x
+        }
+        var keys = stream(seed &* 2, bias: true)
+        let values = stream(seed &* 2 + 1, bias: false).map { Float(Float16($0)) }
+        let positions = Array(0..<tokens)
+        keys.withUnsafeMutableBufferPointer {
+            rope.rotate(rows: $0.baseAddress!, rowLength: p, positions: positions, headDim: geometry.headDim, inverse: false)
+        }
+        keys = keys.map { Float(Float16($0)) }
+        return try! KVCache(geometry: geometry, rope: rope, positions: positions, keys: keys, values: values, model: "synthetic")
+    }
+
+    static func gaussian(count: Int, seed: UInt64, scale: Float) -> [Float] {
+        var out = [Float](repeating: 0, count: count)
+        out.withUnsafeMutableBufferPointer { buf in
+            let box = UncheckedSendable(buf)
+            Parallel.forEachRange(count / 2, minimumPerTask: 1 << 16) { range in
+                var random = SplitMix64(seed: seed &+ UInt64(range.lowerBound) &* 0x9E37_79B9_7F4A_7C15)
+                func next() -> Float { (Float(random.next() >> 40) + 0.5) / Float(1 << 24) }
+                for i in range {
+                    let u = next(), v = next()
+                    let r = (-2 * log(u)).squareRoot() * scale
+                    box.value[2 * i] = r * cos(2 * .pi * v)
+                    box.value[2 * i + 1] = r * sin(2 * .pi * v)
+                }
+            }
+        }
+        return out
+    }
+}

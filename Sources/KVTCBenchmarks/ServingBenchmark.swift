@@ -1,0 +1,267 @@
+import Foundation
+import KVTCCalibration
+import KVTCCodec
+import KVTCModels
+import KVTCRuntime
+import KVTCStore
+import KVTCTokenizers
+
+/// How a serving run keeps conversation caches between turns.
+public enum CachePolicy: String, Sendable, Codable, CaseIterable, CustomStringConvertible {
+    /// No store: every turn prefills its whole prompt.
+    case recompute
+    /// Exact fp16 chunks in the store.
+    case exact
+    /// KVTC-compressed chunks in the store.
+    case kvtc
+
+    public var description: String { rawValue }
+}
+
+/// The multi-turn chat workload of `kvtc bench serve` and its settings.
+public struct ServingWorkload: Sendable {
+    /// Conversations, replayed round-robin turn by turn.
+    public var conversations = 10
+    /// Turns per conversation.
+    public var turns = 8
+    /// Context each conversation grows to (tokens).
+    public var context = 4224
+    /// Tokens generated per reply.
+    public var replyTokens = 8
+
+    public init() {}
+
+    /// The user messages of every conversation: consecutive slices of the bundled corpus.
+    public func messages(tokenizer: Tokenizer, corpus: Corpus) -> [[String]] {
+        let text = (corpus.calibration + corpus.heldOut).map(\.text).joined(separator: "\n\n")
+        let ids = tokenizer.encode(text, parseSpecial: false)
+        let perTurn = max(16, (context - 64 - turns * (replyTokens + 16)) / turns)
+        var out: [[String]] = []
+        var offset = 0
+        for c in 0..<conversations {
+            var messages: [String] = []
+            for t in 0..<turns {
+                if offset + perTurn > ids.count { offset = (c * 7919 + t * 104_729) % max(1, ids.count - perTurn) }
+                let slice = Array(ids[offset..<(offset + perTurn)])
+                offset += perTurn
+                let piece = (try? tokenizer.decode(slice, skipControl: true)) ?? ""
+                messages.append(t == 0 ? "Read this and answer briefly.\n\n\(piece)" : "More:\n\n\(piece)")
+            }
+            out.append(messages)
+        }
+        return out
+    }
+}
+
+/// What one policy measured over the workload.
+public struct PolicyRecord: Sendable, Codable {
+    public var policy: CachePolicy
+    public var turns: Int
+    public var ttftMeanSeconds: Double
+    public var ttftP50Seconds: Double
+    public var ttftP95Seconds: Double
+    public var hitRate: Double
+    public var cachedTokenFraction: Double
+    public var bytesHeld: Int
+    public var memoryBudgetBytes: Int
+    public var restoreMeanSeconds: Double
+    public var prefillMeanSeconds: Double
+    public var wallSeconds: Double
+
+    enum CodingKeys: String, CodingKey {
+        case policy, turns
+        case ttftMeanSeconds = "ttft_mean_seconds", ttftP50Seconds = "ttft_p50_seconds", ttftP95Seconds = "ttft_p95_seconds"
+        case hitRate = "hit_rate", cachedTokenFraction = "cached_token_fraction", bytesHeld = "bytes_held"
+        case memoryBudgetBytes = "memory_budget_bytes", restoreMeanSeconds = "restore_mean_seconds"
+        case prefillMeanSeconds = "prefill_mean_seconds", wallSeconds = "wall_seconds"
+    }
+}
+
+/// Restoring one long context from each store against recomputing it.
+public struct RestoreRecord: Sendable, Codable {
+    public var tokens: Int
+    public var kvtcSeconds: Double
+    public var exactSeconds: Double
+    public var recomputeSeconds: Double
+    public var kvtcStoredBytes: Int
+    public var exactStoredBytes: Int
+}
+
+/// The JSON report of `kvtc bench serve` (field names as committed under docs/).
+public struct ServingReport: Sendable, Codable {
+    public var model: String
+    public var profile: String
+    public var ratio: Double
+    public var conversations: Int
+    public var turnsPerConversation: Int
+    public var finalContextTokens: Int
+    public var policies: [PolicyRecord]
+    public var restoreTokens: Int
+    public var restore4096Seconds: Double
+    public var recompute4096Seconds: Double
+    public var restoreExact4096Seconds: Double
+    public var kvtcStoredBytes4096: Int
+    public var exactStoredBytes4096: Int
+
+    /// The report of `policies` measured over `workload`, with the restore measurement `restore`.
+    public init(model: String, profile: String, ratio: Double, workload: ServingWorkload, policies: [PolicyRecord],
+                restore: RestoreRecord) {
+        self.model = model
+        self.profile = profile
+        self.ratio = ratio
+        conversations = workload.conversations
+        turnsPerConversation = workload.turns
+        finalContextTokens = workload.context
+        self.policies = policies
+        restoreTokens = restore.tokens
+        restore4096Seconds = restore.kvtcSeconds
+        recompute4096Seconds = restore.recomputeSeconds
+        restoreExact4096Seconds = restore.exactSeconds
+        kvtcStoredBytes4096 = restore.kvtcStoredBytes
+        exactStoredBytes4096 = restore.exactStoredBytes
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case model, profile, ratio, conversations, policies
+        case turnsPerConversation = "turns_per_conversation", finalContextTokens = "final_context_tokens"
+        case restoreTokens = "restore_tokens", restore4096Seconds = "restore_4096_seconds"
+        case recompute4096Seconds = "recompute_4096_seconds", restoreExact4096Seconds = "restore_exact_4096_seconds"
+        case kvtcStoredBytes4096 = "kvtc_stored_bytes_4096", exactStoredBytes4096 = "exact_stored_bytes_4096"
+    }
+}
+
+/// Errors of the serving benchmark.
+public enum ServingBenchmarkError: Error, CustomStringConvertible {
+    /// The KVTC store did not give back the context it had just stored.
+    case restoreFailed(tokens: Int)
+
+    public var description: String {
+        switch self {
+        case .restoreFailed(let n): return "the KVTC store did not restore the \(n)-token context it had stored"
+        }
+    }
+}
+
+/// Replays multi-turn conversations under each ``CachePolicy`` with the same memory budget,
+/// and times restoring a long context against recomputing it.
+public struct ServingBenchmark: Sendable {
+    public let model: any LanguageModel
+    public let profile: Profile
+    public let ratio: Double
+    public let workload: ServingWorkload
+    /// The memory budget every policy gets.
+    public let memoryBudget: Int
+    let progress: @Sendable (String) -> Void
+
+    /// - Parameter memoryBudget: defaults to the exact fp16 caches of a tenth of the
+    ///   conversations at full context.
+    public init(model: any LanguageModel, profile: Profile, ratio: Double, workload: ServingWorkload,
+                memoryBudget: Int? = nil, progress: @escaping @Sendable (String) -> Void = { _ in }) {
+        self.model = model
+        self.profile = profile
+        self.ratio = ratio
+        self.workload = workload
+        let fp16PerToken = 4 * model.geometry.featuresPerToken
+        self.memoryBudget = memoryBudget ?? fp16PerToken * workload.context * max(1, workload.conversations / 10)
+        self.progress = progress
+    }
+
+    /// Linear-interpolated percentile `p` (0...1) of `values`.
+    public static func percentile(_ values: [Double], _ p: Double) -> Double {
+        guard !values.isEmpty else { return 0 }
+        let s = values.sorted()
+        let rank = p * Double(s.count - 1)
+        let lo = Int(rank.rounded(.down)), hi = Int(rank.rounded(.up))
+        return s[lo] + (s[hi] - s[lo]) * (rank - Double(lo))
+    }
+
+    /// Median seconds of `body` over `runs` runs.
+    static func median(_ runs: Int, _ body: () async throws -> Double) async rethrows -> Double {
+        var times: [Double] = []
+        for _ in 0..<runs { times.append(try await body()) }
+        return percentile(times, 0.5)
+    }
+
+    /// Restores the first `tokens` tokens of the corpus from a KVTC and an exact store and
+    /// recomputes them (median of 3 restores and 2 recomputes).
+    public func restoreVersusRecompute(tokens: Int, corpus: Corpus) async throws -> RestoreRecord {
+        let configuration = StoreConfiguration(tailPrecision: .fp16)
+        let recomputeEngine = InferenceEngine(model: model, store: nil)
+        let text = corpus.heldOut.map(\.text).joined(separator: "\n\n") + corpus.calibration.map(\.text).joined(separator: "\n\n")
+        let ids = Array(model.tokenizer.encode(text, parseSpecial: false).prefix(tokens))
+        progress("restore vs recompute of \(ids.count) tokens")
+        let cache = try await recomputeEngine.computeCache(tokens: ids)
+        let kvtcStore = try StoreFactory.kvtcStore(model: model, profile: profile, ratio: ratio,
+                                                   tiers: [MemoryTier(budget: 1 << 34)], configuration: configuration)
+        let exactStore = try StoreFactory.exactStore(model: model, tiers: [MemoryTier(budget: 1 << 34)], configuration: configuration)
+        let kvtcReceipt = try await kvtcStore.store(tokens: ids, cache: cache)
+        let exactReceipt = try await exactStore.store(tokens: ids, cache: cache)
+        let kvtc = try await Self.median(3) {
+            guard let r = await kvtcStore.restore(tokens: ids), r.matchedTokens == ids.count else {
+                throw ServingBenchmarkError.restoreFailed(tokens: ids.count)
+            }
+            return r.seconds
+        }
+        let exact = await Self.median(3) { await exactStore.restore(tokens: ids)?.seconds ?? .nan }
+        let recompute = try await Self.median(2) { try await recomputeEngine.recomputeSeconds(tokens: ids) }
+        return RestoreRecord(tokens: ids.count, kvtcSeconds: kvtc, exactSeconds: exact, recomputeSeconds: recompute,
+                             kvtcStoredBytes: kvtcReceipt.bytesWritten, exactStoredBytes: exactReceipt.bytesWritten)
+    }
+
+    /// Replays `messages` (per conversation, per turn) under `policy`.
+    public func run(_ policy: CachePolicy, messages: [[String]]) async throws -> PolicyRecord {
+        let configuration = StoreConfiguration(tailPrecision: .fp16)
+        let tiers: [any CacheTier] = policy == .recompute ? [] : [MemoryTier(budget: memoryBudget)]
+        let store: CacheStore? = switch policy {
+        case .exact: try StoreFactory.exactStore(model: model, tiers: tiers, configuration: configuration)
+        case .kvtc: try StoreFactory.kvtcStore(model: model, profile: profile, ratio: ratio, tiers: tiers,
+                                               configuration: configuration)
+        case .recompute: nil
+        }
+        let engine = InferenceEngine(model: model, store: store)
+        var histories = [[ChatMessage]](repeating: [], count: messages.count)
+        var ttft: [Double] = [], restore: [Double] = [], prefill: [Double] = []
+        var hits = 0, cached = 0, prompt = 0
+        let clock = Date()
+        let turns = messages.map(\.count).min() ?? 0
+        for t in 0..<turns {
+            for c in messages.indices {
+                histories[c].append(ChatMessage(role: .user, content: messages[c][t]))
+                let tokens = model.tokenizer.encode(model.chatTemplate.render(histories[c], addGenerationPrompt: true))
+                let o = try await engine.generate(GenerationRequest(promptTokens: tokens, maxTokens: workload.replyTokens))
+                histories[c].append(ChatMessage(role: .assistant, content: o.text))
+                ttft.append(o.timeToFirstTokenSeconds)
+                restore.append(o.restoreSeconds)
+                prefill.append(o.prefillSeconds)
+                if o.cachedTokens > 0 { hits += 1 }
+                cached += o.cachedTokens
+                prompt += o.promptTokens
+                progress(String(format: "%@: turn %d/%d, conversation %d/%d: %d tokens, %d cached, TTFT %.2f s",
+                                policy.rawValue, t + 1, turns, c + 1, messages.count, o.promptTokens, o.cachedTokens,
+                                o.timeToFirstTokenSeconds))
+            }
+        }
+        var held = 0
+        for tier in tiers { held += await tier.byteCount }
+        let n = Double(max(1, ttft.count))
+        return PolicyRecord(policy: policy, turns: ttft.count, ttftMeanSeconds: ttft.reduce(0, +) / n,
+                            ttftP50Seconds: Self.percentile(ttft, 0.5), ttftP95Seconds: Self.percentile(ttft, 0.95),
+                            hitRate: Double(hits) / n, cachedTokenFraction: Double(cached) / Double(max(1, prompt)),
+                            bytesHeld: held, memoryBudgetBytes: memoryBudget,
+                            restoreMeanSeconds: restore.reduce(0, +) / n, prefillMeanSeconds: prefill.reduce(0, +) / n,
+                            wallSeconds: Date().timeIntervalSince(clock))
+    }
+
+    /// The whole benchmark: restore vs recompute of `restoreTokens`, then every policy in
+    /// `policies` over the workload.
+    public func run(policies: [CachePolicy], restoreTokens: Int, corpus: Corpus) async throws -> ServingReport {
+        let r = try await restoreVersusRecompute(tokens: restoreTokens, corpus: corpus)
+        let messages = workload.messages(tokenizer: model.tokenizer, corpus: corpus)
+        var records: [PolicyRecord] = []
+        for policy in CachePolicy.allCases where policies.contains(policy) {
+            records.append(try await run(policy, messages: messages))
+        }
+        return ServingReport(model: model.identity, profile: profile.contentHash, ratio: ratio, workload: workload,
+                             policies: records, restore: r)
+    }
+}

@@ -1,0 +1,120 @@
+import Crypto
+import Foundation
+import KVTCCache
+import KVTCCodec
+import KVTCModels
+import KVTCNumerics
+
+/// Settings for calibrating from text.
+public struct CorpusCalibrationOptions: Sendable {
+    /// Calibration tokens to collect (rows per stream, before sinks are skipped).
+    public var tokens = 32768
+    /// Longest document window run through the model at once.
+    public var windowTokens = 2048
+    /// Shortest window used while longer material is available.
+    public var minimumWindowTokens = 1024
+    /// What the fit itself does (ratios, rank cap, layer scaling...).
+    public var calibration = CalibrationOptions()
+
+    public init() {}
+}
+
+/// Calibration that starts from plain text: the model produces the caches, no files are
+/// written in between.
+public enum CorpusCalibration {
+    /// Runs the model over `documents` (BOS + consecutive windows of each document) until
+    /// about `tokens` tokens are cached, and returns the caches.
+    public static func caches(model: any LanguageModel, documents: [Corpus.Document], options: CorpusCalibrationOptions,
+                              progress: (String) -> Void = { _ in }) throws -> [KVCache] {
+        var windows: [[Int]] = []
+        var total = 0
+        var short: [[Int]] = []
+        for d in documents {
+            let ids = model.tokenizer.encode(d.text)
+            var o = 0
+            while o < ids.count {
+                let w = Array(ids[o..<min(ids.count, o + options.windowTokens - 1)])
+                o += w.count
+                if w.count + 1 >= options.minimumWindowTokens { windows.append(w) } else { short.append(w) }
+            }
+        }
+        // Long windows first; short ones only if the long ones do not reach the target.
+        var chosen: [[Int]] = []
+        for w in windows + short where total < options.tokens {
+            chosen.append(w)
+            total += w.count + 1
+        }
+        var caches: [KVCache] = []
+        var done = 0
+        for w in chosen {
+            progress("running the model over calibration text: \(done)/\(total) tokens")
+            var cache = model.makeCache(reservingCapacity: w.count + 1)
+            _ = try model.prefill(tokens: [model.tokenizer.bosID ?? 1] + w, cache: &cache, logits: .none)
+            caches.append(cache)
+            done += w.count + 1
+        }
+        return caches
+    }
+
+    /// Fits a profile from the corpus's calibration part.
+    public static func calibrate(model: any LanguageModel, corpus: Corpus, options: CorpusCalibrationOptions,
+                                 progress: @escaping (String) -> Void = { _ in }) throws -> Profile {
+        let caches = try caches(model: model, documents: corpus.calibration, options: options, progress: progress)
+        return try Calibrator.calibrate(caches: caches, options: options.calibration,
+                                        provenance: provenance(model: model, corpus: corpus, caches: caches, options: options),
+                                        progress: progress)
+    }
+
+    public static func provenance(model: any LanguageModel, corpus: Corpus, caches: [KVCache], options: CorpusCalibrationOptions) -> Provenance {
+        Provenance(rows: 0, sources: [.init(name: "corpus/calibration", sha256: corpus.hash, tokens: caches.reduce(0) { $0 + $1.tokenCount })],
+                   model: model.identity, rankCap: options.calibration.rankCap)
+    }
+
+    /// Where cached profiles live: `$KVTC_CACHE_DIR/profiles` or `~/.cache/kvtc/profiles`.
+    public static func profileDirectory() -> URL {
+        ModelStore.defaultCacheDirectory().appendingPathComponent("profiles")
+    }
+
+    /// A key for a cached profile: model identity, corpus hash, variant and options.
+    public static func cacheKey(model: any LanguageModel, corpus: Corpus, variant: String, options: CorpusCalibrationOptions) -> String {
+        let c = options.calibration
+        let text = [model.identity, corpus.hash, variant, "\(options.tokens)", "\(options.windowTokens)",
+                    c.ratios.map { "\($0)" }.joined(separator: ","), "\(c.rankCap ?? 0)", "\(c.equalizeLayerVariance)",
+                    "\(c.protection.sinkTokens)", "\(c.groupSizes)", "v\(Profile.formatVersion)"].joined(separator: "|")
+        return hexString(Array(SHA256.hash(data: Array(text.utf8)).prefix(12)))
+    }
+
+    /// Loads a cached profile for `key`, or builds it with `make` and caches it.
+    public static func cachedProfile(key: String, variant: String, progress: (String) -> Void,
+                                     make: () throws -> Profile) throws -> Profile {
+        let dir = profileDirectory()
+        let url = dir.appendingPathComponent("\(variant)-\(key).kvtcprofile")
+        if let data = FileManager.default.contents(atPath: url.path), let p = try? Profile(bytes: [UInt8](data)) {
+            return p
+        }
+        progress("building the \(variant) profile (cached afterwards in \(dir.path))")
+        let p = try make()
+        try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        try? p.write(to: url.path)
+        return p
+    }
+
+    /// The default profile of a model: paper-faithful KVTC at 4, 8, 16, 32 and 64x from the
+    /// bundled corpus, built on first use and cached.
+    public static func defaultProfile(model: any LanguageModel, corpus: Corpus, options: CorpusCalibrationOptions = .standard,
+                                      progress: @escaping (String) -> Void = { _ in }) throws -> Profile {
+        let key = cacheKey(model: model, corpus: corpus, variant: "kvtc", options: options)
+        return try cachedProfile(key: key, variant: "kvtc", progress: progress) {
+            try calibrate(model: model, corpus: corpus, options: options, progress: progress)
+        }
+    }
+}
+
+extension CorpusCalibrationOptions {
+    /// Defaults: 32K tokens, ratios 4...64.
+    public static var standard: CorpusCalibrationOptions {
+        var o = CorpusCalibrationOptions()
+        o.calibration.ratios = [4, 8, 16, 32, 64]
+        return o
+    }
+}

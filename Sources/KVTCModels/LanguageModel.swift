@@ -1,0 +1,162 @@
+import KVTCCache
+import KVTCNumerics
+import KVTCTokenizers
+
+/// Which logits a forward pass returns.
+public enum LogitsRequest: Sendable, Equatable {
+    /// None (e.g. when only the cache is wanted).
+    case none
+    /// The logits after the last token only.
+    case last
+    /// The logits after every token.
+    case all
+}
+
+/// What a KV codec must know about one layer's attention: how its keys are rotated and how
+/// far back its queries can see.
+public struct LayerAttention: Sendable, Hashable, Codable {
+    /// The rotation of this layer's keys (layout, base and rotated dimensions).
+    public var rope: RoPE
+    /// The most recent tokens a query of this layer attends to (itself included), or `nil`
+    /// when it attends to the whole context (a global layer).
+    public var window: Int?
+
+    public init(rope: RoPE, window: Int? = nil) {
+        self.rope = rope
+        self.window = window
+    }
+}
+
+/// The sizes of a model that benchmarks and limits need.
+public struct ModelDimensions: Sendable, Hashable, Codable {
+    /// Transformer blocks.
+    public var layers: Int
+    /// Width of the residual stream.
+    public var embedding: Int
+    /// Query heads per layer.
+    public var heads: Int
+    /// Key/value heads per layer.
+    public var kvHeads: Int
+    /// Dimension of one head.
+    public var headDim: Int
+    /// Tokens in the vocabulary (rows of the output projection).
+    public var vocabularySize: Int
+    /// Longest sequence the model was trained for (positions `0 ..< contextLength`).
+    public var contextLength: Int
+    /// Parameters of the blocks' matrices: what each token's matmuls multiply by (the output
+    /// projection excluded).
+    public var blockMatrixParameters: Int
+
+    public init(layers: Int, embedding: Int, heads: Int, kvHeads: Int, headDim: Int,
+                vocabularySize: Int, contextLength: Int, blockMatrixParameters: Int) {
+        self.layers = layers
+        self.embedding = embedding
+        self.heads = heads
+        self.kvHeads = kvHeads
+        self.headDim = headDim
+        self.vocabularySize = vocabularySize
+        self.contextLength = contextLength
+        self.blockMatrixParameters = blockMatrixParameters
+    }
+}
+
+/// A decoder-only transformer that keeps all per-sequence state in a ``KVCache``.
+///
+/// This is the seam between the model families (one implementation per GGUF
+/// `general.architecture`, found through ``ModelRegistry``) and everything that runs a model:
+/// evaluation, calibration, the store, the serving runtime, the tools and the benchmarks.
+/// An implementation provides the forward pass (``hiddenStates(tokens:cache:startPosition:rows:observer:)``)
+/// and the output projection (``logits(hidden:)``); prefill, decoding, generation and
+/// perplexity are built on those two for every family alike.
+///
+/// Weights never change after loading, so one instance may serve many threads; a cache is
+/// the caller's, and a cache decoded from a compressed blob works exactly like one the model
+/// produced.
+public protocol LanguageModel: AnyObject, Sendable {
+    /// The GGUF architecture this implementation runs (`llama`, ...).
+    var architecture: String { get }
+    /// Identity of the weights: the GGUF file's SHA-256 (hex) when known, else its name.
+    /// Caches and profiles are bound to it.
+    var identity: String { get }
+    /// Path of the GGUF file the weights came from.
+    var path: String { get }
+    /// The sizes of the model.
+    var dimensions: ModelDimensions { get }
+    /// Geometry of this model's KV caches.
+    var geometry: KVGeometry { get }
+    /// How the model's caches hold keys: the rotation every key row carries.
+    var rope: RoPE { get }
+    /// Per layer: the rotation of its keys and its attention window.
+    var layerAttention: [LayerAttention] { get }
+    /// The model's tokenizer.
+    var tokenizer: Tokenizer { get }
+    /// How chat messages become prompt text for this model.
+    var chatTemplate: any ChatTemplate { get }
+    /// Longest run of tokens processed in one forward pass; longer inputs are processed in
+    /// consecutive chunks to bound memory.
+    var prefillChunk: Int { get }
+
+    /// Runs `tokens` after whatever `cache` holds, appending their keys and values to the
+    /// cache, and returns the final-norm hidden states (`rows x embedding`) of the rows
+    /// `rows` asks for.
+    ///
+    /// - Parameters:
+    ///   - startPosition: position of the first new token; `nil` means one past the
+    ///     cache's last position (0 for an empty cache).
+    ///   - observer: if given, accumulates the attention the new tokens pay to every token.
+    func hiddenStates(tokens: [Int], cache: inout KVCache, startPosition: Int?,
+                      rows: LogitsRequest, observer: AttentionObserver?) throws(ModelError) -> Matrix
+
+    /// Logits (`rows x vocabulary`) for final-norm hidden states.
+    func logits(hidden: Matrix) -> Matrix
+}
+
+extension LanguageModel {
+    /// Tokens that end generation: EOS and the chat template's end-of-turn tokens.
+    public var stopTokens: Set<Int> {
+        var s = Set<Int>()
+        if let e = tokenizer.eosID { s.insert(e) }
+        for t in chatTemplate.stopTokens { if let id = tokenizer.id(of: t) { s.insert(id) } }
+        return s
+    }
+
+    /// An empty cache for this model.
+    public func makeCache(reservingCapacity capacity: Int = 0) -> KVCache {
+        KVCache(geometry: geometry, rope: rope, model: identity, reservingCapacity: capacity)
+    }
+
+    /// Runs `tokens` through the model after whatever `cache` already holds, appending
+    /// their keys and values to the cache.
+    ///
+    /// - Returns: `0`, `1` or `tokens.count` rows of logits, as `logits` asks.
+    public func prefill(tokens: [Int], cache: inout KVCache, startPosition: Int? = nil,
+                        logits request: LogitsRequest = .last) throws(ModelError) -> Matrix {
+        let hidden = try hiddenStates(tokens: tokens, cache: &cache, startPosition: startPosition,
+                                      rows: request, observer: nil)
+        return logits(hidden: hidden)
+    }
+
+    /// Feeds one token and returns the logits for the next one.
+    public func decodeStep(token: Int, cache: inout KVCache) throws(ModelError) -> [Float] {
+        try prefill(tokens: [token], cache: &cache, logits: .last).elements
+    }
+
+    /// Checks what every forward pass requires of its input: tokens of the vocabulary, a
+    /// cache of this model's geometry and rotation, and positions inside the context.
+    ///
+    /// - Returns: the position of the first new token.
+    public func validateForward(tokens: [Int], cache: KVCache, startPosition: Int?) throws(ModelError) -> Int {
+        guard !tokens.isEmpty else { throw .emptyInput("prefill needs at least one token") }
+        guard cache.geometry == geometry else {
+            throw .cacheMismatch("geometry \(cache.geometry), model \(geometry)")
+        }
+        guard cache.rope == rope else { throw .cacheMismatch("RoPE \(cache.rope), model \(rope)") }
+        let v = dimensions.vocabularySize
+        for t in tokens where t < 0 || t >= v { throw .invalidToken(t) }
+        let start = startPosition ?? (cache.positions.last.map { $0 + 1 } ?? 0)
+        guard start >= 0, start + tokens.count <= dimensions.contextLength else {
+            throw .contextOverflow(positions: start + tokens.count, limit: dimensions.contextLength)
+        }
+        return start
+    }
+}

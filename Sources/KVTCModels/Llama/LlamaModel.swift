@@ -1,0 +1,107 @@
+import Foundation
+import KVTCCache
+import KVTCGGUF
+import KVTCNumerics
+import KVTCTokenizers
+
+/// A llama-architecture language model (GGUF `general.architecture = llama`; SmolLM2 is
+/// one) running on the CPU in single precision.
+///
+/// Weights are dequantized from GGUF at load and never change, so one instance may serve
+/// many threads. All per-sequence state lives in the caller's ``KVCache``.
+///
+/// Threads: GEMMs use OpenBLAS's own threads; attention runs (kv head, query block) tasks on
+/// ``Parallel`` with OpenBLAS switched to one thread for the duration, then restores the
+/// thread count OpenBLAS had when the first model was loaded. Running two forward passes at
+/// once is safe but may briefly leave BLAS single-threaded for the other.
+final class LlamaModel: LanguageModel {
+    let architecture = "llama"
+    /// Hyperparameters.
+    let config: LlamaConfig
+    let geometry: KVGeometry
+    /// Keys are rotated by interleaved pairs, as llama.cpp does for GGUF llama weights.
+    let rope: RoPE
+    let tokenizer: Tokenizer
+    let chatTemplate: any ChatTemplate
+    let identity: String
+    let path: String
+    let prefillChunk: Int
+    let weights: LlamaWeights
+
+    /// Loads a llama GGUF file, dequantizing every weight to f32.
+    init(gguf: GGUFFile, path: String, options: ModelLoadOptions) throws(ModelError) {
+        let config = try LlamaConfig(gguf: gguf)
+        self.config = config
+        do { tokenizer = try Tokenizer(gguf: gguf) } catch { throw .tokenizer(error) }
+        guard tokenizer.vocabularySize == config.vocabularySize else {
+            throw .badConfig("tokenizer has \(tokenizer.vocabularySize) tokens, embedding \(config.vocabularySize) rows")
+        }
+        geometry = KVGeometry(layers: config.layers, kvHeads: config.kvHeads, headDim: config.headDim)
+        rope = RoPE(layout: .interleaved, theta: config.ropeTheta, rotaryDims: config.rotaryDims)
+        chatTemplate = options.chatTemplate ?? ChatMLTemplate()
+        identity = options.identity ?? URL(fileURLWithPath: path).lastPathComponent
+        self.path = path
+        prefillChunk = max(1, options.prefillChunk)
+        _ = BLASThreads.configured
+        weights = try LlamaWeights(gguf: gguf, config: config)
+    }
+
+    var dimensions: ModelDimensions {
+        ModelDimensions(layers: config.layers, embedding: config.embedding, heads: config.heads,
+                        kvHeads: config.kvHeads, headDim: config.headDim, vocabularySize: config.vocabularySize,
+                        contextLength: config.contextLength, blockMatrixParameters: config.blockMatrixParameters)
+    }
+
+    /// Every layer is global and rotated alike.
+    var layerAttention: [LayerAttention] {
+        Array(repeating: LayerAttention(rope: rope, window: nil), count: config.layers)
+    }
+
+    func hiddenStates(tokens: [Int], cache: inout KVCache, startPosition: Int?,
+                      rows: LogitsRequest, observer: AttentionObserver?) throws(ModelError) -> Matrix {
+        let start = try validateForward(tokens: tokens, cache: cache, startPosition: startPosition)
+        let e = config.embedding
+        var out = Matrix(rows: rows == .all ? tokens.count : (rows == .last ? 1 : 0), columns: e)
+        var done = 0
+        while done < tokens.count {
+            let n = min(prefillChunk, tokens.count - done)
+            let positions = Array((start + done)..<(start + done + n))
+            let x = forward(tokens: tokens[done..<(done + n)], positions: positions, cache: &cache, observer: observer)
+            x.withUnsafeBufferPointer { xb in
+                out.elements.withUnsafeMutableBufferPointer { ob in
+                    let (src, dst, count): (Int, Int, Int)
+                    switch rows {
+                    case .none: return
+                    case .all: (src, dst, count) = (0, done, n)
+                    case .last:
+                        guard done + n == tokens.count else { return }
+                        (src, dst, count) = (n - 1, 0, 1)
+                    }
+                    weights.outputNorm.withUnsafeBufferPointer { w in
+                        for r in 0..<count {
+                            FastMath.rmsNorm(xb.baseAddress! + (src + r) * e, weight: w.baseAddress!,
+                                             eps: config.rmsEpsilon, out: ob.baseAddress! + (dst + r) * e, count: e)
+                        }
+                    }
+                }
+            }
+            done += n
+        }
+        return out
+    }
+
+    func logits(hidden: Matrix) -> Matrix {
+        var out = Matrix(rows: hidden.rows, columns: config.vocabularySize)
+        guard hidden.rows > 0 else { return out }
+        hidden.elements.withUnsafeBufferPointer { h in
+            weights.output.withUnsafeBufferPointer { w in
+                out.elements.withUnsafeMutableBufferPointer { o in
+                    Linear.apply(x: h.baseAddress!, rows: hidden.rows, weight: w.baseAddress!,
+                                 outFeatures: config.vocabularySize, inFeatures: config.embedding,
+                                 y: o.baseAddress!, accumulate: false)
+                }
+            }
+        }
+        return out
+    }
+}

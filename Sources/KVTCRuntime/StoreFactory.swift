@@ -1,0 +1,100 @@
+import Foundation
+import KVTCCalibration
+import KVTCCodec
+import KVTCModels
+import KVTCStore
+
+/// Builds the store the server and the tools use: a memory tier with a byte budget,
+/// optionally over a disk tier, holding KVTC-compressed chunks.
+public enum StoreFactory {
+    /// The tiers for the options: memory first, then disk if a directory is given.
+    public static func tiers(memoryBudget: Int, diskDirectory: String?, diskQuota: Int) throws(TierError) -> [any CacheTier] {
+        var tiers: [any CacheTier] = [MemoryTier(budget: memoryBudget)]
+        if let diskDirectory {
+            tiers.append(try DiskTier(directory: URL(fileURLWithPath: diskDirectory), quota: diskQuota))
+        }
+        return tiers
+    }
+
+    /// A KVTC store over `tiers` for `model`'s caches compressed with `profile` at `ratio`.
+    public static func kvtcStore(model: any LanguageModel, profile: Profile, ratio: Double, tiers: [any CacheTier],
+                                 configuration: StoreConfiguration = StoreConfiguration()) throws -> CacheStore {
+        let codec = try CacheStore.kvtcChunkCodec(profile: profile, ratio: ratio)
+        let tier: any CacheTier = tiers.count == 1 ? tiers[0] : TieredStore(tiers)
+        return try CacheStore(identity: ProducerIdentity(modelHash: model.identity, profile: profile, ratio: ratio),
+                              codec: codec, tier: tier, configuration: configuration)
+    }
+
+    /// An exact fp16 store over `tiers` for `model`'s caches (the "exact cache" policy).
+    public static func exactStore(model: any LanguageModel, tiers: [any CacheTier],
+                                  configuration: StoreConfiguration = StoreConfiguration(tailPrecision: .fp16)) throws -> CacheStore {
+        let tier: any CacheTier = tiers.count == 1 ? tiers[0] : TieredStore(tiers)
+        return try CacheStore(identity: ProducerIdentity(modelHash: model.identity, profileHash: "", codecFormatVersion: 1, codec: "exact fp16"),
+                              codec: ExactCompressor(precision: .fp16), tier: tier, configuration: configuration)
+    }
+}
+
+/// What a serving store is made of: tiers, their budgets, and the profile and ratio of its
+/// chunks (the options `serve`, `chat` and `bench serve` share).
+public struct StoreOptions: Sendable {
+    /// Byte budget of the in-memory tier.
+    public var memoryBudget = 1 << 30
+    /// Directory of the disk tier, or `nil` for memory only.
+    public var diskDirectory: String?
+    /// Byte quota of the disk tier.
+    public var diskQuota = 8 << 30
+    /// A profile file, or `nil` for the model's default profile.
+    public var profilePath: String?
+    /// Nominal compression ratio of stored chunks (a ratio of the profile).
+    public var ratio: Double = 16
+    /// Tokens per stored chunk.
+    public var chunkTokens = 256
+
+    public init() {}
+}
+
+/// Errors resolving a profile.
+public enum ProfileResolutionError: Error, CustomStringConvertible {
+    /// The profile file could not be read.
+    case unreadable(path: String, ProfileError)
+    /// The default profile could not be built.
+    case calibration(any Error)
+
+    public var description: String {
+        switch self {
+        case .unreadable(let p, let e): return "\(p): \(e)"
+        case .calibration(let e): return "cannot build the default profile: \(e)"
+        }
+    }
+}
+
+/// Finds the profile a serving store uses.
+public enum ProfileResolver {
+    /// The profile at `path`, or `model`'s default profile (built from the bundled corpus on
+    /// first use and cached).
+    public static func profile(path: String?, model: any LanguageModel,
+                               progress: @escaping (String) -> Void = { _ in }) throws(ProfileResolutionError) -> Profile {
+        if let path {
+            do { return try Profile(contentsOf: path) } catch { throw .unreadable(path: path, error) }
+        }
+        do {
+            return try CorpusCalibration.defaultProfile(model: model, corpus: try Corpus.bundled(), progress: progress)
+        } catch {
+            throw .calibration(error)
+        }
+    }
+}
+
+extension StoreFactory {
+    /// The tiers and the KVTC store that `options` describe for `model`.
+    public static func store(_ options: StoreOptions, model: any LanguageModel,
+                             progress: @escaping (String) -> Void = { _ in }) throws -> (CacheStore, [any CacheTier]) {
+        let profile = try ProfileResolver.profile(path: options.profilePath, model: model, progress: progress)
+        let tiers = try tiers(memoryBudget: options.memoryBudget, diskDirectory: options.diskDirectory,
+                              diskQuota: options.diskQuota)
+        let configuration = StoreConfiguration(chunkTokens: options.chunkTokens, tailPrecision: .fp16)
+        let store = try kvtcStore(model: model, profile: profile, ratio: options.ratio, tiers: tiers,
+                                  configuration: configuration)
+        return (store, tiers)
+    }
+}

@@ -1,0 +1,306 @@
+import Foundation
+import KVTCGGUF
+
+/// Errors building a tokenizer from GGUF metadata or using it.
+public enum TokenizerError: Error, Equatable, CustomStringConvertible {
+    /// A required metadata key is absent or has the wrong type.
+    case missingMetadata(String)
+    /// `tokenizer.ggml.model` is not a byte-level BPE ("gpt2").
+    case unsupportedModel(String)
+    /// A merge rule is not two space-separated symbols.
+    case badMerge(index: Int)
+    /// A token id outside the vocabulary.
+    case unknownToken(Int)
+
+    public var description: String {
+        switch self {
+        case .missingMetadata(let k): return "tokenizer metadata \(k) is missing or malformed"
+        case .unsupportedModel(let m): return "tokenizer model \"\(m)\" is not supported (only gpt2 byte-level BPE)"
+        case .badMerge(let i): return "tokenizer merge rule \(i) is malformed"
+        case .unknownToken(let t): return "token id \(t) is outside the vocabulary"
+        }
+    }
+}
+
+/// A GPT-2 byte-level BPE tokenizer built from GGUF metadata.
+///
+/// Text is split into pieces by ``PreTokenizer``; each piece's UTF-8 bytes are mapped to
+/// printable characters (GPT-2's byte-to-unicode table) and merged by rank. Control tokens
+/// (GGUF token type 3, such as `<|im_start|>`) are recognised as whole strings in the text.
+public struct Tokenizer: Sendable {
+    /// Token strings by id (byte-level form for ordinary tokens).
+    public let tokens: [String]
+    /// GGUF token types by id (1 normal, 3 control, ...).
+    public let tokenTypes: [Int]
+    /// Beginning-of-sequence token id.
+    public let bosID: Int?
+    /// End-of-sequence token id.
+    public let eosID: Int?
+    /// Pre-tokenizer name (`tokenizer.ggml.pre`).
+    public let preName: String
+    /// The pre-tokenizer in use.
+    public let preTokenizer: PreTokenizer
+    /// Control tokens, longest first: (text, id).
+    public let specialTokens: [(String, Int)]
+    /// The chat template (`tokenizer.chat_template`), if the file has one.
+    public let chatTemplate: String?
+    /// Whether the file asks for a BOS token at the start of every encoding.
+    public let addBOS: Bool
+
+    let vocab: [String: Int]
+    let mergeRanks: [String: Int]
+    let isSpecial: [Bool]
+
+    /// Vocabulary size.
+    public var vocabularySize: Int { tokens.count }
+
+    /// Builds the tokenizer from a GGUF file's metadata.
+    public init(gguf: GGUFFile) throws(TokenizerError) {
+        let md = gguf.metadata
+        let model = md["tokenizer.ggml.model"]?.stringValue ?? ""
+        guard model == "gpt2" else { throw .unsupportedModel(model) }
+        guard let toks = md["tokenizer.ggml.tokens"]?.arrayValue else { throw .missingMetadata("tokenizer.ggml.tokens") }
+        var tokens: [String] = []
+        tokens.reserveCapacity(toks.count)
+        for t in toks {
+            guard let s = t.stringValue else { throw .missingMetadata("tokenizer.ggml.tokens") }
+            tokens.append(s)
+        }
+        var types = [Int](repeating: 1, count: tokens.count)
+        if let tt = md["tokenizer.ggml.token_type"]?.arrayValue {
+            guard tt.count == tokens.count else { throw .missingMetadata("tokenizer.ggml.token_type") }
+            for (i, v) in tt.enumerated() { types[i] = v.intValue ?? 1 }
+        }
+        guard let mergeValues = md["tokenizer.ggml.merges"]?.arrayValue else { throw .missingMetadata("tokenizer.ggml.merges") }
+        var merges: [String] = []
+        merges.reserveCapacity(mergeValues.count)
+        for (i, m) in mergeValues.enumerated() {
+            guard let s = m.stringValue else { throw .badMerge(index: i) }
+            merges.append(s)
+        }
+        try self.init(tokens: tokens, tokenTypes: types, merges: merges,
+                      bosID: md["tokenizer.ggml.bos_token_id"]?.intValue,
+                      eosID: md["tokenizer.ggml.eos_token_id"]?.intValue,
+                      pre: md["tokenizer.ggml.pre"]?.stringValue ?? "default",
+                      chatTemplate: md["tokenizer.chat_template"]?.stringValue,
+                      addBOS: md["tokenizer.ggml.add_bos_token"].map { $0.intValue == 1 } ?? false)
+    }
+
+    /// Builds a tokenizer from its parts (merges as `"left right"` strings, in rank order).
+    public init(tokens: [String], tokenTypes: [Int], merges: [String], bosID: Int?, eosID: Int?,
+                pre: String, chatTemplate: String? = nil, addBOS: Bool = false) throws(TokenizerError) {
+        self.tokens = tokens
+        self.tokenTypes = tokenTypes
+        self.bosID = bosID
+        self.eosID = eosID
+        self.preName = pre
+        self.chatTemplate = chatTemplate
+        self.addBOS = addBOS
+        // Pre-tokenizers that isolate single digits (llama.cpp: smollm, starcoder, refact, ...).
+        let digitSplitting: Set<String> = ["smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva-7b"]
+        self.preTokenizer = PreTokenizer(splitDigits: digitSplitting.contains(pre))
+        var vocab: [String: Int] = [:]
+        vocab.reserveCapacity(tokens.count)
+        for (i, t) in tokens.enumerated() where vocab[t] == nil { vocab[t] = i }
+        self.vocab = vocab
+        var ranks: [String: Int] = [:]
+        ranks.reserveCapacity(merges.count)
+        for (i, m) in merges.enumerated() {
+            let parts = m.split(separator: " ", omittingEmptySubsequences: false)
+            guard parts.count == 2, !parts[0].isEmpty, !parts[1].isEmpty else { throw .badMerge(index: i) }
+            if ranks[m] == nil { ranks[m] = i }
+        }
+        self.mergeRanks = ranks
+        var special = [Bool](repeating: false, count: tokens.count)
+        var specials: [(String, Int)] = []
+        for i in 0..<tokens.count where i < tokenTypes.count && (tokenTypes[i] == 3 || tokenTypes[i] == 4) {
+            special[i] = true
+            if !tokens[i].isEmpty { specials.append((tokens[i], i)) }
+        }
+        specials.sort { $0.0.utf8.count > $1.0.utf8.count }
+        self.specialTokens = specials
+        self.isSpecial = special
+    }
+
+    /// The id of a token string (byte-level form), if it is in the vocabulary.
+    public func id(of token: String) -> Int? { vocab[token] }
+
+    /// Whether `id` is a control token such as `<|im_end|>`.
+    public func isControl(_ id: Int) -> Bool { id >= 0 && id < isSpecial.count && isSpecial[id] }
+
+    /// Encodes `text`. Control-token strings in the text become their ids when
+    /// `parseSpecial` is true; otherwise they are tokenized as ordinary text.
+    /// A BOS token is prepended when `addBOS` is true.
+    public func encode(_ text: String, addBOS: Bool = false, parseSpecial: Bool = true) -> [Int] {
+        var out: [Int] = []
+        if addBOS, let b = bosID { out.append(b) }
+        var cache: [Substring: [Int]] = [:]
+        if !parseSpecial || specialTokens.isEmpty {
+            encodeOrdinary(Substring(text), into: &out, cache: &cache)
+            return out
+        }
+        var rest = Substring(text)
+        while !rest.isEmpty {
+            // Find the earliest special token (longest at that position).
+            var best: (Range<Substring.Index>, Int)?
+            for (s, id) in specialTokens {
+                if let r = rest.range(of: s) {
+                    if best == nil || r.lowerBound < best!.0.lowerBound { best = (r, id) }
+                }
+            }
+            guard let (r, id) = best else {
+                encodeOrdinary(rest, into: &out, cache: &cache)
+                break
+            }
+            encodeOrdinary(rest[rest.startIndex..<r.lowerBound], into: &out, cache: &cache)
+            out.append(id)
+            rest = rest[r.upperBound...]
+        }
+        return out
+    }
+
+    func encodeOrdinary(_ text: Substring, into out: inout [Int],
+                        cache: inout [Substring: [Int]]) {
+        guard !text.isEmpty else { return }
+        for piece in preTokenizer.split(String(text)) {
+            let key = Substring(piece)
+            if let c = cache[key] { out.append(contentsOf: c); continue }
+            let ids = bpe(piece)
+            cache[key] = ids
+            out.append(contentsOf: ids)
+        }
+    }
+
+    /// Byte-level BPE of one pre-token.
+    func bpe(_ piece: Substring.UnicodeScalarView) -> [Int] {
+        var symbols: [String] = []
+        for b in String(piece).utf8 { symbols.append(ByteLevel.encodeTable[Int(b)]) }
+        if symbols.count == 1 { return lookup(symbols[0]) }
+        while symbols.count > 1 {
+            var bestRank = Int.max
+            var bestIndex = -1
+            for i in 0..<(symbols.count - 1) {
+                if let r = mergeRanks[symbols[i] + " " + symbols[i + 1]], r < bestRank {
+                    bestRank = r; bestIndex = i
+                }
+            }
+            if bestIndex < 0 { break }
+            // Merge every occurrence of the best pair, left to right.
+            let left = symbols[bestIndex], right = symbols[bestIndex + 1]
+            var merged: [String] = []
+            merged.reserveCapacity(symbols.count)
+            var i = 0
+            while i < symbols.count {
+                if i < symbols.count - 1 && symbols[i] == left && symbols[i + 1] == right {
+                    merged.append(left + right); i += 2
+                } else {
+                    merged.append(symbols[i]); i += 1
+                }
+            }
+            symbols = merged
+        }
+        return symbols.flatMap { lookup($0) }
+    }
+
+    /// The id of a symbol, falling back to its single bytes if it is not in the vocabulary.
+    func lookup(_ symbol: String) -> [Int] {
+        if let id = vocab[symbol] { return [id] }
+        var ids: [Int] = []
+        for ch in symbol.unicodeScalars {
+            if let id = vocab[String(ch)] { ids.append(id) }
+        }
+        return ids
+    }
+
+    /// The bytes a token stands for (control tokens give their text; `nil` for invalid ids).
+    public func bytes(of id: Int) -> [UInt8]? {
+        guard id >= 0, id < tokens.count else { return nil }
+        if isSpecial[id] { return Array(tokens[id].utf8) }
+        var out: [UInt8] = []
+        for s in tokens[id].unicodeScalars {
+            if let b = ByteLevel.decodeTable[s] { out.append(b) } else { out.append(contentsOf: String(s).utf8) }
+        }
+        return out
+    }
+
+    /// The UTF-8 bytes of a token sequence. Control tokens are included unless `skipControl`.
+    public func decodeBytes(_ ids: [Int], skipControl: Bool = false) throws(TokenizerError) -> [UInt8] {
+        var out: [UInt8] = []
+        for id in ids {
+            guard let b = bytes(of: id) else { throw .unknownToken(id) }
+            if skipControl && isSpecial[id] { continue }
+            out.append(contentsOf: b)
+        }
+        return out
+    }
+
+    /// Decodes token ids to text (invalid UTF-8 is repaired with U+FFFD).
+    public func decode(_ ids: [Int], skipControl: Bool = false) throws(TokenizerError) -> String {
+        String(decoding: try decodeBytes(ids, skipControl: skipControl), as: UTF8.self)
+    }
+}
+
+/// GPT-2's reversible mapping between bytes and printable Unicode characters.
+public enum ByteLevel {
+    /// The character each byte maps to.
+    public static let encodeTable: [String] = {
+        var table = [String](repeating: "", count: 256)
+        var n: UInt32 = 0
+        for b in 0..<256 {
+            let printable = (0x21...0x7E).contains(b) || (0xA1...0xAC).contains(b) || (0xAE...0xFF).contains(b)
+            if printable {
+                table[b] = String(Unicode.Scalar(UInt32(b))!)
+            } else {
+                table[b] = String(Unicode.Scalar(256 + n)!)
+                n += 1
+            }
+        }
+        return table
+    }()
+
+    /// The byte each mapped character stands for.
+    public static let decodeTable: [Unicode.Scalar: UInt8] = {
+        var d: [Unicode.Scalar: UInt8] = [:]
+        for (b, s) in encodeTable.enumerated() { d[s.unicodeScalars.first!] = UInt8(b) }
+        return d
+    }()
+}
+
+/// Turns a stream of token ids into text pieces, holding back bytes until they form
+/// complete UTF-8 characters.
+public struct StreamingDecoder: Sendable {
+    private var pending: [UInt8] = []
+    /// The tokenizer used for decoding.
+    public let tokenizer: Tokenizer
+
+    public init(tokenizer: Tokenizer) { self.tokenizer = tokenizer }
+
+    /// Adds a token and returns the text that is now complete (possibly empty).
+    public mutating func append(_ id: Int) -> String {
+        guard let b = tokenizer.bytes(of: id) else { return "" }
+        pending.append(contentsOf: b)
+        // Find the longest prefix that ends on a complete UTF-8 sequence.
+        var cut = pending.count
+        var i = pending.count - 1
+        var back = 0
+        while i >= 0 && back < 4 {
+            let c = pending[i]
+            if c & 0xC0 != 0x80 {
+                let need = c < 0x80 ? 1 : (c >> 5 == 0x6 ? 2 : (c >> 4 == 0xE ? 3 : (c >> 3 == 0x1E ? 4 : 1)))
+                if pending.count - i < need { cut = i }
+                break
+            }
+            i -= 1; back += 1
+        }
+        let text = String(decoding: pending[..<cut], as: UTF8.self)
+        pending.removeFirst(cut)
+        return text
+    }
+
+    /// Returns whatever bytes are still held (repairing incomplete sequences).
+    public mutating func flush() -> String {
+        let text = String(decoding: pending, as: UTF8.self)
+        pending.removeAll()
+        return text
+    }
+}

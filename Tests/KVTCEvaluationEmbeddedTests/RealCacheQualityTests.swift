@@ -1,0 +1,84 @@
+import Foundation
+import Testing
+import KVTCCache
+import KVTCCodec
+import KVTCCalibration
+import KVTCEmbeddedModel
+import KVTCModels
+@testable import KVTCEvaluation
+
+
+/// Quality on real caches of the embedded model: a profile calibrated on calibration text,
+/// applied to held-out text, judged by the model itself.
+@Suite(.serialized) struct RealCacheQualityTests {
+    /// A real profile from 4K calibration tokens (the default uses 32K; this keeps the test
+    /// to about a minute) and held-out windows of 640 + 33 tokens.
+    static let setup = Result { () throws -> (profile: Profile, harness: QualityHarness) in
+        let model = try EmbeddedModel.get()
+        let corpus = try Corpus.bundled()
+        var options = CorpusCalibrationOptions()
+        options.tokens = 4096
+        options.windowTokens = 1024
+        options.calibration.ratios = [16]
+        let profile = try CorpusCalibration.calibrate(model: model, corpus: corpus, options: options)
+        var h = HarnessOptions()
+        h.contextTokens = 640
+        h.continuationTokens = 32
+        h.windowsPerText = 1
+        let windows = Array(QualityHarness.windows(model: model, documents: corpus.heldOut, options: h).prefix(3))
+        return (profile, try QualityHarness(model: model, windows: windows))
+    }
+
+    @Test func kvtcAt16xIsCloseToExactAndBeatsDroppingTheMiddle() throws {
+        let (profile, harness) = try Self.setup.get()
+        let kvtc = try harness.evaluate(KVTCCompressor(profile: profile, ratio: 16))
+        let drop = try harness.evaluate(ProtectedCompressor(DropAllCodec()))
+        let fp16 = try harness.evaluate(ProtectedCompressor(FP16Codec()))
+        // fp16 storage of an f32 cache changes almost nothing.
+        #expect(fp16.mean_kl < 1e-3 && fp16.top1 > 0.95)
+        // Harness sanity: the reference perplexity is the same for every method.
+        #expect(abs(kvtc.ppl_exact - drop.ppl_exact) < 1e-9)
+        // The ratio holds on real caches with every byte counted, and quality is close to exact.
+        #expect(kvtc.effective_ratio >= 16, "effective ratio \(kvtc.effective_ratio)")
+        #expect(kvtc.mean_kl < 0.1, "mean KL \(kvtc.mean_kl)")
+        #expect(kvtc.mean_kl < drop.mean_kl / 3, "kvtc \(kvtc.mean_kl) vs drop \(drop.mean_kl)")
+        #expect(kvtc.top1 > 0.85)
+        // Reconstruction error of the compressed tokens is small (relative to the signal).
+        #expect(kvtc.rel_err_keys < 0.25 && kvtc.rel_err_values < 0.5, "\(kvtc.rel_err_keys) \(kvtc.rel_err_values)")
+    }
+
+    @Test func blobsOfRealCachesRoundTripThroughTheInterchangeFile() throws {
+        let (profile, harness) = try Self.setup.get()
+        let cache = harness.exactCache(0)
+        let c = try KVTCCompressor(profile: profile, ratio: 16)
+        let blob = try c.compress(cache)
+        let restored = try c.decompress(blob.bytes)
+        // Protected tokens are exactly what the model produced (f32 in this case).
+        let p = cache.geometry.featuresPerToken
+        #expect(Array(restored.keys.suffix(128 * p)) == Array(cache.keys.suffix(128 * p)))
+        // Through the interchange file as F32: bit-identical.
+        let file = try SafetensorsFile(bytes: KVCacheFile.encode(restored, dtype: .f32))
+        #expect(try KVCacheFile.decode(file) == restored)
+        // Layer-wise decoding of a real blob equals the full decode.
+        let decoder = try LayerwiseDecoder(blob.bytes, compressor: c)
+        let (k0, _) = decoder.layer(0)
+        let f = cache.geometry.featuresPerLayer
+        var worst: Float = 0
+        for t in 0..<cache.tokenCount { for i in 0..<f { worst = max(worst, abs(k0[t * f + i] - restored.keys[t * p + i])) } }
+        #expect(worst < 1e-3)
+    }
+
+    @Test func attentionScoresCoverTheCacheAndFavourSinks() throws {
+        let model = try EmbeddedModel.get()
+        let tokens = [model.tokenizer.bosID ?? 1] + model.tokenizer.encode(try Corpus.bundled().heldOut[0].text).prefix(300)
+        let book = AttentionScoreBook(observationWindow: 16)
+        let cache = try book.prefill(model: model, tokens: Array(tokens))
+        let s = book.scores(for: cache)
+        #expect(s.count == cache.tokenCount)
+        // Every observed query's attention sums to one per layer and head: 16 x 30 x 9 in all.
+        let total = s.reduce(0, +)
+        #expect(abs(total - Float(16 * 30 * 9)) < 1)
+        // The first token (attention sink) draws far more than an average token.
+        #expect(s[0] > 10 * total / Float(s.count))
+    }
+}

@@ -1,0 +1,50 @@
+import Foundation
+import Hummingbird
+import HummingbirdTesting
+import KVTCEmbeddedModel
+import KVTCModels
+import KVTCRuntime
+import KVTCStore
+@testable import KVTCServer
+
+/// The embedded model (loaded once per test process; a failure fails the tests).
+enum SharedModel {
+    static func get() throws -> any LanguageModel { try EmbeddedModel.get() }
+}
+
+enum ServerFixtures {
+    /// A service over a fresh memory tier (plus a disk tier when `disk` is given) storing
+    /// exact f32 chunks, so that restored caches are bit-exact.
+    static func service(model: any LanguageModel, chunkTokens: Int = 64, disk: URL? = nil) throws -> KVTCService {
+        var tiers: [any CacheTier] = [MemoryTier(budget: 1 << 30)]
+        if let disk { tiers.append(try DiskTier(directory: disk, quota: 1 << 30)) }
+        let store = try CacheStore(identity: ProducerIdentity(modelHash: model.identity, profileHash: "", codecFormatVersion: 1, codec: "exact f32"),
+                                   codec: ExactCompressor(precision: .fp32),
+                                   tier: tiers.count == 1 ? tiers[0] : TieredStore(tiers),
+                                   configuration: StoreConfiguration(chunkTokens: chunkTokens, recentTokens: 16))
+        let metrics = ServerMetrics()
+        let engine = InferenceEngine(model: model, store: store, observer: { metrics.record($0) })
+        return KVTCService(engine: engine, tiers: tiers, metrics: metrics, maxTokensLimit: 64, defaultMaxTokens: 8)
+    }
+
+    static func app(_ service: KVTCService) -> some ApplicationProtocol {
+        KVTCServer.application(service: service, configuration: ServerConfiguration(host: "127.0.0.1", port: 0))
+    }
+
+    static func json(_ object: Any) -> ByteBuffer {
+        ByteBuffer(bytes: try! JSONSerialization.data(withJSONObject: object))
+    }
+
+    static func decode<T: Decodable>(_ type: T.Type, _ buffer: ByteBuffer) throws -> T {
+        try JSONDecoder().decode(T.self, from: Data(buffer.readableBytesView))
+    }
+
+    static let jsonHeaders: HTTPFields = [.contentType: "application/json"]
+
+    /// The `data:` payloads of a server-sent event stream.
+    static func events(_ buffer: ByteBuffer) -> [String] {
+        String(buffer: buffer).components(separatedBy: "\n\n").compactMap { block in
+            block.hasPrefix("data: ") ? String(block.dropFirst(6)) : nil
+        }
+    }
+}
