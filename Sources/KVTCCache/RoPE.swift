@@ -1,4 +1,5 @@
 import Foundation
+import KVTCNumerics
 
 /// How a model pairs the dimensions of a head for rotary position embedding.
 public enum RoPELayout: String, Codable, Sendable, CaseIterable {
@@ -48,7 +49,7 @@ public struct RoPE: Hashable, Codable, Sendable {
         guard layout != .none, !positions.isEmpty else { return }
         let pairs = rotaryDims / 2
         let heads = rowLength / headDim
-        let rowsBox = UnsafeSendablePointer(rows)
+        let rowsBox = UncheckedSendable(rows)
         // Frequencies in double so that large positions stay accurate.
         let freqs = (0..<pairs).map { pow(theta, -2.0 * Double($0) / Double(rotaryDims)) }
         let layout = self.layout
@@ -62,7 +63,7 @@ public struct RoPE: Hashable, Codable, Sendable {
                     cosv[i] = Float(cos(a))
                     sinv[i] = Float(inverse ? -sin(a) : sin(a))
                 }
-                let row = rowsBox.pointer + t * rowLength
+                let row = rowsBox.value + t * rowLength
                 for h in 0..<heads {
                     let x = row + h * headDim
                     if layout == .interleaved {
@@ -82,12 +83,4 @@ public struct RoPE: Hashable, Codable, Sendable {
             }
         }
     }
-}
-
-import KVTCNumerics
-
-/// A pointer that may cross into ``Parallel`` loops that write disjoint rows.
-struct UnsafeSendablePointer: @unchecked Sendable {
-    let pointer: UnsafeMutablePointer<Float>
-    init(_ pointer: UnsafeMutablePointer<Float>) { self.pointer = pointer }
 }

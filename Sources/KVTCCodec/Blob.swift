@@ -218,7 +218,7 @@ public enum Blob {
         var o = dataStart
         for c in chunks { starts.append(o); o += c.storedLength }
         var out: [[UInt8]] = [[UInt8]](repeating: [], count: chunks.count)
-        let failure = AtomicFlag()
+        let failure = Locked<(chunk: Int, inflated: Bool)?>(nil)
         out.withUnsafeMutableBufferPointer { dst in
             let box = UncheckedSendable(dst.baseAddress!)
             bytes.withUnsafeBytes { raw in
@@ -226,11 +226,11 @@ public enum Blob {
                 Parallel.forEach(chunks.count) { i in
                     let c = chunks[i]
                     let stored = UnsafeRawBufferPointer(rebasing: rawBox.value[starts[i]..<(starts[i] + c.storedLength)])
-                    guard Deflate.crc32(stored) == c.crc else { failure.set(group: i, token: 0); return }
+                    guard Deflate.crc32(stored) == c.crc else { failure.withLock { $0 = $0 ?? (i, false) }; return }
                     if c.deflated {
                         var buf = [UInt8](repeating: 0, count: c.rawLength)
                         let ok = buf.withUnsafeMutableBytes { Deflate.inflate(stored, into: $0) }
-                        guard ok else { failure.set(group: i, token: 1); return }
+                        guard ok else { failure.withLock { $0 = $0 ?? (i, true) }; return }
                         box.value[i] = buf
                     } else {
                         box.value[i] = Array(stored)
@@ -238,8 +238,8 @@ public enum Blob {
                 }
             }
         }
-        if let f = failure.first {
-            throw .corrupt(f.1 == 0 ? "checksum mismatch in chunk \(f.0)" : "chunk \(f.0) does not inflate to its length")
+        if let f = failure.current {
+            throw .corrupt(f.inflated ? "chunk \(f.chunk) does not inflate to its length" : "checksum mismatch in chunk \(f.chunk)")
         }
         var result: [SectionKind: [UInt8]] = [:]
         for (i, c) in chunks.enumerated() { result[c.kind, default: []].append(contentsOf: out[i]) }

@@ -93,9 +93,3 @@ extension GroupErrorTable {
         return GroupErrorTable(components: components, sizes: sizes, types: types, errors: errors)
     }
 }
-
-/// Wraps a value that crosses into ``Parallel`` closures which touch disjoint memory.
-struct UncheckedSendable<Value>: @unchecked Sendable {
-    var value: Value
-    init(_ value: Value) { self.value = value }
-}
