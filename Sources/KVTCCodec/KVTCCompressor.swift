@@ -84,7 +84,7 @@ public struct KVTCCompressor: CacheCompressor {
     public var methodName = "kvtc"
 
     public var method: String { methodName }
-    public var setting: String { Profile.format(plan.ratio) }
+    public var setting: String { Profile.formatRatio(plan.ratio) }
 
     public init(profile: Profile, ratio: Double, protection: Protection? = nil, deflateLevel: Int = KVTCCompressor.defaultDeflateLevel) throws(KVTCError) {
         self.profile = profile

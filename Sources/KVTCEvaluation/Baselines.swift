@@ -1,3 +1,4 @@
+import Foundation
 import KVTCCache
 import KVTCCodec
 import KVTCNumerics
@@ -276,15 +277,6 @@ public struct DropAllCodec: MiddleCodec {
         return try KVCache(geometry: template.geometry, rope: template.rope, positions: [], keys: [], values: [], model: template.model)
     }
 }
-
-extension Profile {
-    /// `16x`, `6.4x`.
-    public static func formatRatio(_ r: Double) -> String {
-        r == r.rounded() ? "\(Int(r))x" : String(format: "%.1fx", r)
-    }
-}
-
-import Foundation
 
 /// Stores the middle tokens as plain fp16: the reference point of every ratio (2x against
 /// f32, 1x against fp16).
