@@ -17,6 +17,15 @@ public struct Protection: Hashable, Codable, Sendable {
 
     /// The design's defaults: 4 sinks, 128 recent.
     public static let standard = Protection()
+
+    /// How many of `cache`'s tokens are kept exact at its start (the leading tokens whose
+    /// positions are below ``sinkTokens``, so a later chunk of a sequence has none) and at
+    /// its end (the last ``recentTokens`` of the rest); the tokens between are compressed.
+    public func exactTokens(of cache: KVCache) -> (lead: Int, trail: Int) {
+        var lead = 0
+        while lead < cache.tokenCount, cache.positions[lead] < sinkTokens { lead += 1 }
+        return (lead, min(recentTokens, cache.tokenCount - lead))
+    }
 }
 
 /// The bit plans for one target ratio.

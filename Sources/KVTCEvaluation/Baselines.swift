@@ -145,9 +145,7 @@ public struct KIVICodec: MiddleCodec {
             }
         }
         // Residual tokens exact.
-        for stream in [middle.keys, middle.values] {
-            for i in (full * p)..<(n * p) { out.u16(HalfPrecision.f16Bits(stream[i])) }
-        }
+        for stream in [middle.keys, middle.values] { ExactRowEncoding.fp16.append(stream[(full * p)..<(n * p)], to: &out) }
         return out.bytes
     }
 
@@ -181,8 +179,9 @@ public struct KIVICodec: MiddleCodec {
                 for j in 0..<w { values[t * p + c0 + j] = v[j] }
             }
         }
-        for i in (full * p)..<(n * p) { let h = try take(2); keys[i] = HalfPrecision.float(f16Bits: UInt16(h[h.startIndex]) | UInt16(h[h.startIndex + 1]) << 8) }
-        for i in (full * p)..<(n * p) { let h = try take(2); values[i] = HalfPrecision.float(f16Bits: UInt16(h[h.startIndex]) | UInt16(h[h.startIndex + 1]) << 8) }
+        let residual = ExactRowEncoding.fp16.byteCount(values: (n - full) * p)
+        keys.replaceSubrange((full * p)..<(n * p), with: ExactRowEncoding.fp16.decode(try take(residual)))
+        values.replaceSubrange((full * p)..<(n * p), with: ExactRowEncoding.fp16.decode(try take(residual)))
         guard o == bytes.count else { throw BaselineError.corrupt("payload has trailing bytes") }
         return try KVCache(geometry: g, rope: template.rope, positions: template.positions, keys: keys, values: values, model: template.model)
     }
@@ -235,7 +234,7 @@ public struct EvictionCodec: MiddleCodec {
         out.u32(UInt32(kept.count))
         for i in kept { out.u32(UInt32(i)) }
         for stream in [middle.keys, middle.values] {
-            for i in kept { for j in 0..<p { out.u16(HalfPrecision.f16Bits(stream[i * p + j])) } }
+            for i in kept { ExactRowEncoding.fp16.append(stream[(i * p)..<((i + 1) * p)], to: &out) }
         }
         return out.bytes
     }
@@ -254,10 +253,7 @@ public struct EvictionCodec: MiddleCodec {
         }
         var streams: [[Float]] = []
         for _ in 0..<2 {
-            var s: [Float] = []
-            s.reserveCapacity(count * p)
-            for _ in 0..<(count * p) { s.append(HalfPrecision.float(f16Bits: try r.u16())) }
-            streams.append(s)
+            streams.append(ExactRowEncoding.fp16.decode(bytes[try r.take(ExactRowEncoding.fp16.byteCount(values: count * p))]))
         }
         return try KVCache(geometry: template.geometry, rope: template.rope, positions: idx.map { template.positions[$0] },
                            keys: streams[0], values: streams[1], model: template.model)
@@ -287,16 +283,15 @@ public struct FP16Codec: MiddleCodec {
     public init() {}
 
     public func encode(middle: KVCache, context: KVCache) throws -> [UInt8] {
-        var out = ByteWriter()
-        out.bytes.reserveCapacity(4 * middle.keys.count)
-        for stream in [middle.keys, middle.values] { for v in stream { out.u16(HalfPrecision.f16Bits(v)) } }
+        var out = ByteWriter(capacity: 2 * ExactRowEncoding.fp16.byteCount(values: middle.keys.count))
+        for stream in [middle.keys, middle.values] { ExactRowEncoding.fp16.append(stream[...], to: &out) }
         return out.bytes
     }
 
     public func decode(_ bytes: [UInt8], template: MiddleTemplate) throws -> KVCache {
         let n = template.positions.count * template.geometry.featuresPerToken
-        guard bytes.count == 4 * n else { throw BaselineError.corrupt("payload length") }
-        let all = (0..<(2 * n)).map { HalfPrecision.float(f16Bits: UInt16(bytes[2 * $0]) | UInt16(bytes[2 * $0 + 1]) << 8) }
+        guard bytes.count == 2 * ExactRowEncoding.fp16.byteCount(values: n) else { throw BaselineError.corrupt("payload length") }
+        let all = ExactRowEncoding.fp16.decode(bytes[...])
         return try KVCache(geometry: template.geometry, rope: template.rope, positions: template.positions,
                            keys: Array(all[0..<n]), values: Array(all[n...]), model: template.model)
     }
