@@ -165,36 +165,3 @@ public struct ProtectedCompressor<Codec: MiddleCodec>: CacheCompressor {
         } catch { throw BaselineError.corrupt("\(error)") }
     }
 }
-
-/// Packs unsigned codes of `bits` (2, 4 or 8) LSB-first.
-struct CodePacker {
-    static func pack(_ codes: [UInt8], bits: Int) -> [UInt8] {
-        var out = [UInt8](repeating: 0, count: (codes.count * bits + 7) / 8)
-        for (i, c) in codes.enumerated() { let b = i * bits; out[b >> 3] |= c << UInt8(b & 7) }
-        return out
-    }
-    static func unpack(_ bytes: ArraySlice<UInt8>, count: Int, bits: Int) -> [UInt8] {
-        let mask = UInt8((1 << bits) - 1)
-        let base = bytes.startIndex
-        return (0..<count).map { i in let b = i * bits; return (bytes[base + (b >> 3)] >> UInt8(b & 7)) & mask }
-    }
-}
-
-/// Min-max uniform quantization with fp16 shift and scale (the same rule KVTC uses).
-enum UniformQuantizer {
-    static func quantize(_ x: [Float], bits: Int) -> (codes: [UInt8], shift: UInt16, scale: UInt16) {
-        let top = Float((1 << bits) - 1)
-        let lo = x.min() ?? 0, hi = x.max() ?? 0
-        let shift = Float16(max(-65504, min(65504, lo)))
-        var scale = Float16(max(0, min(65504, (hi - Float(shift)) / top)))
-        if Float(scale) * top < hi - Float(shift), scale < Float16(65504) { scale = scale.nextUp }
-        let inv: Float = Float(scale) > 0 ? 1 / Float(scale) : 0
-        let codes = x.map { UInt8(min(top, max(0, (($0 - Float(shift)) * inv).rounded()))) }
-        return (codes, shift.bitPattern, scale.bitPattern)
-    }
-    static func dequantize(_ codes: [UInt8], shift: UInt16, scale: UInt16) throws -> [Float] {
-        let s = Float16(bitPattern: shift), c = Float16(bitPattern: scale)
-        guard s.isFinite, c.isFinite else { throw BaselineError.corrupt("non-finite shift or scale") }
-        return codes.map { Float(s) + Float($0) * Float(c) }
-    }
-}

@@ -80,9 +80,7 @@ public struct PerTokenIntCodec: MiddleCodec {
         var out = ByteWriter()
         for stream in [middle.keys, middle.values] {
             for v in stride(from: 0, to: stream.count, by: d) {
-                let q = UniformQuantizer.quantize(Array(stream[v..<(v + d)]), bits: bits)
-                out.u16(q.shift); out.u16(q.scale)
-                out.bytes += CodePacker.pack(q.codes, bits: bits)
+                StoredGroup.write(Array(stream[v..<(v + d)]), bits: bits, to: &out)
             }
         }
         return out.bytes
@@ -91,18 +89,16 @@ public struct PerTokenIntCodec: MiddleCodec {
     public func decode(_ bytes: [UInt8], template: MiddleTemplate) throws -> KVCache {
         let g = template.geometry, d = g.headDim, n = template.positions.count
         let vectors = n * g.featuresPerToken / d
-        let packed = (d * bits + 7) / 8
-        guard bytes.count == 2 * vectors * (4 + packed) else { throw BaselineError.corrupt("payload length") }
+        let stored = StoredGroup.byteCount(values: d, bits: bits)
+        guard bytes.count == 2 * vectors * stored else { throw BaselineError.corrupt("payload length") }
         var streams: [[Float]] = []
         var o = 0
         for _ in 0..<2 {
             var s: [Float] = []
             s.reserveCapacity(vectors * d)
             for _ in 0..<vectors {
-                let shift = UInt16(bytes[o]) | UInt16(bytes[o + 1]) << 8, scale = UInt16(bytes[o + 2]) | UInt16(bytes[o + 3]) << 8
-                let codes = CodePacker.unpack(bytes[(o + 4)..<(o + 4 + packed)], count: d, bits: bits)
-                s += try UniformQuantizer.dequantize(codes, shift: shift, scale: scale)
-                o += 4 + packed
+                s += try StoredGroup.read(bytes[o..<(o + stored)], count: d, bits: bits)
+                o += stored
             }
             streams.append(s)
         }
@@ -131,17 +127,13 @@ public struct KIVICodec: MiddleCodec {
         // Keys: for each token group, each channel.
         for t0 in stride(from: 0, to: full, by: group) {
             for c in 0..<p {
-                let q = UniformQuantizer.quantize((0..<group).map { middle.keys[(t0 + $0) * p + c] }, bits: bits)
-                out.u16(q.shift); out.u16(q.scale)
-                out.bytes += CodePacker.pack(q.codes, bits: bits)
+                StoredGroup.write((0..<group).map { middle.keys[(t0 + $0) * p + c] }, bits: bits, to: &out)
             }
         }
         // Values: for each token, each channel group.
         for t in 0..<full {
             for c0 in stride(from: 0, to: p, by: group) {
-                let q = UniformQuantizer.quantize(Array(middle.values[(t * p + c0)..<(t * p + min(p, c0 + group))]), bits: bits)
-                out.u16(q.shift); out.u16(q.scale)
-                out.bytes += CodePacker.pack(q.codes, bits: bits)
+                StoredGroup.write(Array(middle.values[(t * p + c0)..<(t * p + min(p, c0 + group))]), bits: bits, to: &out)
             }
         }
         // Residual tokens exact.
@@ -160,11 +152,7 @@ public struct KIVICodec: MiddleCodec {
             return bytes[o..<(o + count)]
         }
         func readGroup(_ count: Int) throws -> [Float] {
-            let h = try take(4)
-            let b = h.startIndex
-            let shift = UInt16(h[b]) | UInt16(h[b + 1]) << 8, scale = UInt16(h[b + 2]) | UInt16(h[b + 3]) << 8
-            let codes = CodePacker.unpack(try take((count * bits + 7) / 8), count: count, bits: bits)
-            return try UniformQuantizer.dequantize(codes, shift: shift, scale: scale)
+            try StoredGroup.read(try take(StoredGroup.byteCount(values: count, bits: bits)), count: count, bits: bits)
         }
         for t0 in stride(from: 0, to: full, by: self.group) {
             for c in 0..<p {
@@ -294,5 +282,30 @@ public struct FP16Codec: MiddleCodec {
         let all = ExactRowEncoding.fp16.decode(bytes[...])
         return try KVCache(geometry: template.geometry, rope: template.rope, positions: template.positions,
                            keys: Array(all[0..<n]), values: Array(all[n...]), model: template.model)
+    }
+}
+
+/// One group as the integer baselines store it: the fp16 shift and scale (little-endian),
+/// then the codes packed. Quantized with KVTC's own ``GroupQuantizer`` and ``CodePacker``.
+enum StoredGroup {
+    /// Bytes of a stored group of `values` values.
+    static func byteCount(values: Int, bits: Int) -> Int { 4 + CodePacker.byteCount(codes: values, bits: bits) }
+
+    /// Quantizes `values` as one group and appends it to `out`.
+    static func write(_ values: [Float], bits: Int, to out: inout ByteWriter) {
+        let q = GroupQuantizer.quantize(values, bits: bits)
+        out.u16(q.shift)
+        out.u16(q.scale)
+        out.raw(CodePacker.pack(q.codes, bits: bits))
+    }
+
+    /// The `count` values of the group stored in `bytes` (exactly ``byteCount(values:bits:)`` bytes).
+    static func read(_ bytes: ArraySlice<UInt8>, count: Int, bits: Int) throws(BaselineError) -> [Float] {
+        let b = bytes.startIndex
+        let group = GroupQuantizer.Group(codes: CodePacker.unpack(bytes[(b + 4)...], count: count, bits: bits),
+                                         shift: UInt16(bytes[b]) | UInt16(bytes[b + 1]) << 8,
+                                         scale: UInt16(bytes[b + 2]) | UInt16(bytes[b + 3]) << 8)
+        guard let values = GroupQuantizer.dequantize(group) else { throw .corrupt("invalid shift or scale") }
+        return values
     }
 }
