@@ -68,7 +68,7 @@ let package = Package(
         .testTarget(name: "KVTCNumericsTests", dependencies: ["KVTCNumerics"]),
         .testTarget(name: "KVTCCacheTests", dependencies: ["KVTCCache"]),
         // Helpers shared by the test targets.
-        .target(name: "KVTCTestSupport", path: "Tests/KVTCTestSupport"),
+        .target(name: "KVTCTestSupport", dependencies: ["KVTCCache", "KVTCNumerics"], path: "Tests/KVTCTestSupport"),
         .testTarget(name: "KVTCCodecTests", dependencies: ["KVTCCodec", "KVTCTestSupport"]),
         .testTarget(name: "KVTCModelTests", dependencies: ["KVTCModel"]),
         .testTarget(name: "KVTCEvaluationTests", dependencies: ["KVTCEvaluation"]),

@@ -1,3 +1,4 @@
+import KVTCNumerics
 import Foundation
 import Testing
 import KVTCTestSupport
@@ -177,7 +178,7 @@ import KVTCCodec
             _ = try await store.store(tokens: tokens, cache: Fixtures.cache(tokens: 150, seed: UInt64(10 + s)))
             expected.append((tokens, try #require(await store.restore(tokens: tokens)).cache))
         }
-        var rng = SplitMix(seed: 77)
+        var rng = SplitMix64(seed: 77)
         let fm = FileManager.default
         for round in 0..<30 {
             let files = try fm.contentsOfDirectory(atPath: dir.path).filter { $0.hasSuffix(".kve") }.sorted()
