@@ -210,4 +210,12 @@ public struct KVCache: Sendable, Equatable {
 
     /// Size in bytes of this cache stored as fp16 (keys and values, no metadata).
     public var fp16Bytes: Int { 2 * 2 * tokenCount * geometry.featuresPerToken }
+
+    /// Index of the first token whose position is not the first token's position plus its
+    /// index, or `nil` when the positions run consecutively (as one unbroken sequence's do),
+    /// so formats can store the first position alone.
+    public var firstNonConsecutivePosition: Int? {
+        guard let first = positions.first else { return nil }
+        return positions.indices.first { positions[$0] != first + $0 }
+    }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import KVTCNumerics
 
 /// How a model pairs the dimensions of a head for rotary position embedding.
 public enum RoPELayout: String, Codable, Sendable, CaseIterable {
@@ -60,7 +61,7 @@ public struct RoPE: Hashable, Codable, Sendable {
                        positions: [Int], inverse: Bool) {
         guard layout != .none, !positions.isEmpty, heads > 0 else { return }
         let pairs = rotaryDims / 2
-        let rowsBox = UnsafeSendablePointer(rows)
+        let rowsBox = UncheckedSendable(rows)
         let freqs = (0..<pairs).map { pow(theta, -2.0 * Double($0) / Double(rotaryDims)) }
         let layout = self.layout
         Parallel.forEachRange(positions.count, minimumPerTask: 64) { range in
@@ -73,7 +74,7 @@ public struct RoPE: Hashable, Codable, Sendable {
                     cosv[i] = Float(cos(a))
                     sinv[i] = Float(inverse ? -sin(a) : sin(a))
                 }
-                let row = rowsBox.pointer + t * rowStride
+                let row = rowsBox.value + t * rowStride
                 for h in 0..<heads {
                     let x = row + h * headDim
                     if layout == .interleaved {
@@ -93,12 +94,4 @@ public struct RoPE: Hashable, Codable, Sendable {
             }
         }
     }
-}
-
-import KVTCNumerics
-
-/// A pointer that may cross into ``Parallel`` loops that write disjoint rows.
-struct UnsafeSendablePointer: @unchecked Sendable {
-    let pointer: UnsafeMutablePointer<Float>
-    init(_ pointer: UnsafeMutablePointer<Float>) { self.pointer = pointer }
 }

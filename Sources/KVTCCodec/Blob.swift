@@ -36,8 +36,8 @@ struct BlobHeader: Equatable {
     var nominalRatio: Double
     var keyPlan: BitPlan
     var valuePlan: BitPlan
-    /// 16 or 32: how protected tokens are stored.
-    var protectedBits: Int
+    /// How protected tokens are stored.
+    var protectedEncoding: ExactRowEncoding
     /// Positions are `firstPosition + i` when no positions section is present.
     var firstPosition: Int
     var explicitPositions: Bool
@@ -124,7 +124,7 @@ public enum Blob {
         w.f64(h.nominalRatio)
         writePlan(h.keyPlan, &w)
         writePlan(h.valuePlan, &w)
-        w.u8(UInt8(h.protectedBits))
+        w.u8(UInt8(h.protectedEncoding.bits))
         w.int(h.firstPosition)
         w.u8(h.explicitPositions ? 1 : 0)
         w.string(h.model)
@@ -171,7 +171,7 @@ public enum Blob {
             let ratio = try h.f64()
             guard let kp = try readPlan(&h), let vp = try readPlan(&h) else { throw BlobError.corrupt("bit plan") }
             let bits = Int(try h.u8())
-            guard bits == 16 || bits == 32 else { throw BlobError.corrupt("protected precision \(bits)") }
+            guard let protectedEncoding = ExactRowEncoding(rawValue: bits) else { throw BlobError.corrupt("protected precision \(bits)") }
             let first = try h.int(max: Int(Int32.max))
             let explicit = try h.u8() == 1
             let model = try h.string(maxLength: 1 << 16)
@@ -189,7 +189,7 @@ public enum Blob {
             guard h.remaining == 0 else { throw BlobError.corrupt("header has trailing bytes") }
             let header = BlobHeader(profileHash: hash, geometry: KVGeometry(layers: L, kvHeads: H, headDim: d), rope: rope,
                                     tokens: tokens, leadingProtected: lead, trailingProtected: trail, nominalRatio: ratio,
-                                    keyPlan: kp, valuePlan: vp, protectedBits: bits, firstPosition: first,
+                                    keyPlan: kp, valuePlan: vp, protectedEncoding: protectedEncoding, firstPosition: first,
                                     explicitPositions: explicit, model: model)
             let dataStart = headerEnd + 4
             let total = chunks.reduce(0) { $0 + $1.storedLength }
@@ -218,7 +218,7 @@ public enum Blob {
         var o = dataStart
         for c in chunks { starts.append(o); o += c.storedLength }
         var out: [[UInt8]] = [[UInt8]](repeating: [], count: chunks.count)
-        let failure = AtomicFlag()
+        let failure = Locked<(chunk: Int, inflated: Bool)?>(nil)
         out.withUnsafeMutableBufferPointer { dst in
             let box = UncheckedSendable(dst.baseAddress!)
             bytes.withUnsafeBytes { raw in
@@ -226,11 +226,11 @@ public enum Blob {
                 Parallel.forEach(chunks.count) { i in
                     let c = chunks[i]
                     let stored = UnsafeRawBufferPointer(rebasing: rawBox.value[starts[i]..<(starts[i] + c.storedLength)])
-                    guard Deflate.crc32(stored) == c.crc else { failure.set(group: i, token: 0); return }
+                    guard Deflate.crc32(stored) == c.crc else { failure.withLock { $0 = $0 ?? (i, false) }; return }
                     if c.deflated {
                         var buf = [UInt8](repeating: 0, count: c.rawLength)
                         let ok = buf.withUnsafeMutableBytes { Deflate.inflate(stored, into: $0) }
-                        guard ok else { failure.set(group: i, token: 1); return }
+                        guard ok else { failure.withLock { $0 = $0 ?? (i, true) }; return }
                         box.value[i] = buf
                     } else {
                         box.value[i] = Array(stored)
@@ -238,8 +238,8 @@ public enum Blob {
                 }
             }
         }
-        if let f = failure.first {
-            throw .corrupt(f.1 == 0 ? "checksum mismatch in chunk \(f.0)" : "chunk \(f.0) does not inflate to its length")
+        if let f = failure.current {
+            throw .corrupt(f.inflated ? "chunk \(f.chunk) does not inflate to its length" : "checksum mismatch in chunk \(f.chunk)")
         }
         var result: [SectionKind: [UInt8]] = [:]
         for (i, c) in chunks.enumerated() { result[c.kind, default: []].append(contentsOf: out[i]) }
@@ -283,7 +283,7 @@ extension Blob {
                            trailingExactTokens: h.trailingProtected, nominalRatio: h.nominalRatio,
                            keyPlan: h.keyPlan.description, valuePlan: h.valuePlan.description,
                            keyBitsPerToken: h.keyPlan.bitsPerToken, valueBitsPerToken: h.valuePlan.bitsPerToken,
-                           exactTokenPrecisionBits: h.protectedBits, model: h.model, chunks: chunks.count,
+                           exactTokenPrecisionBits: h.protectedEncoding.bits, model: h.model, chunks: chunks.count,
                            rawBytesBySection: raw, storedBytesBySection: stored, totalBytes: bytes.count)
     }
 

@@ -1,18 +1,30 @@
 import KVTCNumerics
 
-/// Uniform min-max quantization of one group of components for one token.
+/// Uniform min-max quantization of one group of values with an fp16 shift and scale: the
+/// quantizer of KVTC's PCA coefficients, and of the per-token and KIVI baselines.
 ///
 /// The shift (the group's minimum) and the scale (`range / maxCode`) are stored as fp16;
 /// the encoder quantizes against the fp16-rounded values so that encoder and decoder agree
-/// exactly. Codes are `round((x - shift) / scale)` clamped to `0...maxCode`; a zero scale
-/// (constant group) gives zero codes. Magnitudes beyond fp16's range saturate.
-@usableFromInline
-struct GroupQuantizer {
-    @usableFromInline static let f16Max: Float = 65504
+/// exactly. Codes are `round((x - shift) / scale)` (ties to even) clamped to `0...maxCode`;
+/// a zero scale (constant group) gives zero codes. Magnitudes beyond fp16's range saturate.
+/// A value is restored as `shift + code * scale`.
+public enum GroupQuantizer {
+    /// The largest finite fp16 value.
+    public static let f16Max: Float = 65504
+
+    /// The smallest and largest of `count` values (`(0, 0)` for none): the span that
+    /// ``parameters(lo:hi:maxCode:)`` takes.
+    @inlinable
+    public static func bounds(_ x: UnsafePointer<Float>, count: Int) -> (lo: Float, hi: Float) {
+        guard count > 0 else { return (0, 0) }
+        var lo = x[0], hi = x[0]
+        for i in 1..<count { lo = min(lo, x[i]); hi = max(hi, x[i]) }
+        return (lo, hi)
+    }
 
     /// fp16 bits of shift and scale for a group whose values span `lo...hi`.
     @inlinable
-    static func parameters(lo: Float, hi: Float, maxCode: Int) -> (shift: UInt16, scale: UInt16) {
+    public static func parameters(lo: Float, hi: Float, maxCode: Int) -> (shift: UInt16, scale: UInt16) {
         let shift = Float16(max(-f16Max, min(f16Max, lo)))
         let range = hi - Float(shift)
         var scale = Float16(max(0, min(f16Max, range / Float(maxCode))))
@@ -21,10 +33,24 @@ struct GroupQuantizer {
         return (shift.bitPattern, scale.bitPattern)
     }
 
-    /// Quantizes `count` values into codes, returning the squared error.
+    /// The shift and scale that fp16 bits stand for, or `nil` when either is not finite or
+    /// the scale is negative (no encoder writes such parameters: the bytes are corrupt).
     @inlinable
-    static func quantize(_ x: UnsafePointer<Float>, count: Int, maxCode: Int,
-                         shift: Float, scale: Float, codes: (Int, UInt8) -> Void) -> Float {
+    public static func decodedParameters(shift: UInt16, scale: UInt16) -> (shift: Float, scale: Float)? {
+        let sh = Float16(bitPattern: shift), sc = Float16(bitPattern: scale)
+        guard sh.isFinite, sc.isFinite, !(sc < 0) else { return nil }
+        return (Float(sh), Float(sc))
+    }
+
+    /// Quantizes `count` values into codes, passing each code to `codes` with its index, and
+    /// returns the squared error.
+    ///
+    /// - Parameters:
+    ///   - shift: the fp16-rounded shift (``parameters(lo:hi:maxCode:)``, as a float).
+    ///   - scale: the fp16-rounded scale, likewise.
+    @inlinable
+    public static func quantize(_ x: UnsafePointer<Float>, count: Int, maxCode: Int,
+                                shift: Float, scale: Float, codes: (Int, UInt8) -> Void) -> Float {
         let inv: Float = scale > 0 ? 1 / scale : 0
         let top = Float(maxCode)
         var err: Float = 0
@@ -39,10 +65,88 @@ struct GroupQuantizer {
 
     /// Squared error of quantizing `count` values spanning `lo...hi` (no codes kept).
     @inlinable
-    static func error(_ x: UnsafePointer<Float>, count: Int, lo: Float, hi: Float, maxCode: Int) -> Float {
+    public static func error(_ x: UnsafePointer<Float>, count: Int, lo: Float, hi: Float, maxCode: Int) -> Float {
         let p = parameters(lo: lo, hi: hi, maxCode: maxCode)
         return quantize(x, count: count, maxCode: maxCode, shift: Float(Float16(bitPattern: p.shift)),
                         scale: Float(Float16(bitPattern: p.scale))) { _, _ in }
+    }
+
+    /// One group quantized on its own: one code per value and the fp16 bits of its
+    /// parameters.
+    public struct Group: Sendable, Equatable {
+        /// One code per value, each in `0...maxCode`.
+        public var codes: [UInt8]
+        /// fp16 bits of the shift.
+        public var shift: UInt16
+        /// fp16 bits of the scale.
+        public var scale: UInt16
+
+        public init(codes: [UInt8], shift: UInt16, scale: UInt16) {
+            self.codes = codes
+            self.shift = shift
+            self.scale = scale
+        }
+    }
+
+    /// Quantizes `values` as one group to codes of `bits` bits (`maxCode = 2^bits - 1`).
+    public static func quantize(_ values: [Float], bits: Int) -> Group {
+        let maxCode = (1 << bits) - 1
+        var codes = [UInt8](repeating: 0, count: values.count)
+        let p = values.withUnsafeBufferPointer { x -> (shift: UInt16, scale: UInt16) in
+            guard let base = x.baseAddress else { return parameters(lo: 0, hi: 0, maxCode: maxCode) }
+            let (lo, hi) = bounds(base, count: x.count)
+            let p = parameters(lo: lo, hi: hi, maxCode: maxCode)
+            _ = quantize(base, count: x.count, maxCode: maxCode, shift: Float(Float16(bitPattern: p.shift)),
+                         scale: Float(Float16(bitPattern: p.scale))) { i, q in codes[i] = q }
+            return p
+        }
+        return Group(codes: codes, shift: p.shift, scale: p.scale)
+    }
+
+    /// The values a group's codes stand for, or `nil` when its parameters are invalid
+    /// (see ``decodedParameters(shift:scale:)``).
+    public static func dequantize(_ group: Group) -> [Float]? {
+        guard let p = decodedParameters(shift: group.shift, scale: group.scale) else { return nil }
+        return group.codes.map { p.shift + Float($0) * p.scale }
+    }
+}
+
+/// Bit packing of quantization codes: code `i` of width `bits` (2, 4 or 8) occupies bits
+/// `i * bits ..< (i + 1) * bits` of a byte stream, least significant bit first, so codes
+/// never straddle bytes and a run of 8 codes always ends on a byte boundary.
+public enum CodePacker {
+    /// Bytes that `count` codes of `bits` bits occupy.
+    @inlinable
+    public static func byteCount(codes count: Int, bits: Int) -> Int { (count * bits + 7) / 8 }
+
+    /// Writes `code` as code number `index` into `bytes`, whose bits there must be zero.
+    @inlinable
+    public static func store(_ code: UInt8, at index: Int, bits: Int, in bytes: UnsafeMutablePointer<UInt8>) {
+        let bit = index * bits
+        bytes[bit >> 3] |= code << UInt8(bit & 7)
+    }
+
+    /// Code number `index` of `bytes`.
+    @inlinable
+    public static func load(at index: Int, bits: Int, from bytes: UnsafePointer<UInt8>) -> UInt8 {
+        let bit = index * bits
+        return (bytes[bit >> 3] >> UInt8(bit & 7)) & UInt8(truncatingIfNeeded: (1 << bits) - 1)
+    }
+
+    /// Packs `codes` of `bits` bits into ``byteCount(codes:bits:)`` bytes.
+    public static func pack(_ codes: [UInt8], bits: Int) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: byteCount(codes: codes.count, bits: bits))
+        out.withUnsafeMutableBufferPointer { o in
+            for (i, c) in codes.enumerated() { store(c, at: i, bits: bits, in: o.baseAddress!) }
+        }
+        return out
+    }
+
+    /// The first `count` codes of `bits` bits packed in `bytes`, which must hold at least
+    /// ``byteCount(codes:bits:)`` bytes.
+    public static func unpack(_ bytes: ArraySlice<UInt8>, count: Int, bits: Int) -> [UInt8] {
+        precondition(bytes.count >= byteCount(codes: count, bits: bits))
+        return bytes.withUnsafeBufferPointer { b in (0..<count).map { load(at: $0, bits: bits, from: b.baseAddress!) } }
     }
 }
 
@@ -92,10 +196,4 @@ extension GroupErrorTable {
         }
         return GroupErrorTable(components: components, sizes: sizes, types: types, errors: errors)
     }
-}
-
-/// Wraps a value that crosses into ``Parallel`` closures which touch disjoint memory.
-struct UncheckedSendable<Value>: @unchecked Sendable {
-    var value: Value
-    init(_ value: Value) { self.value = value }
 }

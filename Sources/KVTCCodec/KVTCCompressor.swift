@@ -84,7 +84,7 @@ public struct KVTCCompressor: CacheCompressor {
     public var methodName = "kvtc"
 
     public var method: String { methodName }
-    public var setting: String { Profile.format(plan.ratio) }
+    public var setting: String { Profile.formatRatio(plan.ratio) }
 
     public init(profile: Profile, ratio: Double, protection: Protection? = nil, deflateLevel: Int = KVTCCompressor.defaultDeflateLevel) throws(KVTCError) {
         self.profile = profile
@@ -95,18 +95,10 @@ public struct KVTCCompressor: CacheCompressor {
         valueTables = StreamTables(profile.values, rank: plan.values.componentsUsed)
     }
 
-    /// Splits a cache's tokens into leading protected, compressed and trailing protected.
-    func split(_ cache: KVCache) -> (lead: Int, trail: Int) {
-        var lead = 0
-        while lead < cache.tokenCount, cache.positions[lead] < protection.sinkTokens { lead += 1 }
-        let trail = min(protection.recentTokens, cache.tokenCount - lead)
-        return (lead, trail)
-    }
-
     public func compress(_ cache: KVCache) throws(KVTCError) -> CompressedCache {
         do { try profile.check(cache) } catch { throw .profile(error) }
         do { try cache.validateFinite() } catch { throw .cache(error) }
-        let (lead, trail) = split(cache)
+        let (lead, trail) = protection.exactTokens(of: cache)
         let n = cache.tokenCount - lead - trail
         guard n > 0 else { throw .nothingToCompress(tokens: cache.tokenCount, protected: lead + trail) }
         let p = cache.geometry.featuresPerToken
@@ -151,26 +143,15 @@ public struct KVTCCompressor: CacheCompressor {
         }
 
         // Protected tokens: fp16 when every value is exactly representable, else f32.
-        let protectedRanges = [0..<lead, (cache.tokenCount - trail)..<cache.tokenCount]
-        var exactInF16 = true
-        for r in protectedRanges {
-            for stream in [cache.keys, cache.values] {
-                for i in (r.lowerBound * p)..<(r.upperBound * p) where Float(Float16(stream[i])) != stream[i] {
-                    exactInF16 = false; break
-                }
-            }
-        }
+        let protectedRanges = [0..<(lead * p), ((cache.tokenCount - trail) * p)..<(cache.tokenCount * p)]
+        let exact = ExactRowEncoding.lossless(protectedRanges.flatMap { [cache.keys[$0], cache.values[$0]] })
         for (kind, stream) in [(SectionKind.protectedKeys, cache.keys), (.protectedValues, cache.values)] {
-            var w = ByteWriter()
-            for r in protectedRanges {
-                for i in (r.lowerBound * p)..<(r.upperBound * p) {
-                    if exactInF16 { w.u16(Float16(stream[i]).bitPattern) } else { w.u32(stream[i].bitPattern) }
-                }
-            }
+            var w = ByteWriter(capacity: exact.byteCount(values: (lead + trail) * p))
+            for r in protectedRanges { exact.append(stream[r], to: &w) }
             sections.append((kind, w.bytes, true))
         }
         let first = cache.positions.first ?? 0
-        let contiguous = cache.positions.enumerated().allSatisfy { $0.element == first + $0.offset }
+        let contiguous = cache.firstNonConsecutivePosition == nil
         if !contiguous {
             var w = ByteWriter()
             for v in cache.positions { w.int(v) }
@@ -179,7 +160,7 @@ public struct KVTCCompressor: CacheCompressor {
         let header = BlobHeader(profileHash: profile.hashBytes, geometry: cache.geometry, rope: cache.rope,
                                 tokens: cache.tokenCount, leadingProtected: lead, trailingProtected: trail,
                                 nominalRatio: plan.ratio, keyPlan: plan.keys, valuePlan: plan.values,
-                                protectedBits: exactInF16 ? 16 : 32, firstPosition: first,
+                                protectedEncoding: exact, firstPosition: first,
                                 explicitPositions: !contiguous, model: cache.model)
         let (bytes, chunks) = Blob.assemble(header: header, sections: sections, level: deflateLevel)
         let protectedStored = chunks.filter { $0.kind == .protectedKeys || $0.kind == .protectedValues }.reduce(0) { $0 + $1.storedLength }
@@ -272,7 +253,8 @@ public struct LayerwiseDecoder: Sendable {
         let protectedTokens = h.leadingProtected + h.trailingProtected
         var expected: [SectionKind: Int] = [
             .keyCodes: kc.codeBytes, .keyMeta: kc.metaBytes, .valueCodes: vc.codeBytes, .valueMeta: vc.metaBytes,
-            .protectedKeys: protectedTokens * p * h.protectedBits / 8, .protectedValues: protectedTokens * p * h.protectedBits / 8,
+            .protectedKeys: h.protectedEncoding.byteCount(values: protectedTokens * p),
+            .protectedValues: h.protectedEncoding.byteCount(values: protectedTokens * p),
         ]
         if h.explicitPositions { expected[.positions] = 8 * h.tokens }
         let sections: [SectionKind: [UInt8]]
@@ -297,13 +279,8 @@ public struct LayerwiseDecoder: Sendable {
         keyCoefficients = try dequantize(kc, sections[.keyCodes] ?? [], sections[.keyMeta] ?? [])
         valueCoefficients = try dequantize(vc, sections[.valueCodes] ?? [], sections[.valueMeta] ?? [])
         func floats(_ b: [UInt8]) throws(KVTCError) -> [Float] {
-            var r = ByteReader(b)
-            var out = [Float](repeating: 0, count: protectedTokens * p)
-            do {
-                for i in out.indices {
-                    out[i] = h.protectedBits == 16 ? Float(Float16(bitPattern: try r.u16())) : Float(bitPattern: try r.u32())
-                }
-            } catch { throw .blob(.corrupt("protected tokens")) }
+            guard b.count == h.protectedEncoding.byteCount(values: protectedTokens * p) else { throw .blob(.corrupt("protected tokens")) }
+            let out = h.protectedEncoding.decode(b[...])
             guard out.allSatisfy({ $0.isFinite }) else { throw .blob(.corrupt("protected tokens are not finite")) }
             return out
         }

@@ -17,6 +17,15 @@ public struct Protection: Hashable, Codable, Sendable {
 
     /// The design's defaults: 4 sinks, 128 recent.
     public static let standard = Protection()
+
+    /// How many of `cache`'s tokens are kept exact at its start (the leading tokens whose
+    /// positions are below ``sinkTokens``, so a later chunk of a sequence has none) and at
+    /// its end (the last ``recentTokens`` of the rest); the tokens between are compressed.
+    public func exactTokens(of cache: KVCache) -> (lead: Int, trail: Int) {
+        var lead = 0
+        while lead < cache.tokenCount, cache.positions[lead] < sinkTokens { lead += 1 }
+        return (lead, min(recentTokens, cache.tokenCount - lead))
+    }
 }
 
 /// The bit plans for one target ratio.
@@ -103,7 +112,7 @@ public enum ProfileError: Error, Equatable, CustomStringConvertible {
         case .unsupportedVersion(let v): return "profile format version \(v) is not supported (this build reads version \(Profile.formatVersion))"
         case .corrupt(let m): return "profile is corrupt: \(m)"
         case .mismatch(let m): return "profile does not fit the cache: \(m)"
-        case .unknownRatio(let r, let a): return "profile has no plan for ratio \(Profile.format(r)); available: \(a.map(Profile.format).joined(separator: ", "))"
+        case .unknownRatio(let r, let a): return "profile has no plan for ratio \(Profile.formatRatio(r)); available: \(a.map { Profile.formatRatio($0) }.joined(separator: ", "))"
         case .io(let m): return m
         }
     }
@@ -171,8 +180,12 @@ public struct Profile: Sendable {
         }
     }
 
-    static func format(_ r: Double) -> String {
-        r == r.rounded() ? "\(Int(r))x" : "\(r)x"
+    /// A compression ratio as text, the one format for ratios everywhere: `16x` for a
+    /// whole ratio, else its shortest exact decimal (`6.25x`); with `fractionDigits`, always
+    /// that many decimals (`18.45x`), as measured ratios are shown.
+    public static func formatRatio(_ r: Double, fractionDigits: Int? = nil) -> String {
+        if let fractionDigits { return String(format: "%.\(fractionDigits)fx", r) }
+        return r.isFinite && r == r.rounded() ? "\(Int(r))x" : "\(r)x"
     }
 
     // MARK: File format

@@ -24,7 +24,7 @@ struct StreamCoder {
         var o = 0
         for g in plan.groups {
             offsets.append(o)
-            o += (tokens * g.size * g.type.bits + 7) / 8
+            o += CodePacker.byteCount(codes: tokens * g.size, bits: g.type.bits)
         }
         codeOffsets = offsets
         codeBytes = o
@@ -51,20 +51,18 @@ struct StreamCoder {
                 row.withUnsafeBufferPointer { r in
                     for (gi, g) in groups.enumerated() {
                         let x = r.baseAddress! + g.start
-                        var lo = x[0], hi = x[0]
-                        for i in 1..<g.size { lo = min(lo, x[i]); hi = max(hi, x[i]) }
+                        let (lo, hi) = GroupQuantizer.bounds(x, count: g.size)
                         let (sh, sc) = GroupQuantizer.parameters(lo: lo, hi: hi, maxCode: g.type.maxCode)
                         let m = meta + gi * n * 4
                         m[t] = UInt8(sh & 0xFF); m[n + t] = UInt8(sh >> 8)
                         m[2 * n + t] = UInt8(sc & 0xFF); m[3 * n + t] = UInt8(sc >> 8)
                         let plane = codes + offsets[gi]
                         let bits = g.type.bits
-                        let base = t * g.size * bits
+                        let first = t * g.size
                         _ = GroupQuantizer.quantize(x, count: g.size, maxCode: g.type.maxCode,
                                                     shift: Float(Float16(bitPattern: sh)),
                                                     scale: Float(Float16(bitPattern: sc))) { i, q in
-                            let bit = base + i * bits
-                            plane[bit >> 3] |= q << UInt8(bit & 7)
+                            CodePacker.store(q, at: first + i, bits: bits, in: plane)
                         }
                     }
                 }
@@ -85,45 +83,32 @@ struct StreamCoder {
         let groups = plan.groups
         let offsets = codeOffsets
         let box = UncheckedSendable((codes, meta, rows))
-        let failure = UncheckedSendable(AtomicFlag())
+        let failure = Locked<InvalidMetadata?>(nil)
         Parallel.forEachRange(n, minimumPerTask: 64) { range in
             let (codes, meta, rows) = box.value
             for (gi, g) in groups.enumerated() {
                 let m = meta + gi * n * 4
                 let plane = codes + offsets[gi]
                 let bits = g.type.bits
-                let mask = UInt8(g.type.maxCode)
                 for t in range {
-                    let sh = Float16(bitPattern: UInt16(m[t]) | UInt16(m[n + t]) << 8)
-                    let sc = Float16(bitPattern: UInt16(m[2 * n + t]) | UInt16(m[3 * n + t]) << 8)
-                    if !sh.isFinite || !sc.isFinite || sc < 0 { failure.value.set(group: gi, token: t); return }
-                    let shift = Float(sh), scale = Float(sc)
+                    guard let parameters = GroupQuantizer.decodedParameters(
+                        shift: UInt16(m[t]) | UInt16(m[n + t]) << 8, scale: UInt16(m[2 * n + t]) | UInt16(m[3 * n + t]) << 8) else {
+                        failure.withLock { $0 = $0 ?? InvalidMetadata(group: gi, token: t) }
+                        return
+                    }
+                    let (shift, scale) = parameters
                     let out = rows + t * width + g.start
-                    let base = t * g.size * bits
+                    let first = t * g.size
                     switch bits {
                     case 8:
-                        let p = plane + t * g.size
+                        let p = plane + first
                         for i in 0..<g.size { out[i] = shift + Float(p[i]) * scale }
                     default:
-                        for i in 0..<g.size {
-                            let bit = base + i * bits
-                            let q = (plane[bit >> 3] >> UInt8(bit & 7)) & mask
-                            out[i] = shift + Float(q) * scale
-                        }
+                        for i in 0..<g.size { out[i] = shift + Float(CodePacker.load(at: first + i, bits: bits, from: plane)) * scale }
                     }
                 }
             }
         }
-        if let f = failure.value.first { throw InvalidMetadata(group: f.0, token: f.1) }
+        if let f = failure.current { throw f }
     }
 }
-
-/// Records the first failure seen by concurrent tasks.
-final class AtomicFlag: @unchecked Sendable {
-    private let lock = NSLockShim()
-    private(set) var first: (Int, Int)?
-    func set(group: Int, token: Int) { lock.withLock { if first == nil { first = (group, token) } } }
-}
-
-import Foundation
-typealias NSLockShim = NSLock

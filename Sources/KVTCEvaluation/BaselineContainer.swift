@@ -79,30 +79,26 @@ public struct ProtectedCompressor<Codec: MiddleCodec>: CacheCompressor {
     }
 
     static var magic: [UInt8] { Array("KVTCBASE".utf8) }
+    /// How the protected tokens are stored: fp16, as serving engines hold caches.
+    static var exactEncoding: ExactRowEncoding { .fp16 }
 
     public func compress(_ cache: KVCache) throws -> CompressedCache {
         do { try cache.validateFinite() } catch { throw BaselineError.invalidCache("\(error)") }
-        var lead = 0
-        while lead < cache.tokenCount, cache.positions[lead] < protection.sinkTokens { lead += 1 }
-        let trail = min(protection.recentTokens, cache.tokenCount - lead)
+        let (lead, trail) = protection.exactTokens(of: cache)
         let n = cache.tokenCount - lead - trail
         guard n > 0 else { throw BaselineError.nothingToCompress(tokens: cache.tokenCount) }
         let middle = try cache.tokens(lead..<(lead + n))
         let payload = try codec.encode(middle: middle, context: cache)
         let p = cache.geometry.featuresPerToken
-        var exact: [UInt8] = []
-        exact.reserveCapacity((lead + trail) * p * 4)
-        for r in [0..<lead, (lead + n)..<cache.tokenCount] {
-            for stream in [cache.keys, cache.values] {
-                for i in (r.lowerBound * p)..<(r.upperBound * p) {
-                    let h = HalfPrecision.f16Bits(stream[i])
-                    exact.append(UInt8(h & 0xFF)); exact.append(UInt8(h >> 8))
-                }
-            }
+        // Exact tokens in fp16 for every method: sinks' keys, their values, then the recent ones'.
+        var w = ByteWriter(capacity: Self.exactEncoding.byteCount(values: 2 * (lead + trail) * p))
+        for r in [0..<(lead * p), ((lead + n) * p)..<(cache.tokenCount * p)] {
+            for stream in [cache.keys, cache.values] { Self.exactEncoding.append(stream[r], to: &w) }
         }
+        let exact = w.bytes
         let header = Header(method: codec.method, setting: codec.setting, geometry: cache.geometry, rope: cache.rope,
                             tokens: cache.tokenCount, firstPosition: cache.positions.first ?? 0,
-                            explicitPositions: cache.positions == Array((cache.positions.first ?? 0)..<((cache.positions.first ?? 0) + cache.tokenCount)) ? nil : cache.positions,
+                            explicitPositions: cache.firstNonConsecutivePosition == nil ? nil : cache.positions,
                             model: cache.model, lead: lead, trail: trail,
                             middleBytes: payload.count, exactBytes: exact.count)
         let json = Array(try JSONEncoder().encode(header))
@@ -142,7 +138,7 @@ public struct ProtectedCompressor<Codec: MiddleCodec>: CacheCompressor {
         guard header.method == codec.method else { throw BaselineError.wrongMethod(expected: codec.method, found: header.method) }
         let p = header.geometry.featuresPerToken
         let exactTokens = header.lead + header.trail
-        guard header.middleBytes >= 0, header.exactBytes == exactTokens * p * 4,
+        guard header.middleBytes >= 0, header.exactBytes == 2 * Self.exactEncoding.byteCount(values: exactTokens * p),
               12 + hl + header.middleBytes + header.exactBytes + 4 == bytes.count,
               header.lead + header.trail < header.positions.count else {
             throw BaselineError.corrupt("section lengths")
@@ -155,11 +151,9 @@ public struct ProtectedCompressor<Codec: MiddleCodec>: CacheCompressor {
         let middle = try codec.decode(payload, template: template)
         var e = start + header.middleBytes
         func exactRows(_ count: Int) -> [Float] {
-            let out = (0..<(count * p)).map { i in
-                HalfPrecision.float(f16Bits: UInt16(bytes[e + 2 * i]) | UInt16(bytes[e + 2 * i + 1]) << 8)
-            }
-            e += 2 * count * p
-            return out
+            let length = Self.exactEncoding.byteCount(values: count * p)
+            defer { e += length }
+            return Self.exactEncoding.decode(bytes[e..<(e + length)])
         }
         let leadK = exactRows(header.lead), leadV = exactRows(header.lead)
         let trailK = exactRows(header.trail), trailV = exactRows(header.trail)
@@ -169,38 +163,5 @@ public struct ProtectedCompressor<Codec: MiddleCodec>: CacheCompressor {
             return try KVCache(geometry: header.geometry, rope: header.rope, positions: positions,
                                keys: leadK + middle.keys + trailK, values: leadV + middle.values + trailV, model: header.model)
         } catch { throw BaselineError.corrupt("\(error)") }
-    }
-}
-
-/// Packs unsigned codes of `bits` (2, 4 or 8) LSB-first.
-struct CodePacker {
-    static func pack(_ codes: [UInt8], bits: Int) -> [UInt8] {
-        var out = [UInt8](repeating: 0, count: (codes.count * bits + 7) / 8)
-        for (i, c) in codes.enumerated() { let b = i * bits; out[b >> 3] |= c << UInt8(b & 7) }
-        return out
-    }
-    static func unpack(_ bytes: ArraySlice<UInt8>, count: Int, bits: Int) -> [UInt8] {
-        let mask = UInt8((1 << bits) - 1)
-        let base = bytes.startIndex
-        return (0..<count).map { i in let b = i * bits; return (bytes[base + (b >> 3)] >> UInt8(b & 7)) & mask }
-    }
-}
-
-/// Min-max uniform quantization with fp16 shift and scale (the same rule KVTC uses).
-enum UniformQuantizer {
-    static func quantize(_ x: [Float], bits: Int) -> (codes: [UInt8], shift: UInt16, scale: UInt16) {
-        let top = Float((1 << bits) - 1)
-        let lo = x.min() ?? 0, hi = x.max() ?? 0
-        let shift = Float16(max(-65504, min(65504, lo)))
-        var scale = Float16(max(0, min(65504, (hi - Float(shift)) / top)))
-        if Float(scale) * top < hi - Float(shift), scale < Float16(65504) { scale = scale.nextUp }
-        let inv: Float = Float(scale) > 0 ? 1 / Float(scale) : 0
-        let codes = x.map { UInt8(min(top, max(0, (($0 - Float(shift)) * inv).rounded()))) }
-        return (codes, shift.bitPattern, scale.bitPattern)
-    }
-    static func dequantize(_ codes: [UInt8], shift: UInt16, scale: UInt16) throws -> [Float] {
-        let s = Float16(bitPattern: shift), c = Float16(bitPattern: scale)
-        guard s.isFinite, c.isFinite else { throw BaselineError.corrupt("non-finite shift or scale") }
-        return codes.map { Float(s) + Float($0) * Float(c) }
     }
 }

@@ -1,3 +1,4 @@
+import Foundation
 import KVTCCache
 import KVTCCodec
 import KVTCNumerics
@@ -79,9 +80,7 @@ public struct PerTokenIntCodec: MiddleCodec {
         var out = ByteWriter()
         for stream in [middle.keys, middle.values] {
             for v in stride(from: 0, to: stream.count, by: d) {
-                let q = UniformQuantizer.quantize(Array(stream[v..<(v + d)]), bits: bits)
-                out.u16(q.shift); out.u16(q.scale)
-                out.bytes += CodePacker.pack(q.codes, bits: bits)
+                StoredGroup.write(Array(stream[v..<(v + d)]), bits: bits, to: &out)
             }
         }
         return out.bytes
@@ -90,18 +89,16 @@ public struct PerTokenIntCodec: MiddleCodec {
     public func decode(_ bytes: [UInt8], template: MiddleTemplate) throws -> KVCache {
         let g = template.geometry, d = g.headDim, n = template.positions.count
         let vectors = n * g.featuresPerToken / d
-        let packed = (d * bits + 7) / 8
-        guard bytes.count == 2 * vectors * (4 + packed) else { throw BaselineError.corrupt("payload length") }
+        let stored = StoredGroup.byteCount(values: d, bits: bits)
+        guard bytes.count == 2 * vectors * stored else { throw BaselineError.corrupt("payload length") }
         var streams: [[Float]] = []
         var o = 0
         for _ in 0..<2 {
             var s: [Float] = []
             s.reserveCapacity(vectors * d)
             for _ in 0..<vectors {
-                let shift = UInt16(bytes[o]) | UInt16(bytes[o + 1]) << 8, scale = UInt16(bytes[o + 2]) | UInt16(bytes[o + 3]) << 8
-                let codes = CodePacker.unpack(bytes[(o + 4)..<(o + 4 + packed)], count: d, bits: bits)
-                s += try UniformQuantizer.dequantize(codes, shift: shift, scale: scale)
-                o += 4 + packed
+                s += try StoredGroup.read(bytes[o..<(o + stored)], count: d, bits: bits)
+                o += stored
             }
             streams.append(s)
         }
@@ -130,23 +127,17 @@ public struct KIVICodec: MiddleCodec {
         // Keys: for each token group, each channel.
         for t0 in stride(from: 0, to: full, by: group) {
             for c in 0..<p {
-                let q = UniformQuantizer.quantize((0..<group).map { middle.keys[(t0 + $0) * p + c] }, bits: bits)
-                out.u16(q.shift); out.u16(q.scale)
-                out.bytes += CodePacker.pack(q.codes, bits: bits)
+                StoredGroup.write((0..<group).map { middle.keys[(t0 + $0) * p + c] }, bits: bits, to: &out)
             }
         }
         // Values: for each token, each channel group.
         for t in 0..<full {
             for c0 in stride(from: 0, to: p, by: group) {
-                let q = UniformQuantizer.quantize(Array(middle.values[(t * p + c0)..<(t * p + min(p, c0 + group))]), bits: bits)
-                out.u16(q.shift); out.u16(q.scale)
-                out.bytes += CodePacker.pack(q.codes, bits: bits)
+                StoredGroup.write(Array(middle.values[(t * p + c0)..<(t * p + min(p, c0 + group))]), bits: bits, to: &out)
             }
         }
         // Residual tokens exact.
-        for stream in [middle.keys, middle.values] {
-            for i in (full * p)..<(n * p) { out.u16(HalfPrecision.f16Bits(stream[i])) }
-        }
+        for stream in [middle.keys, middle.values] { ExactRowEncoding.fp16.append(stream[(full * p)..<(n * p)], to: &out) }
         return out.bytes
     }
 
@@ -161,11 +152,7 @@ public struct KIVICodec: MiddleCodec {
             return bytes[o..<(o + count)]
         }
         func readGroup(_ count: Int) throws -> [Float] {
-            let h = try take(4)
-            let b = h.startIndex
-            let shift = UInt16(h[b]) | UInt16(h[b + 1]) << 8, scale = UInt16(h[b + 2]) | UInt16(h[b + 3]) << 8
-            let codes = CodePacker.unpack(try take((count * bits + 7) / 8), count: count, bits: bits)
-            return try UniformQuantizer.dequantize(codes, shift: shift, scale: scale)
+            try StoredGroup.read(try take(StoredGroup.byteCount(values: count, bits: bits)), count: count, bits: bits)
         }
         for t0 in stride(from: 0, to: full, by: self.group) {
             for c in 0..<p {
@@ -180,8 +167,9 @@ public struct KIVICodec: MiddleCodec {
                 for j in 0..<w { values[t * p + c0 + j] = v[j] }
             }
         }
-        for i in (full * p)..<(n * p) { let h = try take(2); keys[i] = HalfPrecision.float(f16Bits: UInt16(h[h.startIndex]) | UInt16(h[h.startIndex + 1]) << 8) }
-        for i in (full * p)..<(n * p) { let h = try take(2); values[i] = HalfPrecision.float(f16Bits: UInt16(h[h.startIndex]) | UInt16(h[h.startIndex + 1]) << 8) }
+        let residual = ExactRowEncoding.fp16.byteCount(values: (n - full) * p)
+        keys.replaceSubrange((full * p)..<(n * p), with: ExactRowEncoding.fp16.decode(try take(residual)))
+        values.replaceSubrange((full * p)..<(n * p), with: ExactRowEncoding.fp16.decode(try take(residual)))
         guard o == bytes.count else { throw BaselineError.corrupt("payload has trailing bytes") }
         return try KVCache(geometry: g, rope: template.rope, positions: template.positions, keys: keys, values: values, model: template.model)
     }
@@ -234,7 +222,7 @@ public struct EvictionCodec: MiddleCodec {
         out.u32(UInt32(kept.count))
         for i in kept { out.u32(UInt32(i)) }
         for stream in [middle.keys, middle.values] {
-            for i in kept { for j in 0..<p { out.u16(HalfPrecision.f16Bits(stream[i * p + j])) } }
+            for i in kept { ExactRowEncoding.fp16.append(stream[(i * p)..<((i + 1) * p)], to: &out) }
         }
         return out.bytes
     }
@@ -253,10 +241,7 @@ public struct EvictionCodec: MiddleCodec {
         }
         var streams: [[Float]] = []
         for _ in 0..<2 {
-            var s: [Float] = []
-            s.reserveCapacity(count * p)
-            for _ in 0..<(count * p) { s.append(HalfPrecision.float(f16Bits: try r.u16())) }
-            streams.append(s)
+            streams.append(ExactRowEncoding.fp16.decode(bytes[try r.take(ExactRowEncoding.fp16.byteCount(values: count * p))]))
         }
         return try KVCache(geometry: template.geometry, rope: template.rope, positions: idx.map { template.positions[$0] },
                            keys: streams[0], values: streams[1], model: template.model)
@@ -277,15 +262,6 @@ public struct DropAllCodec: MiddleCodec {
     }
 }
 
-extension Profile {
-    /// `16x`, `6.4x`.
-    public static func formatRatio(_ r: Double) -> String {
-        r == r.rounded() ? "\(Int(r))x" : String(format: "%.1fx", r)
-    }
-}
-
-import Foundation
-
 /// Stores the middle tokens as plain fp16: the reference point of every ratio (2x against
 /// f32, 1x against fp16).
 public struct FP16Codec: MiddleCodec {
@@ -295,17 +271,41 @@ public struct FP16Codec: MiddleCodec {
     public init() {}
 
     public func encode(middle: KVCache, context: KVCache) throws -> [UInt8] {
-        var out = ByteWriter()
-        out.bytes.reserveCapacity(4 * middle.keys.count)
-        for stream in [middle.keys, middle.values] { for v in stream { out.u16(HalfPrecision.f16Bits(v)) } }
+        var out = ByteWriter(capacity: 2 * ExactRowEncoding.fp16.byteCount(values: middle.keys.count))
+        for stream in [middle.keys, middle.values] { ExactRowEncoding.fp16.append(stream[...], to: &out) }
         return out.bytes
     }
 
     public func decode(_ bytes: [UInt8], template: MiddleTemplate) throws -> KVCache {
         let n = template.positions.count * template.geometry.featuresPerToken
-        guard bytes.count == 4 * n else { throw BaselineError.corrupt("payload length") }
-        let all = (0..<(2 * n)).map { HalfPrecision.float(f16Bits: UInt16(bytes[2 * $0]) | UInt16(bytes[2 * $0 + 1]) << 8) }
+        guard bytes.count == 2 * ExactRowEncoding.fp16.byteCount(values: n) else { throw BaselineError.corrupt("payload length") }
+        let all = ExactRowEncoding.fp16.decode(bytes[...])
         return try KVCache(geometry: template.geometry, rope: template.rope, positions: template.positions,
                            keys: Array(all[0..<n]), values: Array(all[n...]), model: template.model)
+    }
+}
+
+/// One group as the integer baselines store it: the fp16 shift and scale (little-endian),
+/// then the codes packed. Quantized with KVTC's own ``GroupQuantizer`` and ``CodePacker``.
+enum StoredGroup {
+    /// Bytes of a stored group of `values` values.
+    static func byteCount(values: Int, bits: Int) -> Int { 4 + CodePacker.byteCount(codes: values, bits: bits) }
+
+    /// Quantizes `values` as one group and appends it to `out`.
+    static func write(_ values: [Float], bits: Int, to out: inout ByteWriter) {
+        let q = GroupQuantizer.quantize(values, bits: bits)
+        out.u16(q.shift)
+        out.u16(q.scale)
+        out.raw(CodePacker.pack(q.codes, bits: bits))
+    }
+
+    /// The `count` values of the group stored in `bytes` (exactly ``byteCount(values:bits:)`` bytes).
+    static func read(_ bytes: ArraySlice<UInt8>, count: Int, bits: Int) throws(BaselineError) -> [Float] {
+        let b = bytes.startIndex
+        let group = GroupQuantizer.Group(codes: CodePacker.unpack(bytes[(b + 4)...], count: count, bits: bits),
+                                         shift: UInt16(bytes[b]) | UInt16(bytes[b + 1]) << 8,
+                                         scale: UInt16(bytes[b + 2]) | UInt16(bytes[b + 3]) << 8)
+        guard let values = GroupQuantizer.dequantize(group) else { throw .corrupt("invalid shift or scale") }
+        return values
     }
 }

@@ -57,7 +57,15 @@ public struct EvaluationSuite {
             }
         }
         let main = try profile("kvtc") { c, o, p in try Calibrator.calibrate(caches: c, options: o, provenance: p, progress: progress) }
-        var out: [any CacheCompressor] = try ratios.map { try KVTCCompressor(profile: main, ratio: $0, protection: protection) }
+        /// KVTC at every ratio with `profile`, reported under `name`.
+        func kvtc(_ profile: Profile, named name: String) throws -> [any CacheCompressor] {
+            try ratios.map { r in
+                var c = try KVTCCompressor(profile: profile, ratio: r, protection: protection)
+                c.methodName = name
+                return c
+            }
+        }
+        var out = try kvtc(main, named: "kvtc")
         for b in baselines {
             switch b {
             case .fp8: out.append(ProtectedCompressor(FP8Codec(), protection: protection))
@@ -75,21 +83,12 @@ public struct EvaluationSuite {
                 }
             case .dropMiddle: out.append(ProtectedCompressor(DropAllCodec(), protection: protection))
             case .truncation:
-                let t = main.truncationVariant()
-                out += try ratios.map { r -> any CacheCompressor in
-                    var c = try KVTCCompressor(profile: t, ratio: r, protection: protection)
-                    c.methodName = "kvtc-truncation"
-                    return c
-                }
+                out += try kvtc(main.truncationVariant(), named: "kvtc-truncation")
             case .equalizedLayers:
                 var o = calibration.calibration
                 o.equalizeLayerVariance = true
                 let eq = try profile("kvtc-equalized", options: o) { c, o, p in try Calibrator.calibrate(caches: c, options: o, provenance: p, progress: progress) }
-                out += try ratios.map { r -> any CacheCompressor in
-                    var c = try KVTCCompressor(profile: eq, ratio: r, protection: protection)
-                    c.methodName = "kvtc-equalized"
-                    return c
-                }
+                out += try kvtc(eq, named: "kvtc-equalized")
             case .noRoPERemoval:
                 let blind = try profile("kvtc-no-rope") { c, o, p in try RoPEBlindCompressor.calibrate(caches: c, options: o, provenance: p, progress: progress) }
                 out += try ratios.map { RoPEBlindCompressor(inner: try KVTCCompressor(profile: blind, ratio: $0, protection: protection), rope: model.rope) }

@@ -1,16 +1,21 @@
 import Foundation
+import KVTCCodec
 
 /// Renders evaluation results as a terminal table, JSON and an SVG rate-distortion plot.
 public enum EvaluationReport {
     /// A fixed-width table, one row per method and setting.
     public static func table(_ results: [MethodResult]) -> String {
         func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s : s + String(repeating: " ", count: n - s.count) }
+        func ratio(_ r: Double, width n: Int) -> String {
+            let s = Profile.formatRatio(r, fractionDigits: 2)
+            return s.count >= n ? s : String(repeating: " ", count: n - s.count) + s
+        }
         var lines = [pad("method", 23) + pad("setting", 10) + "     ratio     whole    mean KL   top-1  ppl exact  ppl dec.    err K    err V"]
         for r in results {
-            let ratio = r.effective_ratio > 1000 ? "      (all)" : String(format: "%9.2fx", r.effective_ratio)
-            lines.append(pad(r.method, 23) + pad(r.setting, 10) + ratio
-                         + String(format: " %8.2fx %10.5f %6.1f%% %10.3f %9.3f %8.4f %8.4f",
-                                  r.whole_cache_ratio, r.mean_kl, 100 * r.top1, r.ppl_exact, r.ppl_decoded,
+            let effective = r.effective_ratio > 1000 ? "      (all)" : ratio(r.effective_ratio, width: 10)
+            lines.append(pad(r.method, 23) + pad(r.setting, 10) + effective + " " + ratio(r.whole_cache_ratio, width: 9)
+                         + String(format: " %10.5f %6.1f%% %10.3f %9.3f %8.4f %8.4f",
+                                  r.mean_kl, 100 * r.top1, r.ppl_exact, r.ppl_decoded,
                                   r.rel_err_keys, r.rel_err_values))
         }
         return lines.joined(separator: "\n")
@@ -81,7 +86,7 @@ public enum EvaluationReport {
             let path = pts.map { "\(px($0.effective_ratio)),\(py($0.mean_kl))" }.joined(separator: " ")
             if pts.count > 1 { s += "<polyline fill=\"none\" stroke=\"\(color)\" stroke-width=\"2\" points=\"\(path)\"/>\n" }
             for p in pts {
-                s += "<circle cx=\"\(px(p.effective_ratio))\" cy=\"\(py(p.mean_kl))\" r=\"4\" fill=\"\(color)\"><title>\(escape(p.method)) \(escape(p.setting)): \(String(format: "%.2fx, KL %.4f", p.effective_ratio, p.mean_kl))</title></circle>\n"
+                s += "<circle cx=\"\(px(p.effective_ratio))\" cy=\"\(py(p.mean_kl))\" r=\"4\" fill=\"\(color)\"><title>\(escape(p.method)) \(escape(p.setting)): \(Profile.formatRatio(p.effective_ratio, fractionDigits: 2)), KL \(String(format: "%.4f", p.mean_kl))</title></circle>\n"
             }
             let ly = top + 18 * Double(i)
             s += "<rect x=\"\(w - right + 15)\" y=\"\(ly - 9)\" width=\"12\" height=\"12\" fill=\"\(color)\"/>"

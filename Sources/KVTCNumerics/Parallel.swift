@@ -24,7 +24,7 @@ public enum Parallel {
         if tasks == 1 { body(0..<count); return }
         let per = (count + tasks - 1) / tasks
         withoutActuallyEscaping(body) { body in
-            let box = UncheckedBox(body)
+            let box = UncheckedSendable(body)
             DispatchQueue.concurrentPerform(iterations: tasks) { t in
                 let lo = t * per
                 let hi = min(count, lo + per)
@@ -38,17 +38,8 @@ public enum Parallel {
         guard count > 0 else { return }
         if count == 1 { body(0); return }
         withoutActuallyEscaping(body) { body in
-            let box = UncheckedBox(body)
+            let box = UncheckedSendable(body)
             DispatchQueue.concurrentPerform(iterations: count) { box.value($0) }
         }
     }
-}
-
-/// Carries a value into concurrently executed closures. Callers of ``Parallel`` guarantee
-/// that concurrent invocations touch disjoint memory, which the type system cannot see
-/// through unsafe pointers.
-@usableFromInline
-struct UncheckedBox<Value>: @unchecked Sendable {
-    @usableFromInline let value: Value
-    @usableFromInline init(_ value: Value) { self.value = value }
 }

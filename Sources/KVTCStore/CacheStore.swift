@@ -334,7 +334,7 @@ public final class CacheStore: Sendable {
             let part: KVCache
             do { part = try cache.tokens((i * c)..<((i + 1) * c)) } catch { throw .mismatch(error.description) }
             let compressed: CompressedCache
-            do { compressed = try codec.compress(part) } catch { throw .codec(String(describing: error)) }
+            do { compressed = try codec.compress(part) } catch { throw .codec(ChunkCodecError(error)) }
             let entry = StoreEntry(kind: .chunk, identityDigest: chain.identityDigest,
                                    anchor: i == 0 ? .root : keys[i - 1], start: i * c,
                                    tokens: Array(tokens[(i * c)..<((i + 1) * c)]), exactStart: i * c,

@@ -11,6 +11,15 @@ public enum ExactPrecision: String, Sendable, Codable, CaseIterable {
     case fp16
     /// Always single precision.
     case fp32
+
+    /// The encoding this precision gives `cache`'s rows.
+    public func encoding(for cache: KVCache) -> ExactRowEncoding {
+        switch self {
+        case .automatic: return .lossless([cache.keys[...], cache.values[...]])
+        case .fp16: return .fp16
+        case .fp32: return .fp32
+        }
+    }
 }
 
 /// A plain serialization of a cache's tokens (keys and values in fp16 or f32).
@@ -23,52 +32,28 @@ public enum ExactRows {
 
     /// Encodes `cache`, whose positions must be contiguous.
     public static func encode(_ cache: KVCache, precision: ExactPrecision) throws(StoreError) -> [UInt8] {
+        if let i = cache.firstNonConsecutivePosition { throw .mismatch("positions are not contiguous at token \(i)") }
         let first = cache.positions.first ?? 0
-        for (i, p) in cache.positions.enumerated() where p != first + i {
-            throw .mismatch("positions are not contiguous at token \(i)")
-        }
-        var half: Bool
-        switch precision {
-        case .fp16: half = true
-        case .fp32: half = false
-        case .automatic:
-            half = true
-            for stream in [cache.keys, cache.values] where half {
-                stream.withUnsafeBufferPointer { b in
-                    for v in b where Float(Float16(v)) != v { half = false; break }
-                }
-            }
-        }
+        let encoding = precision.encoding(for: cache)
         let g = cache.geometry
         let n = cache.tokenCount * g.featuresPerToken
-        var s = ByteWriter(capacity: 128 + 2 * n * (half ? 2 : 4))
+        var s = ByteWriter(capacity: 128 + 2 * encoding.byteCount(values: n))
         s.raw(magic)
-        s.u8(half ? 16 : 32)
+        s.u8(UInt8(encoding.bits))
         for v in [g.layers, g.kvHeads, g.headDim, cache.tokenCount] { s.u32(UInt32(v)) }
         s.u64(UInt64(first))
         s.string(cache.rope.layout.rawValue)
         s.f64(cache.rope.theta)
         s.u32(UInt32(cache.rope.rotaryDims))
         s.string(cache.model)
-        for stream in [cache.keys, cache.values] {
-            stream.withUnsafeBufferPointer { b in
-                if half {
-                    var out = [UInt16](repeating: 0, count: b.count)
-                    for i in 0..<b.count { out[i] = Float16(b[i]).bitPattern.littleEndian }
-                    out.withUnsafeBytes { s.raw($0) }
-                } else {
-                    var out = [UInt32](repeating: 0, count: b.count)
-                    for i in 0..<b.count { out[i] = b[i].bitPattern.littleEndian }
-                    out.withUnsafeBytes { s.raw($0) }
-                }
-            }
-        }
+        encoding.append(cache.keys[...], to: &s)
+        encoding.append(cache.values[...], to: &s)
         return s.bytes
     }
 
     /// What the header of encoded rows says.
     struct Header {
-        var bits: Int
+        var encoding: ExactRowEncoding
         var geometry: KVGeometry
         var rope: RoPE
         var model: String
@@ -83,7 +68,7 @@ public enum ExactRows {
         do {
             guard try r.raw(8) == magic else { throw StoreError.invalidEntry("not exact rows") }
             let bits = Int(try r.u8())
-            guard bits == 16 || bits == 32 else { throw StoreError.invalidEntry("precision \(bits) bits") }
+            guard let encoding = ExactRowEncoding(rawValue: bits) else { throw StoreError.invalidEntry("precision \(bits) bits") }
             let layers = Int(try r.u32()), heads = Int(try r.u32()), dim = Int(try r.u32()), tokens = Int(try r.u32())
             let first = Int(try r.u64())
             guard let layout = RoPELayout(rawValue: try r.string()) else { throw StoreError.invalidEntry("RoPE layout") }
@@ -97,10 +82,10 @@ public enum ExactRows {
             let rope = RoPE(layout: layout, theta: theta, rotaryDims: rotary)
             do { try rope.validate(headDim: dim) } catch { throw StoreError.invalidEntry(error.description) }
             let n = tokens * g.featuresPerToken
-            guard r.remaining == 2 * n * bits / 8 else {
-                throw StoreError.invalidEntry("exact rows hold \(r.remaining) bytes, expected \(2 * n * bits / 8)")
+            guard r.remaining == 2 * encoding.byteCount(values: n) else {
+                throw StoreError.invalidEntry("exact rows hold \(r.remaining) bytes, expected \(2 * encoding.byteCount(values: n))")
             }
-            return Header(bits: bits, geometry: g, rope: rope, model: model, firstPosition: first, tokens: tokens,
+            return Header(encoding: encoding, geometry: g, rope: rope, model: model, firstPosition: first, tokens: tokens,
                           dataStart: bytes.count - r.remaining)
         } catch let e as StoreError {
             throw e
@@ -134,15 +119,8 @@ public enum ExactRows {
         bytes.withUnsafeBytes { raw in
             cache.withMutableStreams { k, v in
                 for (s, stream) in [k, v].enumerated() {
-                    let base = raw.baseAddress! + h.dataStart + s * n * h.bits / 8
-                    let out = stream.baseAddress! + offset
-                    if h.bits == 16 {
-                        HalfPrecision.convertF16ToFloat(littleEndian: base, out, count: n)
-                    } else {
-                        for i in 0..<n {
-                            out[i] = Float(bitPattern: UInt32(littleEndian: base.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self)))
-                        }
-                    }
+                    h.encoding.decode(raw.baseAddress! + h.dataStart + s * h.encoding.byteCount(values: n), count: n,
+                                      into: stream.baseAddress! + offset)
                 }
             }
         }

@@ -1,4 +1,5 @@
 import KVTCCache
+import KVTCCodec
 
 /// Errors of the cache store.
 public enum StoreError: Error, Equatable, CustomStringConvertible {
@@ -8,8 +9,8 @@ public enum StoreError: Error, Equatable, CustomStringConvertible {
     case invalidToken(Int)
     /// The store's settings are unusable.
     case configuration(String)
-    /// The chunk codec failed.
-    case codec(String)
+    /// The chunk codec failed to compress a chunk.
+    case codec(ChunkCodecError)
     /// An entry's bytes are not a valid entry for the key they were stored under.
     case invalidEntry(String)
     /// A tier failed.
@@ -20,9 +21,37 @@ public enum StoreError: Error, Equatable, CustomStringConvertible {
         case .mismatch(let m): return "cache and tokens do not match: \(m)"
         case .invalidToken(let t): return "token id \(t) cannot be keyed"
         case .configuration(let m): return "invalid store configuration: \(m)"
-        case .codec(let m): return "chunk codec failed: \(m)"
+        case .codec(let e): return "chunk codec failed: \(e)"
         case .invalidEntry(let m): return "invalid store entry: \(m)"
         case .tier(let e): return e.description
+        }
+    }
+}
+
+/// Why a store's chunk codec failed, with the codec's own error where the store knows its
+/// type.
+public indirect enum ChunkCodecError: Error, Equatable, CustomStringConvertible {
+    /// The KVTC codec's error (``KVTCCompressor``).
+    case kvtc(KVTCError)
+    /// The exact-rows codec's error (``ExactCompressor``).
+    case exact(StoreError)
+    /// Another codec's error (a baseline, say), by its description.
+    case other(String)
+
+    /// Classifies an error thrown by a ``CacheCompressor``.
+    public init(_ error: any Error) {
+        switch error {
+        case let e as KVTCError: self = .kvtc(e)
+        case let e as StoreError: self = .exact(e)
+        default: self = .other(String(describing: error))
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .kvtc(let e): return e.description
+        case .exact(let e): return e.description
+        case .other(let m): return m
         }
     }
 }

@@ -1,3 +1,4 @@
+import KVTCNumerics
 import Testing
 import KVTCTestSupport
 @testable import KVTCCodec
@@ -20,7 +21,7 @@ private func bruteForce(_ table: GroupErrorTable, budget: Int) -> Double {
 }
 
 private func randomTable(components: Int, sizes: [Int], seed: UInt64) -> GroupErrorTable {
-    var rng = SplitMix(seed: seed)
+    var rng = SplitMix64(seed: seed)
     // Errors decrease with bits and grow with the component's variance, as in real tables,
     // but with noise so that many plans compete.
     let variance = (0..<components).map { _ in Double.random(in: 0.1...10, using: &rng) }

@@ -8,35 +8,13 @@ enum Fixtures {
     static let rope = RoPE(layout: .interleaved, theta: 10000, rotaryDims: 16)
 
     /// A cache whose un-rotated keys and values are low-rank plus noise, like real caches:
-    /// a few latent factors per token mixed into all features, decaying spectrum.
+    /// 12 latent factors per token mixed into all features (decaying spectrum), a key bias,
+    /// rounded to fp16. The mixing matrices are shared by every cache.
     static func cache(tokens: Int, seed: UInt64, geometry: KVGeometry = geometry, rope: RoPE = rope,
                       firstPosition: Int = 0) -> KVCache {
-        var rng = SplitMix(seed: 1234) // mixing matrices are shared by every cache
-        let p = geometry.featuresPerToken
-        let factors = 12
-        let mixK = (0..<(factors * p)).map { _ in rng.gaussian() }
-        let mixV = (0..<(factors * p)).map { _ in rng.gaussian() }
-        let biasK = (0..<p).map { _ in rng.gaussian() * 2 }
-        var data = SplitMix(seed: seed)
-        var keys = [Float](repeating: 0, count: tokens * p)
-        var values = keys
-        for t in 0..<tokens {
-            let z = (0..<factors).map { f in data.gaussian() / Float(f + 1) }
-            for i in 0..<p {
-                var k = biasK[i], v: Float = 0
-                for f in 0..<factors { k += z[f] * mixK[f * p + i]; v += z[(f + 3) % factors] * mixV[f * p + i] }
-                keys[t * p + i] = k + 0.02 * data.gaussian()
-                values[t * p + i] = v + 0.02 * data.gaussian()
-            }
-        }
-        let positions = (0..<tokens).map { firstPosition + $0 }
-        keys.withUnsafeMutableBufferPointer {
-            rope.rotate(rows: $0.baseAddress!, rowLength: p, positions: positions, headDim: geometry.headDim, inverse: false)
-        }
-        // Round to fp16 as a model's cache would be stored.
-        keys = keys.map { Float(Float16($0)) }
-        values = values.map { Float(Float16($0)) }
-        return try! KVCache(geometry: geometry, rope: rope, positions: positions, keys: keys, values: values, model: "synthetic")
+        SyntheticCacheBuilder(geometry: geometry, rope: rope, factors: 12, mixingSeed: 1234, keyBias: 2, noise: 0.02,
+                              valueFactorShift: 3, roundsToFP16: true)
+            .cache(tokens: tokens, seed: seed, firstPosition: firstPosition)
     }
 
     static func profile(ratios: [Double] = [4, 8, 16], equalize: Bool = false) -> Profile {

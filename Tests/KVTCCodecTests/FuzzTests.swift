@@ -1,3 +1,4 @@
+import KVTCNumerics
 import Testing
 import KVTCTestSupport
 import KVTCCache
@@ -8,7 +9,7 @@ import KVTCCache
 @Suite struct FuzzTests {
     enum Mutation: CaseIterable { case truncate, flipBit, overwriteByte, insertByte, deleteRange, appendGarbage }
 
-    static func mutate(_ bytes: [UInt8], _ rng: inout SplitMix) -> [UInt8] {
+    static func mutate(_ bytes: [UInt8], _ rng: inout SplitMix64) -> [UInt8] {
         var b = bytes
         switch Mutation.allCases.randomElement(using: &rng)! {
         case .truncate:
@@ -37,7 +38,7 @@ import KVTCCache
     @Test func mutatedBlobsAlwaysFailCleanly() throws {
         let c = try KVTCCompressor(profile: Self.profile, ratio: 8)
         let blob = try c.compress(Fixtures.cache(tokens: 300, seed: 3)).bytes
-        var rng = SplitMix(seed: 42)
+        var rng = SplitMix64(seed: 42)
         var failures = 0
         for _ in 0..<3000 {
             let m = Self.mutate(blob, &rng)
@@ -53,7 +54,7 @@ import KVTCCache
 
     @Test func mutatedProfilesAlwaysFailCleanly() {
         let bytes = Self.profile.encoded()
-        var rng = SplitMix(seed: 43)
+        var rng = SplitMix64(seed: 43)
         for _ in 0..<1000 {
             let m = Self.mutate(bytes, &rng)
             #expect(throws: ProfileError.self) { try Profile(bytes: m) }
@@ -63,7 +64,7 @@ import KVTCCache
     @Test func mutatedCacheFilesFailCleanlyOrStayValid() throws {
         let cache = Fixtures.cache(tokens: 40, seed: 5)
         let bytes = KVCacheFile.encode(cache)
-        var rng = SplitMix(seed: 44)
+        var rng = SplitMix64(seed: 44)
         var rejected = 0
         for _ in 0..<2000 {
             let m = Self.mutate(bytes, &rng)

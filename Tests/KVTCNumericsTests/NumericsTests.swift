@@ -2,6 +2,13 @@ import Testing
 @testable import KVTCNumerics
 
 @Suite struct NumericsTests {
+    @Test func splitMix64GivesTheReferenceSequence() {
+        var a = SplitMix64(seed: 0), b = SplitMix64(seed: 0)
+        #expect(a.next() == 0xE220_A839_7B1D_CDAF)
+        _ = b.next()
+        #expect((0..<100).map { _ in a.next() } == (0..<100).map { _ in b.next() })
+    }
+
     @Test func gemmMatchesTheDefinitionWithTransposesAndStrides() {
         // A is 2x3, B^T given as 2x3 (so B is 3x2); C = A * B.
         let a: [Float] = [1, 2, 3, 4, 5, 6]

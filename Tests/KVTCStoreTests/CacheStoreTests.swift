@@ -1,3 +1,4 @@
+import KVTCNumerics
 import Foundation
 import Testing
 import KVTCTestSupport
@@ -115,6 +116,22 @@ import KVTCCodec
         await #expect(throws: StoreError.self) { try await store.store(tokens: Fixtures.tokens(40, seed: 3), cache: shifted) }
     }
 
+    @Test func codecFailuresCarryTheCodecsOwnError() async throws {
+        let store = Fixtures.store(tier: MemoryTier(budget: 1 << 24))
+        let cache = Fixtures.cache(tokens: 40, seed: 3)
+        var keys = cache.keys
+        keys[5] = .nan
+        let bad = try KVCache(geometry: cache.geometry, rope: cache.rope, positions: cache.positions,
+                              keys: keys, values: cache.values, model: cache.model)
+        do {
+            _ = try await store.store(tokens: Fixtures.tokens(40, seed: 3), cache: bad)
+            Issue.record("a cache holding NaN was stored")
+        } catch {
+            guard case .codec(.kvtc(.cache(.nonFinite))) = error else { Issue.record("unexpected error \(error)"); return }
+            #expect(error.description.hasPrefix("chunk codec failed: "))
+        }
+    }
+
     @Test func rawEntriesAreVerifiedOnUpload() async throws {
         let source = Fixtures.store(tier: MemoryTier(budget: 1 << 24))
         let tokens = Fixtures.tokens(80, seed: 4)
@@ -161,7 +178,7 @@ import KVTCCodec
             _ = try await store.store(tokens: tokens, cache: Fixtures.cache(tokens: 150, seed: UInt64(10 + s)))
             expected.append((tokens, try #require(await store.restore(tokens: tokens)).cache))
         }
-        var rng = SplitMix(seed: 77)
+        var rng = SplitMix64(seed: 77)
         let fm = FileManager.default
         for round in 0..<30 {
             let files = try fm.contentsOfDirectory(atPath: dir.path).filter { $0.hasSuffix(".kve") }.sorted()

@@ -1,3 +1,4 @@
+import KVTCNumerics
 import Foundation
 import Testing
 import KVTCTestSupport
@@ -110,7 +111,7 @@ import KVTCTestSupport
         let writer = try Fixtures.builtExecutable("KVTCDiskWriter")
         let dir = Fixtures.temporaryDirectory()
         let keys = 12
-        var rng = SplitMix(seed: 2026)
+        var rng = SplitMix64(seed: 2026)
         var orphans = 0
         for round in 0..<10 {
             let process = Process()

@@ -11,28 +11,9 @@ enum Fixtures {
 
     /// A low-rank-plus-noise cache at positions `0..<tokens` (values not fp16-exact).
     static func cache(tokens: Int, seed: UInt64) -> KVCache {
-        var rng = SplitMix(seed: 99)
-        let p = geometry.featuresPerToken
-        let factors = 6
-        let mixK = (0..<(factors * p)).map { _ in rng.gaussian() }
-        let mixV = (0..<(factors * p)).map { _ in rng.gaussian() }
-        var data = SplitMix(seed: seed)
-        var keys = [Float](repeating: 0, count: tokens * p)
-        var values = keys
-        for t in 0..<tokens {
-            let z = (0..<factors).map { f in data.gaussian() / Float(f + 1) }
-            for i in 0..<p {
-                var k: Float = 0, v: Float = 0
-                for f in 0..<factors { k += z[f] * mixK[f * p + i]; v += z[(f + 2) % factors] * mixV[f * p + i] }
-                keys[t * p + i] = k + 0.01 * data.gaussian()
-                values[t * p + i] = v + 0.01 * data.gaussian()
-            }
-        }
-        let positions = Array(0..<tokens)
-        keys.withUnsafeMutableBufferPointer {
-            rope.rotate(rows: $0.baseAddress!, rowLength: p, positions: positions, headDim: geometry.headDim, inverse: false)
-        }
-        return try! KVCache(geometry: geometry, rope: rope, positions: positions, keys: keys, values: values, model: "synthetic")
+        SyntheticCacheBuilder(geometry: geometry, rope: rope, factors: 6, mixingSeed: 99, noise: 0.01,
+                              valueFactorShift: 2, roundsToFP16: false)
+            .cache(tokens: tokens, seed: seed)
     }
 
     static let profile: Profile = {

@@ -50,7 +50,8 @@ public enum Attention {
         let window = shape.window ?? Int.max
         let block = n == 1 ? 1 : 64
         let blocks = (n + block - 1) / block
-        let ptrs = SendablePointers(a: queries, b: keys, c: values, d: out)
+        let queries = UncheckedSendable(queries), keys = UncheckedSendable(keys)
+        let values = UncheckedSendable(values), out = UncheckedSendable(out)
         BLAS.setThreadCount(1)
         defer { BLAS.setThreadCount(BLASThreads.configured) }
         // Largest blocks (latest queries) first for better balance.
@@ -62,8 +63,8 @@ public enum Attention {
             // Keys visible to some query of this block: from the first query's window start.
             let k0 = max(0, first + i0 + 1 - window)
             let nk = first + i1 - k0
-            let kPtr = ptrs.b + kv * hd + k0 * p
-            let vPtr = ptrs.c + kv * hd + k0 * p
+            let kPtr = keys.value + kv * hd + k0 * p
+            let vPtr = values.value + kv * hd + k0 * p
             // Gathered queries and outputs: row j * m + r is query head kv * group + j, token i0 + r.
             let q = UnsafeMutablePointer<Float>.allocate(capacity: gm * hd)
             let o = UnsafeMutablePointer<Float>.allocate(capacity: gm * hd)
@@ -71,7 +72,7 @@ public enum Attention {
             defer { q.deallocate(); o.deallocate(); scores.deallocate() }
             for j in 0..<group {
                 for r in 0..<m {
-                    (q + (j * m + r) * hd).update(from: ptrs.a + (i0 + r) * queryStride + (kv * group + j) * hd, count: hd)
+                    (q + (j * m + r) * hd).update(from: queries.value + (i0 + r) * queryStride + (kv * group + j) * hd, count: hd)
                 }
             }
             BLAS.gemm(.normal, .transposed, m: gm, n: nk, k: hd, a: q, lda: hd,
@@ -94,7 +95,7 @@ public enum Attention {
             for j in 0..<group {
                 for r in 0..<m {
                     let src = o + (j * m + r) * hd
-                    let dst = ptrs.d + (i0 + r) * qd + (kv * group + j) * hd
+                    let dst = out.value + (i0 + r) * qd + (kv * group + j) * hd
                     let inv = inverse[j * m + r]
                     for i in 0..<hd { dst[i] = src[i] * inv }
                 }

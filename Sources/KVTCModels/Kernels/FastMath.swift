@@ -144,10 +144,10 @@ enum FastMath {
     static func rmsNormRows(_ x: UnsafeMutablePointer<Float>, weight: [Float], eps: Float,
                             out: UnsafeMutablePointer<Float>, rows: Int, width: Int) {
         weight.withUnsafeBufferPointer { w in
-            let ptrs = SendablePointers(a: x, b: out, c: UnsafeMutablePointer(mutating: w.baseAddress!), d: x)
+            let x = UncheckedSendable(x), out = UncheckedSendable(out), w = UncheckedSendable(w.baseAddress!)
             Parallel.forEachRange(rows, minimumPerTask: 64) { range in
                 for r in range {
-                    rmsNorm(ptrs.a + r * width, weight: ptrs.c, eps: eps, out: ptrs.b + r * width, count: width)
+                    rmsNorm(x.value + r * width, weight: w.value, eps: eps, out: out.value + r * width, count: width)
                 }
             }
         }

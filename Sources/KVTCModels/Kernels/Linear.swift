@@ -5,14 +5,6 @@ enum BLASThreads {
     static let configured: Int = max(1, BLAS.threadCount)
 }
 
-/// Mutable pointers that cross into ``Parallel`` loops writing disjoint regions.
-struct SendablePointers: @unchecked Sendable {
-    let a: UnsafeMutablePointer<Float>
-    let b: UnsafeMutablePointer<Float>
-    let c: UnsafeMutablePointer<Float>
-    let d: UnsafeMutablePointer<Float>
-}
-
 /// `y = x * W^T (+ y)` with `W` row-major `[out x in]`: GEMV for one row, GEMM otherwise.
 enum Linear {
     @inline(__always)

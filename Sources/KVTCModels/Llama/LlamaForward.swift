@@ -69,11 +69,11 @@ extension LlamaModel {
                         Linear.apply(x: Hs, rows: n, weight: W.baseAddress!, outFeatures: 2 * f,
                                      inFeatures: e, y: F, accumulate: false)
                     }
-                    let ptrs = SendablePointers(a: F, b: ACT, c: F, d: F)
+                    let gateUp = UncheckedSendable(F), activated = UncheckedSendable(ACT)
                     Parallel.forEachRange(n, minimumPerTask: 32) { range in
                         for r in range {
-                            FastMath.swiglu(gate: ptrs.a + r * 2 * f, up: ptrs.a + r * 2 * f + f,
-                                            out: ptrs.b + r * f, count: f)
+                            FastMath.swiglu(gate: gateUp.value + r * 2 * f, up: gateUp.value + r * 2 * f + f,
+                                            out: activated.value + r * f, count: f)
                         }
                     }
                     w.down.withUnsafeBufferPointer { W in
