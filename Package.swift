@@ -105,6 +105,7 @@ let package = Package(
                 path: "Tests/KVTCEmbeddedModel"),
         .testTarget(name: "KVTCModelsEmbeddedTests", dependencies: ["KVTCModels", "KVTCEmbeddedModel", "KVTCTestSupport"]),
         .testTarget(name: "KVTCEvaluationEmbeddedTests", dependencies: ["KVTCEvaluation", "KVTCCalibration", "KVTCEmbeddedModel"]),
+        .testTarget(name: "KVTCRuntimeEmbeddedTests", dependencies: ["KVTCRuntime", "KVTCStore", "KVTCEmbeddedModel"]),
         .testTarget(name: "KVTCServerEmbeddedTests", dependencies: ["KVTCServer", "KVTCRuntime", "KVTCTokenizers", "KVTCEmbeddedModel",
                                                                    .product(name: "HummingbirdTesting", package: "hummingbird")]),
     ]
