@@ -21,3 +21,26 @@ ensure_debian_packages() {
     fi
     command -v swift >/dev/null || { echo "error: swift is not on PATH (Swift 6 toolchain required)" >&2; exit 1; }
 }
+
+# OpenBLAS 0.3.21 (Debian 12) does not recognise some AVX-512 CPUs and falls back to its SSE3
+# "Prescott" kernels there (sgemm ~26 instead of ~190 GFLOP/s on two cores). The kvtc tool
+# corrects this itself at start (Sources/kvtc/OpenBLASTuning.swift); the test process loads
+# OpenBLAS directly, so the same choice is made here for it. A value already set is kept.
+select_openblas_core() {
+    [ -n "${OPENBLAS_CORETYPE:-}" ] && return 0
+    local chosen flags
+    chosen=$(python3 -c 'import ctypes; l = ctypes.CDLL("libopenblas.so.0"); l.openblas_get_corename.restype = ctypes.c_char_p; print(l.openblas_get_corename().decode())' 2>/dev/null) || return 0
+    case "$chosen" in Prescott|Core2|Penryn|Dunnington|Nehalem|Atom|Barcelona) ;; *) return 0 ;; esac
+    flags=" $(grep -m1 '^flags' /proc/cpuinfo | cut -d: -f2) "
+    local core=""
+    if [[ $flags == *" avx512f "* && $flags == *" avx512bw "* && $flags == *" avx512dq "* && $flags == *" avx512vl "* && $flags == *" avx512cd "* ]]; then
+        core=SkylakeX
+        [[ $flags == *" avx512_bf16 "* ]] && core=Cooperlake
+    elif [[ $flags == *" avx2 "* && $flags == *" fma "* ]]; then
+        core=Haswell
+    fi
+    if [ -n "$core" ]; then
+        echo "OpenBLAS chose its generic $chosen kernels on this CPU; using $core (OPENBLAS_CORETYPE)" >&2
+        export OPENBLAS_CORETYPE=$core
+    fi
+}

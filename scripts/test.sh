@@ -5,4 +5,5 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 ensure_debian_packages
 swift build --build-tests
+select_openblas_core
 exec swift test --skip-build

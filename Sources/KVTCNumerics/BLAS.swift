@@ -55,4 +55,22 @@ public enum BLAS {
 
     /// Sets the number of threads OpenBLAS uses.
     public static func setThreadCount(_ n: Int) { openblas_set_num_threads(Int32(max(1, n))) }
+
+    /// The CPU kernel family OpenBLAS chose at load (`SkylakeX`, `Haswell`, `Prescott`, ...).
+    public static var coreName: String { String(cString: openblas_get_corename()) }
+
+    /// The kernel family this CPU can run when OpenBLAS fell back to a generic one, else `nil`.
+    ///
+    /// OpenBLAS 0.3.21 (Debian 12) does not recognise some AVX-512 CPUs (Sapphire Rapids seen
+    /// here) and runs its SSE3 `Prescott` kernels on them: sgemm 26 instead of ~190 GFLOP/s on
+    /// two cores. Its AVX-512 kernels (`SkylakeX`, and `Cooperlake` with BF16) run correctly
+    /// there. A recognised CPU, or one without AVX-512, gives `nil`.
+    public static func betterCoreType(chosen: String = coreName, cpuFlags: Set<String>) -> String? {
+        let generic: Set<String> = ["Prescott", "Core2", "Penryn", "Dunnington", "Nehalem", "Atom", "Barcelona"]
+        guard generic.contains(chosen) else { return nil }
+        guard ["avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512cd"].allSatisfy(cpuFlags.contains) else {
+            return cpuFlags.contains("avx2") && cpuFlags.contains("fma") ? "Haswell" : nil
+        }
+        return cpuFlags.contains("avx512_bf16") ? "Cooperlake" : "SkylakeX"
+    }
 }

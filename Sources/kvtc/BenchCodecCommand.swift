@@ -51,8 +51,8 @@ struct BenchCodecCommand: AsyncParsableCommand {
                      result.compress_gemm_seconds, result.compress_over_gemm))
         print(String(format: "decompress    %8.3f   %9.0f   %11.3f   %13.2f", result.decompress_seconds, result.decompress_mb_per_second,
                      result.decompress_gemm_seconds, result.decompress_over_gemm))
-        print(String(format: "GEMM rate     %.1f GFLOP/s (sgemm, %d threads); components kept: keys %d, values %d", result.gemm_gflops,
-                     result.threads, result.key_components, result.value_components))
+        print(String(format: "GEMM rate     %.1f GFLOP/s (sgemm, OpenBLAS %@ kernels, %d threads); components kept: keys %d, values %d",
+                     result.gemm_gflops, BLAS.coreName, result.threads, result.key_components, result.value_components))
         print(String(format: "ratio         %.2fx over compressed tokens, %.2fx whole cache (%@ -> %@)", result.compressed_tokens_ratio,
                      result.whole_cache_ratio, formatBytes(result.input_bytes), formatBytes(result.blob_bytes)))
         print(String(format: "rel. error    keys %.4f, values %.4f", result.relative_error_keys, result.relative_error_values))

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import KVTCBenchmarks
 import KVTCModels
+import KVTCNumerics
 
 /// `kvtc bench model`: GEMM, prefill and decode throughput as a table (and JSON).
 struct BenchModelCommand: ParsableCommand {
@@ -34,7 +35,7 @@ struct BenchModelCommand: ParsableCommand {
         print(String(format: "decode               %9.1f tokens/s", result.decodeTokensPerSecond))
         print(String(format: "prefill 2048 useful  %9.1f GFLOP/s (%.0f%% of the GEMM rate; floor 40%%)",
                      result.prefillUsefulGflops2048, 100 * result.prefillGemmEfficiency))
-        print(String(format: "sgemm rate           %9.1f GFLOP/s", result.gemmGflops))
+        print(String(format: "sgemm rate           %9.1f GFLOP/s (OpenBLAS %@ kernels, %d threads)", result.gemmGflops, BLAS.coreName, BLAS.threadCount))
         if let json { try data.write(to: URL(fileURLWithPath: json), options: .atomic) }
     }
 }

@@ -1,6 +1,8 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Foundation
+import KVTCNumerics
 
 /// Process-level tuning of OpenBLAS that has to happen before the library loads.
 ///
@@ -12,17 +14,39 @@ import Glibc
 /// went from 380 to 480 tokens/s and decode from 35 to 38 tokens/s (`kvtc bench model`).
 /// The library reads the variable once, when it is loaded, so the process re-executes
 /// itself with it set. A value set by the user is left alone.
+///
+/// The same re-execution corrects OpenBLAS's choice of CPU kernels when it fell back to a
+/// generic SSE3 family on a CPU with AVX-512 or AVX2 it does not recognise
+/// (``BLAS/betterCoreType(chosen:cpuFlags:)``), by setting `OPENBLAS_CORETYPE`; a value set by
+/// the user or the machine is left alone.
 enum OpenBLASTuning {
     static let variable = "OPENBLAS_THREAD_TIMEOUT"
     static let defaultTimeout = "18"
+    static let coreTypeVariable = "OPENBLAS_CORETYPE"
 
-    /// Re-executes the process with ``variable`` set unless it already is. Returns (and
-    /// runs with OpenBLAS's default) if re-execution is impossible.
+    /// The CPU's feature flags from `/proc/cpuinfo` (empty where it cannot be read).
+    static func cpuFlags() -> Set<String> {
+        guard let text = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
+              let line = text.split(separator: "\n").first(where: { $0.hasPrefix("flags") }),
+              let colon = line.firstIndex(of: ":") else { return [] }
+        return Set(line[line.index(after: colon)...].split(separator: " ").map(String.init))
+    }
+
+    /// Re-executes the process with ``variable`` (and, where OpenBLAS fell back to generic
+    /// kernels, ``coreTypeVariable``) set unless they already are. Returns (and runs with
+    /// OpenBLAS's defaults) if re-execution is impossible.
     static func applyBeforeLoading() {
         #if os(Linux)
-        guard getenv(variable) == nil else { return }
-        setenv(variable, defaultTimeout, 1)
-        execv("/proc/self/exe", CommandLine.unsafeArgv)
+        var changed = false
+        if getenv(variable) == nil {
+            setenv(variable, defaultTimeout, 1)
+            changed = true
+        }
+        if getenv(coreTypeVariable) == nil, let core = BLAS.betterCoreType(cpuFlags: cpuFlags()) {
+            setenv(coreTypeVariable, core, 1)
+            changed = true
+        }
+        if changed { execv("/proc/self/exe", CommandLine.unsafeArgv) }
         #endif
     }
 }

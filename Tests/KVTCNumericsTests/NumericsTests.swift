@@ -94,3 +94,17 @@ import Testing
         #expect(counts.current.allSatisfy { $0 == 1 })
     }
 }
+
+@Suite struct OpenBLASCoreTests {
+    /// Only a generic fallback is corrected, to the best family the CPU's flags allow.
+    @Test func aGenericFallbackIsReplacedByWhatTheCPUCanRun() {
+        let avx512: Set<String> = ["avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512cd"]
+        #expect(BLAS.betterCoreType(chosen: "Prescott", cpuFlags: avx512) == "SkylakeX")
+        #expect(BLAS.betterCoreType(chosen: "Prescott", cpuFlags: avx512.union(["avx512_bf16"])) == "Cooperlake")
+        #expect(BLAS.betterCoreType(chosen: "Prescott", cpuFlags: ["avx2", "fma"]) == "Haswell")
+        #expect(BLAS.betterCoreType(chosen: "Prescott", cpuFlags: ["sse3"]) == nil)
+        #expect(BLAS.betterCoreType(chosen: "SkylakeX", cpuFlags: avx512) == nil)
+        #expect(BLAS.betterCoreType(chosen: "Haswell", cpuFlags: avx512) == nil)
+        #expect(!BLAS.coreName.isEmpty)
+    }
+}
