@@ -50,44 +50,80 @@ public struct RoPE: Hashable, Codable, Sendable {
                positions: positions, inverse: inverse)
     }
 
+    /// The cosines and sines of every position's rotation angles, computed once and applied
+    /// to any number of rows (a model rotates the queries and keys of every layer with one
+    /// table per forward pass).
+    public struct Table: Sendable {
+        /// Rotated pairs per head (`rotaryDims / 2`).
+        public let pairs: Int
+        /// `positions x pairs` cosines.
+        public let cos: [Float]
+        /// `positions x pairs` sines.
+        public let sin: [Float]
+        /// The positions, in row order.
+        public var count: Int { pairs == 0 ? 0 : cos.count / pairs }
+    }
+
+    /// The rotation table of `positions`. Angles are computed in double precision (large
+    /// positions stay accurate) and rounded to single precision once per position and pair.
+    public func table(positions: [Int]) -> Table {
+        let pairs = rotaryDims / 2
+        let freqs = (0..<pairs).map { pow(theta, -2.0 * Double($0) / Double(rotaryDims)) }
+        var c = [Float](repeating: 0, count: positions.count * pairs)
+        var s = [Float](repeating: 0, count: positions.count * pairs)
+        for (t, pos) in positions.enumerated() {
+            for i in 0..<pairs {
+                let a = Double(pos) * freqs[i]
+                c[t * pairs + i] = Float(Foundation.cos(a))
+                s[t * pairs + i] = Float(Foundation.sin(a))
+            }
+        }
+        return Table(pairs: pairs, cos: c, sin: s)
+    }
+
     /// Rotates the first `heads` heads of each of `positions.count` rows, `rowStride` floats
-    /// apart, in place. This is the one rotation kernel of the project: models rotate
-    /// queries and keys with it and the codec removes and re-applies key rotations with it,
-    /// so both agree bit for bit.
-    ///
-    /// Angles are computed in double precision (large positions stay accurate) and rounded
-    /// to single precision once per position and pair.
+    /// apart, in place.
     public func rotate(rows: UnsafeMutablePointer<Float>, rowStride: Int, heads: Int, headDim: Int,
                        positions: [Int], inverse: Bool) {
         guard layout != .none, !positions.isEmpty, heads > 0 else { return }
-        let pairs = rotaryDims / 2
+        rotate(rows: rows, rowStride: rowStride, heads: heads, headDim: headDim, table: table(positions: positions),
+               inverse: inverse)
+    }
+
+    /// Rotates the first `heads` heads of each of `table.count` rows, `rowStride` floats apart,
+    /// in place, by the angles of `table` (negated when `inverse`). This is the one rotation
+    /// kernel of the project: models rotate queries and keys with it and the codec removes
+    /// and re-applies key rotations with it, so both agree bit for bit.
+    public func rotate(rows: UnsafeMutablePointer<Float>, rowStride: Int, heads: Int, headDim: Int,
+                       table: Table, inverse: Bool) {
+        guard layout != .none, table.count > 0, heads > 0 else { return }
+        precondition(table.pairs == rotaryDims / 2, "a rotation table of \(table.pairs) pairs for \(rotaryDims) rotary dims")
+        let pairs = table.pairs
         let rowsBox = UncheckedSendable(rows)
-        let freqs = (0..<pairs).map { pow(theta, -2.0 * Double($0) / Double(rotaryDims)) }
         let layout = self.layout
-        Parallel.forEachRange(positions.count, minimumPerTask: 64) { range in
-            var cosv = [Float](repeating: 0, count: pairs)
-            var sinv = [Float](repeating: 0, count: pairs)
-            for t in range {
-                let pos = Double(positions[t])
-                for i in 0..<pairs {
-                    let a = pos * freqs[i]
-                    cosv[i] = Float(cos(a))
-                    sinv[i] = Float(inverse ? -sin(a) : sin(a))
-                }
-                let row = rowsBox.value + t * rowStride
-                for h in 0..<heads {
-                    let x = row + h * headDim
-                    if layout == .interleaved {
-                        for i in 0..<pairs {
-                            let a = x[2 * i], b = x[2 * i + 1]
-                            x[2 * i] = a * cosv[i] - b * sinv[i]
-                            x[2 * i + 1] = a * sinv[i] + b * cosv[i]
-                        }
-                    } else {
-                        for i in 0..<pairs {
-                            let a = x[i], b = x[i + pairs]
-                            x[i] = a * cosv[i] - b * sinv[i]
-                            x[i + pairs] = a * sinv[i] + b * cosv[i]
+        let sign: Float = inverse ? -1 : 1
+        table.cos.withUnsafeBufferPointer { cb in
+            table.sin.withUnsafeBufferPointer { sb in
+                let cosBox = UncheckedSendable(cb.baseAddress!), sinBox = UncheckedSendable(sb.baseAddress!)
+                Parallel.forEachRange(table.count, minimumPerTask: 64) { range in
+                    for t in range {
+                        let cosv = cosBox.value + t * pairs, sinv = sinBox.value + t * pairs
+                        let row = rowsBox.value + t * rowStride
+                        for h in 0..<heads {
+                            let x = row + h * headDim
+                            if layout == .interleaved {
+                                for i in 0..<pairs {
+                                    let a = x[2 * i], b = x[2 * i + 1], c = cosv[i], s = sign * sinv[i]
+                                    x[2 * i] = a * c - b * s
+                                    x[2 * i + 1] = a * s + b * c
+                                }
+                            } else {
+                                for i in 0..<pairs {
+                                    let a = x[i], b = x[i + pairs], c = cosv[i], s = sign * sinv[i]
+                                    x[i] = a * c - b * s
+                                    x[i + pairs] = a * s + b * c
+                                }
+                            }
                         }
                     }
                 }

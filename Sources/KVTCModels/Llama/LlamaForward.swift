@@ -12,6 +12,7 @@ extension LlamaModel {
         let qd = c.heads * hd, kvd = c.kvHeads * hd, qkvw = qd + 2 * kvd, f = c.feedForward
         let p = geometry.featuresPerToken
         let first = cache.appendZeroedTokens(positions: positions)
+        let rotation = rope.table(positions: positions)
         let shape = AttentionShape(heads: c.heads, kvHeads: c.kvHeads, headDim: hd, cacheRowLength: p,
                                    scale: 1 / Float(hd).squareRoot(), window: nil)
 
@@ -49,7 +50,7 @@ extension LlamaModel {
                     }
                     // Rotate queries and keys (adjacent heads in each row) in place.
                     rope.rotate(rows: Q, rowStride: qkvw, heads: c.heads + c.kvHeads, headDim: hd,
-                                positions: positions, inverse: false)
+                                table: rotation, inverse: false)
                     // Store this layer's keys and values in the cache.
                     let kBase = K.baseAddress!, vBase = V.baseAddress!
                     for r in 0..<n {
