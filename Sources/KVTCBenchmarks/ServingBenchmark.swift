@@ -55,17 +55,26 @@ public struct ServingWorkload: Sendable {
 
 /// What one policy measured over the workload.
 public struct PolicyRecord: Sendable, Codable {
+    /// The policy measured.
     public var policy: CachePolicy
+    /// Turns served.
     public var turns: Int
+    /// Time to first token: mean, median and 95th percentile over the turns.
     public var ttftMeanSeconds: Double
     public var ttftP50Seconds: Double
     public var ttftP95Seconds: Double
+    /// Fraction of turns that restored any stored tokens.
     public var hitRate: Double
+    /// Fraction of all prompt tokens that were restored instead of recomputed.
     public var cachedTokenFraction: Double
+    /// Bytes the store's tiers held at the end.
     public var bytesHeld: Int
+    /// The memory budget the policy had.
     public var memoryBudgetBytes: Int
+    /// Mean seconds restoring and prefilling per turn.
     public var restoreMeanSeconds: Double
     public var prefillMeanSeconds: Double
+    /// Seconds the whole replay took.
     public var wallSeconds: Double
 
     enum CodingKeys: String, CodingKey {
@@ -79,16 +88,21 @@ public struct PolicyRecord: Sendable, Codable {
 
 /// Restoring one long context from each store against recomputing it.
 public struct RestoreRecord: Sendable, Codable {
+    /// Tokens of the context.
     public var tokens: Int
+    /// Median seconds to restore it from the KVTC store and from the exact fp16 store.
     public var kvtcSeconds: Double
     public var exactSeconds: Double
+    /// Median seconds to recompute it (prefill from scratch).
     public var recomputeSeconds: Double
+    /// Bytes each store wrote for it.
     public var kvtcStoredBytes: Int
     public var exactStoredBytes: Int
 }
 
 /// The JSON report of `kvtc bench serve` (field names as committed under docs/).
 public struct ServingReport: Sendable, Codable {
+    /// Model identity and profile content hash.
     public var model: String
     public var profile: String
     public var ratio: Double
@@ -145,9 +159,12 @@ public enum ServingBenchmarkError: Error, CustomStringConvertible {
 /// Replays multi-turn conversations under each ``CachePolicy`` with the same memory budget,
 /// and times restoring a long context against recomputing it.
 public struct ServingBenchmark: Sendable {
+    /// The model served.
     public let model: any LanguageModel
+    /// The profile and nominal ratio of the KVTC policy's chunks.
     public let profile: Profile
     public let ratio: Double
+    /// The conversations replayed.
     public let workload: ServingWorkload
     /// The memory budget every policy gets.
     public let memoryBudget: Int

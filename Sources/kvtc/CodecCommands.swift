@@ -4,7 +4,6 @@ import Foundation
 import KVTCCalibration
 import KVTCCache
 import KVTCCodec
-import KVTCEvaluation
 import KVTCModels
 import KVTCNumerics
 
