@@ -22,7 +22,7 @@ public struct KVTCService: Sendable {
     public var defaultMaxTokens: Int
 
     public init(engine: InferenceEngine, tiers: [any CacheTier], metrics: ServerMetrics,
-                modelName: String = "smollm2-135m-instruct", maxRequestBytes: Int = 64 << 20,
+                modelName: String, maxRequestBytes: Int = 64 << 20,
                 maxTokensLimit: Int = 4096, defaultMaxTokens: Int = 256) {
         self.engine = engine
         self.tiers = tiers

@@ -102,7 +102,10 @@ struct ServeCommand: AsyncParsableCommand {
         let (store, tiers) = try storeOptions.makeStore(model: model)
         let metrics = ServerMetrics()
         let engine = InferenceEngine(model: model, store: store, observer: { metrics.record($0) })
-        let service = KVTCService(engine: engine, tiers: tiers, metrics: metrics, maxTokensLimit: maxTokensLimit)
+        // Responses name the model as the user named it (a catalog name, or the GGUF file's name).
+        let name = modelOptions.model.map { URL(fileURLWithPath: $0).lastPathComponent } ?? ModelRegistry.defaultModelName
+        let service = KVTCService(engine: engine, tiers: tiers, metrics: metrics, modelName: name,
+                                  maxTokensLimit: maxTokensLimit)
         let app = KVTCServer.application(service: service, configuration: ServerConfiguration(host: host, port: port)) { port in
             warn("kvtc: serving \(model.identity.prefix(12)) on http://\(host):\(port) (store: \(store.chain.identity))")
         }

@@ -24,7 +24,7 @@ enum ServerFixtures {
                                    configuration: StoreConfiguration(chunkTokens: chunkTokens, recentTokens: 16))
         let metrics = ServerMetrics()
         let engine = InferenceEngine(model: model, store: store, observer: { metrics.record($0) })
-        return KVTCService(engine: engine, tiers: tiers, metrics: metrics, maxTokensLimit: 64, defaultMaxTokens: 8)
+        return KVTCService(engine: engine, tiers: tiers, metrics: metrics, modelName: "smollm2-135m", maxTokensLimit: 64, defaultMaxTokens: 8)
     }
 
     static func app(_ service: KVTCService) -> some ApplicationProtocol {
