@@ -244,7 +244,7 @@ public struct ServingBenchmark: Sendable {
         for t in 0..<turns {
             for c in messages.indices {
                 histories[c].append(ChatMessage(role: .user, content: messages[c][t]))
-                let tokens = model.tokenizer.encode(model.chatTemplate.render(histories[c], addGenerationPrompt: true))
+                let tokens = model.tokenizer.encode(model.chatTemplate.prompt(histories[c], addGenerationPrompt: true))
                 let o = try await engine.generate(GenerationRequest(promptTokens: tokens, maxTokens: workload.replyTokens))
                 histories[c].append(ChatMessage(role: .assistant, content: o.text))
                 ttft.append(o.timeToFirstTokenSeconds)

@@ -16,15 +16,37 @@ public struct ChatMessage: Sendable, Equatable, Codable {
     }
 }
 
+/// A chat prompt as text, with the byte ranges where the template (never a message)
+/// placed control tokens. ``Tokenizer/encode(_:addBOS:)-(RenderedPrompt,_)`` turns only
+/// those ranges into control tokens; everything else, message contents included, is text.
+public struct RenderedPrompt: Sendable, Equatable {
+    /// The prompt text.
+    public private(set) var text = ""
+    /// UTF-8 byte ranges of ``text`` holding control tokens, in order.
+    public private(set) var controls: [Range<Int>] = []
+
+    public init() {}
+
+    /// Appends a control token's text (from the template).
+    public mutating func control(_ token: String) {
+        let start = text.utf8.count
+        text += token
+        controls.append(start..<text.utf8.count)
+    }
+
+    /// Appends ordinary text (a role name, a newline, a message's content).
+    public mutating func text(_ s: String) { text += s }
+}
+
 /// How a model family turns chat messages into prompt text, and which tokens end a turn.
 public protocol ChatTemplate: Sendable {
     /// A short name (`chatml`, ...).
     var name: String { get }
     /// Token texts that end the assistant's turn (generation stops at them).
     var stopTokens: [String] { get }
-    /// Renders `messages` as prompt text, ending with the assistant's header when
-    /// `addGenerationPrompt` is true.
-    func render(_ messages: [ChatMessage], addGenerationPrompt: Bool) -> String
+    /// Renders `messages` as a prompt, ending with the assistant's header when
+    /// `addGenerationPrompt` is true; control tokens are marked as the template's own.
+    func prompt(_ messages: [ChatMessage], addGenerationPrompt: Bool) -> RenderedPrompt
 }
 
 /// ChatML, the template SmolLM2's GGUF declares (`tokenizer.chat_template`):
@@ -51,26 +73,37 @@ public struct ChatMLTemplate: ChatTemplate, Equatable {
 
     public var stopTokens: [String] { ["<|im_end|>", "<|endoftext|>"] }
 
-    public func render(_ messages: [ChatMessage], addGenerationPrompt: Bool = true) -> String {
-        var out = ""
-        if let first = messages.first, first.role != .system, let sys = defaultSystemPrompt {
-            out += "<|im_start|>system\n\(sys)<|im_end|>\n"
+    public func prompt(_ messages: [ChatMessage], addGenerationPrompt: Bool = true) -> RenderedPrompt {
+        var out = RenderedPrompt()
+        func turn(_ role: ChatRole, _ content: String) {
+            out.control("<|im_start|>")
+            out.text("\(role.rawValue)\n\(content)")
+            out.control("<|im_end|>")
+            out.text("\n")
         }
-        for m in messages {
-            out += "<|im_start|>\(m.role.rawValue)\n\(m.content)<|im_end|>\n"
+        if let first = messages.first, first.role != .system, let sys = defaultSystemPrompt { turn(.system, sys) }
+        for m in messages { turn(m.role, m.content) }
+        if addGenerationPrompt {
+            out.control("<|im_start|>")
+            out.text("assistant\n")
         }
-        if addGenerationPrompt { out += "<|im_start|>assistant\n" }
         return out
     }
 }
 
 extension ChatTemplate {
+    /// The prompt's text (for display; encode ``prompt(_:addGenerationPrompt:)`` instead,
+    /// so that message contents stay text).
+    public func render(_ messages: [ChatMessage], addGenerationPrompt: Bool = true) -> String {
+        prompt(messages, addGenerationPrompt: addGenerationPrompt).text
+    }
+
     /// A single user turn (after `system`, or the template's default system prompt), ready
     /// for generation.
-    public func prompt(user: String, system: String? = nil) -> String {
+    public func prompt(user: String, system: String? = nil) -> RenderedPrompt {
         var messages: [ChatMessage] = []
         if let system { messages.append(ChatMessage(role: .system, content: system)) }
         messages.append(ChatMessage(role: .user, content: user))
-        return render(messages, addGenerationPrompt: true)
+        return prompt(messages, addGenerationPrompt: true)
     }
 }

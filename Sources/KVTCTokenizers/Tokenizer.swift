@@ -50,6 +50,7 @@ public struct Tokenizer: Sendable {
     let vocab: [String: Int]
     let mergeRanks: [String: Int]
     let isSpecial: [Bool]
+    let specialMatcher: SpecialTokenMatcher
 
     /// Vocabulary size.
     public var vocabularySize: Int { tokens.count }
@@ -120,6 +121,7 @@ public struct Tokenizer: Sendable {
         specials.sort { $0.0.utf8.count > $1.0.utf8.count }
         self.specialTokens = specials
         self.isSpecial = special
+        self.specialMatcher = SpecialTokenMatcher(specials)
     }
 
     /// The id of a token string (byte-level form), if it is in the vocabulary.
@@ -131,6 +133,10 @@ public struct Tokenizer: Sendable {
     /// Encodes `text`. Control-token strings in the text become their ids when
     /// `parseSpecial` is true; otherwise they are tokenized as ordinary text.
     /// A BOS token is prepended when `addBOS` is true.
+    ///
+    /// Time is linear in the length of `text` (up to the log factor of BPE's merge queue):
+    /// control tokens are found in one left-to-right pass, and each pre-token is merged with
+    /// a priority queue rather than by rescanning it after every merge.
     public func encode(_ text: String, addBOS: Bool = false, parseSpecial: Bool = true) -> [Int] {
         var out: [Int] = []
         if addBOS, let b = bosID { out.append(b) }
@@ -139,24 +145,49 @@ public struct Tokenizer: Sendable {
             encodeOrdinary(Substring(text), into: &out, cache: &cache)
             return out
         }
-        var rest = Substring(text)
-        while !rest.isEmpty {
-            // Find the earliest special token (longest at that position).
-            var best: (Range<Substring.Index>, Int)?
-            for (s, id) in specialTokens {
-                if let r = rest.range(of: s) {
-                    if best == nil || r.lowerBound < best!.0.lowerBound { best = (r, id) }
-                }
+        let utf8 = Array(text.utf8)
+        var runStart = 0
+        var i = 0
+        while i < utf8.count {
+            if let (length, id) = specialMatcher.match(utf8, at: i) {
+                encodeOrdinary(utf8[runStart..<i], into: &out, cache: &cache)
+                out.append(id)
+                i += length
+                runStart = i
+            } else {
+                i += 1
             }
-            guard let (r, id) = best else {
-                encodeOrdinary(rest, into: &out, cache: &cache)
-                break
-            }
-            encodeOrdinary(rest[rest.startIndex..<r.lowerBound], into: &out, cache: &cache)
-            out.append(id)
-            rest = rest[r.upperBound...]
         }
+        encodeOrdinary(utf8[runStart..<utf8.count], into: &out, cache: &cache)
         return out
+    }
+
+    /// Encodes a rendered chat prompt: control tokens only where the template put them
+    /// (``RenderedPrompt/controls``), every other byte — message contents included — as
+    /// ordinary text, so a user cannot open a turn by typing `<|im_start|>`.
+    public func encode(_ prompt: RenderedPrompt, addBOS: Bool = false) -> [Int] {
+        var out: [Int] = []
+        if addBOS, let b = bosID { out.append(b) }
+        var cache: [Substring: [Int]] = [:]
+        let utf8 = Array(prompt.text.utf8)
+        var runStart = 0
+        for control in prompt.controls {
+            guard control.lowerBound >= runStart, control.upperBound <= utf8.count else { continue }
+            let piece = Array(utf8[control])
+            // A control range the vocabulary has no control token for is plain text.
+            guard let (length, id) = specialMatcher.match(piece, at: 0), length == piece.count else { continue }
+            encodeOrdinary(utf8[runStart..<control.lowerBound], into: &out, cache: &cache)
+            out.append(id)
+            runStart = control.upperBound
+        }
+        encodeOrdinary(utf8[runStart..<utf8.count], into: &out, cache: &cache)
+        return out
+    }
+
+    func encodeOrdinary(_ bytes: ArraySlice<UInt8>, into out: inout [Int], cache: inout [Substring: [Int]]) {
+        guard !bytes.isEmpty else { return }
+        // Control tokens are ASCII-delimited, so the cut points are character boundaries.
+        encodeOrdinary(Substring(String(decoding: bytes, as: UTF8.self)), into: &out, cache: &cache)
     }
 
     func encodeOrdinary(_ text: Substring, into out: inout [Int],
@@ -172,34 +203,45 @@ public struct Tokenizer: Sendable {
     }
 
     /// Byte-level BPE of one pre-token.
+    ///
+    /// Symbols form a linked list; candidate pairs sit in a min-heap ordered by merge rank,
+    /// then position, and are checked against the list when popped (stale ones skipped).
+    /// This gives the same merges as repeatedly merging the lowest-ranked pair leftmost
+    /// first, in O(n log n) for a pre-token of n bytes.
     func bpe(_ piece: Substring.UnicodeScalarView) -> [Int] {
         var symbols: [String] = []
         for b in String(piece).utf8 { symbols.append(ByteLevel.encodeTable[Int(b)]) }
         if symbols.count == 1 { return lookup(symbols[0]) }
-        while symbols.count > 1 {
-            var bestRank = Int.max
-            var bestIndex = -1
-            for i in 0..<(symbols.count - 1) {
-                if let r = mergeRanks[symbols[i] + " " + symbols[i + 1]], r < bestRank {
-                    bestRank = r; bestIndex = i
-                }
-            }
-            if bestIndex < 0 { break }
-            // Merge every occurrence of the best pair, left to right.
-            let left = symbols[bestIndex], right = symbols[bestIndex + 1]
-            var merged: [String] = []
-            merged.reserveCapacity(symbols.count)
-            var i = 0
-            while i < symbols.count {
-                if i < symbols.count - 1 && symbols[i] == left && symbols[i + 1] == right {
-                    merged.append(left + right); i += 2
-                } else {
-                    merged.append(symbols[i]); i += 1
-                }
-            }
-            symbols = merged
+        let n = symbols.count
+        var next = Array(1...n)            // next[i] == n: end
+        var prev = Array(-1..<(n - 1))     // prev[i] == -1: start
+        var alive = [Bool](repeating: true, count: n)
+        var heap = MergeHeap()
+        func consider(_ i: Int) {
+            let j = next[i]
+            guard j < n, let r = mergeRanks[symbols[i] + " " + symbols[j]] else { return }
+            heap.push(MergeCandidate(rank: r, left: i, leftSymbol: symbols[i], rightSymbol: symbols[j]))
         }
-        return symbols.flatMap { lookup($0) }
+        for i in 0..<(n - 1) { consider(i) }
+        while let c = heap.pop() {
+            let i = c.left
+            guard alive[i], symbols[i] == c.leftSymbol else { continue }
+            let j = next[i]
+            guard j < n, symbols[j] == c.rightSymbol else { continue }
+            symbols[i] += symbols[j]
+            alive[j] = false
+            next[i] = next[j]
+            if next[j] < n { prev[next[j]] = i }
+            if prev[i] >= 0 { consider(prev[i]) }
+            consider(i)
+        }
+        var ids: [Int] = []
+        var i = 0
+        while i < n {
+            ids.append(contentsOf: lookup(symbols[i]))
+            i = next[i]
+        }
+        return ids
     }
 
     /// The id of a symbol, falling back to its single bytes if it is not in the vocabulary.
@@ -302,5 +344,77 @@ public struct StreamingDecoder: Sendable {
         let text = String(decoding: pending, as: UTF8.self)
         pending.removeAll()
         return text
+    }
+}
+
+/// Finds control tokens at a byte position: candidates bucketed by their first byte,
+/// longest first, so a scan over a text costs one bucket lookup per byte.
+struct SpecialTokenMatcher: Sendable {
+    private var buckets: [[([UInt8], Int)]] = Array(repeating: [], count: 256)
+
+    init(_ specials: [(String, Int)]) {
+        for (text, id) in specials {
+            let bytes = Array(text.utf8)
+            guard let first = bytes.first else { continue }
+            buckets[Int(first)].append((bytes, id))
+        }
+        for b in 0..<256 { buckets[b].sort { $0.0.count > $1.0.count } }
+    }
+
+    /// The longest control token starting at `i` in `bytes`: its length and id.
+    func match<C: RandomAccessCollection>(_ bytes: C, at i: C.Index) -> (Int, Int)? where C.Element == UInt8, C.Index == Int {
+        let candidates = buckets[Int(bytes[i])]
+        guard !candidates.isEmpty else { return nil }
+        let available = bytes.endIndex - i
+        outer: for (token, id) in candidates where token.count <= available {
+            for k in 1..<token.count where bytes[i + k] != token[k] { continue outer }
+            return (token.count, id)
+        }
+        return nil
+    }
+}
+
+/// A pair of adjacent symbols that a merge rule joins.
+struct MergeCandidate {
+    var rank: Int
+    var left: Int
+    var leftSymbol: String
+    var rightSymbol: String
+
+    func precedes(_ o: MergeCandidate) -> Bool { rank != o.rank ? rank < o.rank : left < o.left }
+}
+
+/// A binary min-heap of merge candidates (lowest rank, then leftmost, first).
+struct MergeHeap {
+    private var items: [MergeCandidate] = []
+
+    mutating func push(_ c: MergeCandidate) {
+        items.append(c)
+        var i = items.count - 1
+        while i > 0 {
+            let parent = (i - 1) / 2
+            guard items[i].precedes(items[parent]) else { break }
+            items.swapAt(i, parent)
+            i = parent
+        }
+    }
+
+    mutating func pop() -> MergeCandidate? {
+        guard let top = items.first else { return nil }
+        let last = items.removeLast()
+        if !items.isEmpty {
+            items[0] = last
+            var i = 0
+            while true {
+                let l = 2 * i + 1, r = l + 1
+                var best = i
+                if l < items.count, items[l].precedes(items[best]) { best = l }
+                if r < items.count, items[r].precedes(items[best]) { best = r }
+                if best == i { break }
+                items.swapAt(i, best)
+                i = best
+            }
+        }
+        return top
     }
 }

@@ -41,14 +41,14 @@ struct CaptureCommand: ParsableCommand {
 
     func run() throws {
         let model = try modelOptions.load()
-        var input: String
+        let input: String
         if let prompt {
             input = prompt
         } else {
             do { input = try String(contentsOfFile: text!, encoding: .utf8) } catch { throw CommandError(text!, "cannot be read as UTF-8 text") }
         }
-        if chat { input = model.chatTemplate.prompt(user: input) }
-        var ids = model.tokenizer.encode(input, parseSpecial: chat)
+        var ids = chat ? model.tokenizer.encode(model.chatTemplate.prompt(user: input))
+                       : model.tokenizer.encode(input, parseSpecial: false)
         if tokens > 0 { ids = Array(ids.prefix(tokens)) }
         if bos && !chat, let b = model.tokenizer.bosID { ids.insert(b, at: 0) }
         let limit = model.dimensions.contextLength

@@ -47,10 +47,10 @@ struct GenerateCommand: ParsableCommand {
 
     func run() throws {
         let model = try modelOptions.load()
-        let text = chat ? model.chatTemplate.prompt(user: prompt, system: system) : prompt
         // A raw prompt starts a document, so it gets BOS as in training; the chat template
         // starts with its own turn marker.
-        let tokens = model.tokenizer.encode(text, addBOS: !chat)
+        let tokens = chat ? model.tokenizer.encode(model.chatTemplate.prompt(user: prompt, system: system))
+                          : model.tokenizer.encode(prompt, addBOS: true)
         var cache = model.makeCache(reservingCapacity: tokens.count + maxTokens)
         let sampling = SamplingOptions(temperature: temperature, topK: topK, topP: topP, seed: seed)
         let result = try model.generate(promptTokens: tokens, cache: &cache, maxTokens: maxTokens,

@@ -22,7 +22,7 @@ import Testing
         let entry = try #require(ModelRegistry.entry(named: "smollm2-135m"))
         #expect(m.architecture == "llama")
         #expect(m.identity == entry.source.sha256)
-        #expect(m.chatTemplate.prompt(user: "x").hasPrefix("<|im_start|>system\nYou are a helpful AI assistant named SmolLM"))
+        #expect(m.chatTemplate.prompt(user: "x").text.hasPrefix("<|im_start|>system\nYou are a helpful AI assistant named SmolLM"))
         #expect(m.layerAttention.count == 30 && m.layerAttention.allSatisfy { $0.rope == m.rope && $0.window == nil })
         // By path, a catalog file is hashed to the same identity and keeps its template.
         let byPath = try ModelRegistry.load(m.path)

@@ -30,11 +30,11 @@ import Testing
 @Suite struct ChatTemplateTests {
     @Test func chatMLRendersTurnsAndTheDefaultSystemPrompt() {
         let t = ChatMLTemplate(defaultSystemPrompt: "S0")
-        #expect(t.prompt(user: "Hi") == "<|im_start|>system\nS0<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+        #expect(t.prompt(user: "Hi").text == "<|im_start|>system\nS0<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
         let custom = t.render([ChatMessage(role: .system, content: "S"), ChatMessage(role: .user, content: "U"),
                                ChatMessage(role: .assistant, content: "A")], addGenerationPrompt: false)
         #expect(custom == "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\nA<|im_end|>\n")
-        #expect(ChatMLTemplate().prompt(user: "Hi") == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+        #expect(ChatMLTemplate().prompt(user: "Hi").text == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
         #expect(t.stopTokens.contains("<|im_end|>"))
     }
 
