@@ -77,6 +77,30 @@ public protocol CacheCompressor: Sendable {
     /// appends their tokens to `cache` in order, sharing work across pieces where the
     /// method can. On error `cache` is unchanged and the error names the first bad piece.
     func decompress(sequence pieces: [[UInt8]], appendingTo cache: inout KVCache) throws(SequenceDecodingError)
+    /// What `bytes` declare they hold, read from their header alone (nothing inflated or
+    /// decoded), so a reader can refuse a foreign or oversized piece before paying for it;
+    /// `nil` when the method cannot tell without decoding.
+    func shape(of bytes: [UInt8]) throws -> CompressedShape?
+}
+
+/// What a compressed piece declares it holds: checked against what the reader expects
+/// before any section is inflated.
+public struct CompressedShape: Sendable, Equatable {
+    /// Layers, kv heads and head dimension.
+    public var geometry: KVGeometry
+    /// The RoPE the keys carry.
+    public var rope: RoPE
+    /// Tokens held.
+    public var tokens: Int
+    /// Position of the first token.
+    public var firstPosition: Int?
+
+    public init(geometry: KVGeometry, rope: RoPE, tokens: Int, firstPosition: Int? = nil) {
+        self.geometry = geometry
+        self.rope = rope
+        self.tokens = tokens
+        self.firstPosition = firstPosition
+    }
 }
 
 /// A piece of a sequence given to ``CacheCompressor/decompress(sequence:appendingTo:)``
@@ -96,6 +120,9 @@ public struct SequenceDecodingError: Error, CustomStringConvertible {
 }
 
 extension CacheCompressor {
+    /// Unknown without decoding.
+    public func shape(of bytes: [UInt8]) throws -> CompressedShape? { nil }
+
     /// Decodes into a cache of its own and appends it.
     public func decompress(_ bytes: [UInt8], appendingTo cache: inout KVCache) throws {
         try cache.append(contentsOf: try decompress(bytes))

@@ -174,6 +174,12 @@ public struct KVTCCompressor: CacheCompressor {
         return CompressedCache(bytes: bytes, report: report)
     }
 
+    /// The blob header's geometry, RoPE and token count (its checksum verified; no chunk inflated).
+    public func shape(of bytes: [UInt8]) throws -> CompressedShape? {
+        let s = try Blob.summary(of: bytes)
+        return CompressedShape(geometry: s.geometry, rope: s.rope, tokens: s.tokens)
+    }
+
     public func decompress(_ bytes: [UInt8]) throws(KVTCError) -> KVCache {
         let decoder = try LayerwiseDecoder(bytes, compressor: self)
         return try decoder.decodeAll()

@@ -100,9 +100,40 @@ public struct StoreCounters: Sendable, Codable, Equatable {
     public var tailBytes = 0
     /// Entries rejected on read (wrong key, undecodable payload) and removed.
     public var invalidEntries = 0
+    /// ``invalidEntries`` by ``InvalidEntryReason`` (raw value).
+    public var invalidEntriesByReason: [String: Int] = [:]
 
     /// fp16 bytes over stored bytes of the chunks written so far.
     public var chunkCompressionRatio: Double { chunkBytes == 0 ? 0 : Double(chunkFP16Bytes) / Double(chunkBytes) }
+}
+
+/// Why the store refused an entry it read (or was given): each is dropped from the tier and
+/// counted; the request it was read for recomputes instead.
+public enum InvalidEntryReason: String, Sendable, CaseIterable, Codable {
+    /// Not an entry, or truncated.
+    case format
+    /// Made by another producer or namespace, or its contents do not hash to its key.
+    case key
+    /// Its tokens, positions or piece sizes do not match the place it claims.
+    case shape
+    /// Its geometry or RoPE is not the model's.
+    case geometry
+    /// Its payload does not decode.
+    case decode
+    /// It decodes to infinities or NaNs.
+    case nonfinite
+}
+
+/// The geometry and RoPE of the model a store serves: every entry must declare exactly
+/// these before anything in it is inflated or decoded.
+public struct CacheShape: Sendable, Hashable {
+    public var geometry: KVGeometry
+    public var rope: RoPE
+
+    public init(geometry: KVGeometry, rope: RoPE) {
+        self.geometry = geometry
+        self.rope = rope
+    }
 }
 
 /// A chunked, prefix-keyed store of KV caches.
@@ -114,10 +145,16 @@ public struct StoreCounters: Sendable, Codable, Equatable {
 /// tokens (see ``kvtcChunkCodec(profile:ratio:)``), a restored cache equals what the codec
 /// alone gives for the whole cache with standard protection.
 ///
-/// Every entry read is checked against its key (producer, anchor, tokens) and decoded
-/// before use; an invalid one is removed and the restore falls back to a shorter prefix.
+/// Every entry read is checked against its key (producer, namespace, anchor, tokens), its
+/// declared shape against the model's (before anything is inflated), and decoded to finite
+/// values before use; an invalid one is removed, counted by reason, and the restore falls
+/// back to a shorter prefix.
+///
+/// Every operation takes a ``StoreNamespace``: entries of one namespace are invisible to
+/// every other (their keys differ), so tenants never share, see or probe each other's
+/// entries.
 public final class CacheStore: Sendable {
-    /// Computes keys.
+    /// Computes keys (in the shared namespace; see ``chain(for:)``).
     public let chain: KeyChain
     /// Compresses chunks.
     public let codec: any CacheCompressor
@@ -125,11 +162,14 @@ public final class CacheStore: Sendable {
     public let tier: any CacheTier
     /// Settings.
     public let configuration: StoreConfiguration
+    /// The model's cache shape, if known: entries declaring another are refused.
+    public let shape: CacheShape?
     private let totals = Locked(StoreCounters())
 
-    /// A store for `identity`'s caches, compressing chunks with `codec`, keeping entries in `tier`.
+    /// A store for `identity`'s caches, compressing chunks with `codec`, keeping entries in
+    /// `tier`; entries must declare `shape` (the model's geometry and RoPE) when given.
     public init(identity: ProducerIdentity, codec: any CacheCompressor, tier: any CacheTier,
-                configuration: StoreConfiguration = StoreConfiguration()) throws(StoreError) {
+                configuration: StoreConfiguration = StoreConfiguration(), shape: CacheShape? = nil) throws(StoreError) {
         guard configuration.chunkTokens > 0, configuration.recentTokens >= 0 else {
             throw .configuration("chunk tokens \(configuration.chunkTokens), recent tokens \(configuration.recentTokens)")
         }
@@ -137,7 +177,11 @@ public final class CacheStore: Sendable {
         self.codec = codec
         self.tier = tier
         self.configuration = configuration
+        self.shape = shape
     }
+
+    /// The key chain of `namespace`.
+    public func chain(for namespace: StoreNamespace) -> KeyChain { chain.inNamespace(namespace) }
 
     /// A KVTC compressor for chunks: the profile's sink tokens exact (decided by absolute
     /// position, so only the first chunk has any) and no recent tokens (the tail keeps them).
@@ -163,8 +207,9 @@ public final class CacheStore: Sendable {
 
     /// The longest stored prefix of `tokens` (chunks present and a tail for exactly that
     /// prefix, or a chunk-only match when that is longer and allowed), or `nil`.
-    public func lookup(tokens: [Int]) async -> PrefixMatch? {
+    public func lookup(tokens: [Int], namespace: StoreNamespace = .shared) async -> PrefixMatch? {
         guard !tokens.isEmpty, Self.keyable(tokens) else { return nil }
+        let chain = self.chain(for: namespace)
         let c = chunkTokens
         let keys = chain.chunkKeys(for: tokens)
         let present = (try? await tier.contains(keys)) ?? [Bool](repeating: false, count: keys.count)
@@ -198,12 +243,14 @@ public final class CacheStore: Sendable {
     ///
     /// - Parameter capacity: tokens the restored cache should have room for (say, the whole
     ///   prompt plus the tokens to generate), so that extending it does not copy it.
-    public func restore(tokens: [Int], reservingCapacity capacity: Int = 0) async -> RestoredPrefix? {
+    public func restore(tokens: [Int], namespace: StoreNamespace = .shared,
+                        reservingCapacity capacity: Int = 0) async -> RestoredPrefix? {
         let clock = Date()
         totals.withLock { $0.lookups += 1 }
+        let chain = self.chain(for: namespace)
         for _ in 0..<3 {
-            guard let match = await lookup(tokens: tokens) else { break }
-            if var restored = await fetch(match, capacity: capacity) {
+            guard let match = await lookup(tokens: tokens, namespace: namespace) else { break }
+            if var restored = await fetch(match, chain: chain, capacity: capacity) {
                 restored.seconds = Date().timeIntervalSince(clock)
                 totals.withLock {
                     $0.hits += 1
@@ -217,30 +264,55 @@ public final class CacheStore: Sendable {
     }
 
     /// Reads and verifies an entry; drops it from the tier when invalid.
-    private func entry(_ key: StoreKey) async -> (StoreEntry, Int)? {
+    private func entry(_ key: StoreKey, chain: KeyChain) async -> (StoreEntry, Int)? {
         guard let bytes = try? await tier.get(key) else { return nil }
         do {
             return (try StoreEntry(bytes: bytes, key: key, chain: chain), bytes.count)
         } catch {
-            await drop(key)
+            await drop(key, Self.reason(error))
             return nil
         }
     }
 
-    private func drop(_ key: StoreKey) async {
+    static func reason(_ error: StoreError) -> InvalidEntryReason {
+        if case .invalidEntry(let m) = error, m.contains("producer") || m.contains("key") { return .key }
+        if case .invalidEntry(let m) = error, m.contains("shape") { return .shape }
+        return .format
+    }
+
+    /// Removes an invalid entry from the tier and counts it under `reason`.
+    private func drop(_ key: StoreKey, _ reason: InvalidEntryReason) async {
         try? await tier.remove(key)
-        totals.withLock { $0.invalidEntries += 1 }
+        totals.withLock {
+            $0.invalidEntries += 1
+            $0.invalidEntriesByReason[reason.rawValue, default: 0] += 1
+        }
+    }
+
+    /// Checks what a piece declares against the store's shape and the tokens it must hold,
+    /// before anything in it is inflated or decoded.
+    private func checkDeclared(_ declared: CompressedShape?, tokens: Int, first: Int) -> InvalidEntryReason? {
+        guard let declared else { return nil }
+        if let shape, declared.geometry != shape.geometry || declared.rope != shape.rope { return .geometry }
+        guard declared.tokens == tokens else { return .shape }
+        if declared.tokens > 0, let p = declared.firstPosition, p != first { return .shape }
+        return nil
     }
 
     /// Reads and checks a tail: its rows and the token index they start at.
-    private func fetchTail(_ key: StoreKey, count t: Int, chunks: Int) async -> (KVCache, Int, Int)? {
+    private func fetchTail(_ key: StoreKey, chain: KeyChain, count t: Int, chunks: Int) async -> (KVCache, Int, Int)? {
         let c = chunkTokens
-        guard let (tail, size) = await entry(key) else { return nil }
-        guard tail.kind == .tail, tail.end == t else { await drop(key); return nil }
+        guard let (tail, size) = await entry(key, chain: chain) else { return nil }
+        guard tail.kind == .tail, tail.end == t else { await drop(key, .shape); return nil }
+        let declared: CompressedShape
+        do { declared = try ExactRows.shape(of: tail.payload) } catch { await drop(key, .format); return nil }
+        if let reason = checkDeclared(declared, tokens: t - tail.exactStart, first: tail.exactStart) {
+            await drop(key, reason)
+            return nil
+        }
         let rows: KVCache
-        do { rows = try ExactRows.decode(tail.payload) } catch { await drop(key); return nil }
-        guard rows.tokenCount == t - tail.exactStart, rows.tokenCount == 0 || rows.positions.first == tail.exactStart else {
-            await drop(key)
+        do { rows = try ExactRows.decode(tail.payload) } catch {
+            await drop(key, error.description.contains("NaN") ? .nonfinite : .decode)
             return nil
         }
         // A tail made with fewer recent tokens than this store wants is not used.
@@ -253,23 +325,26 @@ public final class CacheStore: Sendable {
     /// Reads, checks and decodes the entries of `match` into one cache with room for
     /// `capacity` tokens: chunks are decoded straight into its storage, in order, and
     /// the rows past the tail's first token are then replaced by the tail's exact rows.
-    private func fetch(_ match: PrefixMatch, capacity: Int) async -> RestoredPrefix? {
+    private func fetch(_ match: PrefixMatch, chain: KeyChain, capacity: Int) async -> RestoredPrefix? {
         let c = chunkTokens
         let t = match.matchedTokens
         var tailRows: KVCache?
         var exactStart = t
         var bytesRead = 0
         if let key = match.tailKey {
-            guard let (rows, start, size) = await fetchTail(key, count: t, chunks: match.chunkKeys.count) else { return nil }
+            guard let (rows, start, size) = await fetchTail(key, chain: chain, count: t, chunks: match.chunkKeys.count) else { return nil }
             tailRows = rows
             exactStart = start
             bytesRead = size
         }
         var payloads: [[UInt8]] = []
         for (i, key) in match.chunkKeys.enumerated() {
-            guard let (chunk, size) = await entry(key) else { return nil }
+            guard let (chunk, size) = await entry(key, chain: chain) else { return nil }
             bytesRead += size
-            guard chunk.kind == .chunk, chunk.start == i * c, chunk.tokens.count == c else { await drop(key); return nil }
+            guard chunk.kind == .chunk, chunk.start == i * c, chunk.tokens.count == c else { await drop(key, .shape); return nil }
+            let declared: CompressedShape?
+            do { declared = try codec.shape(of: chunk.payload) } catch { await drop(key, .format); return nil }
+            if let reason = checkDeclared(declared, tokens: c, first: i * c) { await drop(key, reason); return nil }
             payloads.append(chunk.payload)
         }
         var cache: KVCache
@@ -278,27 +353,32 @@ public final class CacheStore: Sendable {
             cache = KVCache(geometry: tailRows.geometry, rope: tailRows.rope, model: tailRows.model, reservingCapacity: max(capacity, t))
         } else if let head = pieces.popFirst() {
             // A chunk-only match: the first chunk gives the geometry.
-            do { cache = try codec.decompress(head) } catch { await drop(match.chunkKeys[0]); return nil }
+            do { cache = try codec.decompress(head) } catch { await drop(match.chunkKeys[0], .decode); return nil }
+            if let shape, cache.geometry != shape.geometry || cache.rope != shape.rope {
+                await drop(match.chunkKeys[0], .geometry)
+                return nil
+            }
             cache.reserveCapacity(tokens: max(capacity, t))
         } else {
             return nil
         }
         do { try codec.decompress(sequence: Array(pieces), appendingTo: &cache) } catch {
-            await drop(match.chunkKeys[payloads.count - pieces.count + error.index])
+            await drop(match.chunkKeys[payloads.count - pieces.count + error.index], .decode)
             return nil
         }
-        // Every chunk must have decoded to exactly its own tokens.
+        // Every chunk must have decoded to exactly its own tokens, all finite.
         guard cache.tokenCount == payloads.count * c else {
-            for key in match.chunkKeys { await drop(key) }
+            for key in match.chunkKeys { await drop(key, .shape) }
             return nil
         }
-        for i in payloads.indices where !((i * c)..<(i * c + c)).allSatisfy({ cache.positions[$0] == $0 }) {
-            await drop(match.chunkKeys[i])
-            return nil
+        for i in payloads.indices {
+            let range = (i * c)..<(i * c + c)
+            guard range.allSatisfy({ cache.positions[$0] == $0 }) else { await drop(match.chunkKeys[i], .shape); return nil }
+            guard (try? cache.validateFinite(tokens: range)) != nil else { await drop(match.chunkKeys[i], .nonfinite); return nil }
         }
         cache.truncate(to: min(exactStart, cache.tokenCount))
         if let tailRows, let key = match.tailKey {
-            do { try cache.append(contentsOf: tailRows) } catch { await drop(key); return nil }
+            do { try cache.append(contentsOf: tailRows) } catch { await drop(key, .geometry); return nil }
         }
         guard cache.tokenCount == t else { return nil }
         return RestoredPrefix(cache: cache, matchedTokens: t, chunks: match.chunkKeys.count, bytesRead: bytesRead, seconds: 0,
@@ -315,8 +395,13 @@ public final class CacheStore: Sendable {
     ///   - cache: their cache; positions must be `0..<tokens.count`.
     ///   - superseding: the tail this sequence continues (from ``RestoredPrefix/tailKey``);
     ///     it is demoted so it is evicted before live entries.
-    public func store(tokens: [Int], cache: KVCache, superseding: StoreKey? = nil) async throws(StoreError) -> StoreReceipt {
+    public func store(tokens: [Int], cache: KVCache, namespace: StoreNamespace = .shared,
+                      superseding: StoreKey? = nil) async throws(StoreError) -> StoreReceipt {
         let clock = Date()
+        let chain = self.chain(for: namespace)
+        if let shape, cache.geometry != shape.geometry || cache.rope != shape.rope {
+            throw .mismatch("a cache of \(cache.geometry) is not this store's \(shape.geometry)")
+        }
         let t = tokens.count
         guard cache.tokenCount == t else { throw .mismatch("\(t) tokens, cache holds \(cache.tokenCount)") }
         if let bad = tokens.first(where: { $0 < 0 || $0 > Int(UInt32.max) }) { throw .invalidToken(bad) }
@@ -372,32 +457,48 @@ public final class CacheStore: Sendable {
 
     // MARK: Raw entries
 
-    /// The verified bytes of the entry stored under `key` (for replication), or `nil`.
-    public func rawEntry(_ key: StoreKey) async -> [UInt8]? {
+    /// The verified bytes of the entry stored under `key` in `namespace` (for
+    /// replication), or `nil`.
+    public func rawEntry(_ key: StoreKey, namespace: StoreNamespace = .shared) async -> [UInt8]? {
         guard let bytes = try? await tier.get(key) else { return nil }
-        guard (try? StoreEntry(bytes: bytes, key: key, chain: chain)) != nil else {
-            await drop(key)
+        do { _ = try StoreEntry(bytes: bytes, key: key, chain: chain(for: namespace)) } catch {
+            // Another namespace's entry is not this caller's to see, nor to drop.
+            if Self.reason(error) != .key { await drop(key, Self.reason(error)) }
             return nil
         }
         return bytes
     }
 
-    /// Stores entry bytes under `key` after checking that they are a valid entry of this
-    /// store's producer for exactly that key and that the payload decodes.
-    public func putRawEntry(_ key: StoreKey, _ bytes: [UInt8]) async throws(StoreError) {
-        let entry = try StoreEntry(bytes: bytes, key: key, chain: chain)
+    /// Stores entry bytes under `key` in `namespace` after checking that they are a valid
+    /// entry of this store's producer for exactly that key, that the declared shape is the
+    /// store's (before anything is inflated), and that the payload decodes to finite values
+    /// of exactly the entry's tokens. An existing entry is never overwritten
+    /// (``StoreError/exists(_:)``).
+    public func putRawEntry(_ key: StoreKey, _ bytes: [UInt8], namespace: StoreNamespace = .shared) async throws(StoreError) {
+        let entry = try StoreEntry(bytes: bytes, key: key, chain: chain(for: namespace))
+        if (try? await tier.contains(key)) == true { throw .exists(key.hex) }
         switch entry.kind {
         case .chunk:
+            let declared: CompressedShape?
+            do { declared = try codec.shape(of: entry.payload) } catch { throw .invalidEntry("payload: \(error)") }
+            if let reason = checkDeclared(declared, tokens: entry.tokens.count, first: entry.start) {
+                throw .invalidEntry("payload \(reason.rawValue) does not match this store")
+            }
             let decoded: KVCache
             do { decoded = try codec.decompress(entry.payload) } catch { throw .invalidEntry("payload: \(error)") }
             guard decoded.tokenCount == entry.tokens.count, decoded.positions.first == entry.start else {
                 throw .invalidEntry("payload holds \(decoded.tokenCount) tokens from \(decoded.positions.first ?? -1)")
             }
-        case .tail:
-            let rows = try ExactRows.decode(entry.payload)
-            guard rows.tokenCount == entry.end - entry.exactStart, rows.tokenCount == 0 || rows.positions.first == entry.exactStart else {
-                throw .invalidEntry("tail rows do not cover tokens \(entry.exactStart)..<\(entry.end)")
+            if let shape, decoded.geometry != shape.geometry || decoded.rope != shape.rope {
+                throw .invalidEntry("payload geometry \(decoded.geometry) is not this store's")
             }
+            do { try decoded.validateFinite() } catch { throw .invalidEntry(error.description) }
+        case .tail:
+            let declared = try ExactRows.shape(of: entry.payload)
+            if let reason = checkDeclared(declared, tokens: entry.end - entry.exactStart, first: entry.exactStart) {
+                throw .invalidEntry("tail rows: \(reason.rawValue) does not match this store")
+            }
+            _ = try ExactRows.decode(entry.payload)
         }
         do { try await tier.put(key, bytes) } catch { throw .tier(error) }
     }

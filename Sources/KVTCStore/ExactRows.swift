@@ -94,6 +94,12 @@ public enum ExactRows {
         }
     }
 
+    /// What the rows declare (their header, checked against their length), without decoding.
+    public static func shape(of bytes: [UInt8]) throws(StoreError) -> CompressedShape {
+        let h = try header(bytes)
+        return CompressedShape(geometry: h.geometry, rope: h.rope, tokens: h.tokens, firstPosition: h.firstPosition)
+    }
+
     /// Decodes bytes made by ``encode(_:precision:)``.
     public static func decode(_ bytes: [UInt8]) throws(StoreError) -> KVCache {
         let h = try header(bytes)
@@ -152,6 +158,8 @@ public struct ExactCompressor: CacheCompressor {
     }
 
     public func decompress(_ bytes: [UInt8]) throws -> KVCache { try ExactRows.decode(bytes) }
+
+    public func shape(of bytes: [UInt8]) throws -> CompressedShape? { try ExactRows.shape(of: bytes) }
 
     public func decompress(_ bytes: [UInt8], appendingTo cache: inout KVCache) throws {
         try ExactRows.decode(bytes, appendingTo: &cache)

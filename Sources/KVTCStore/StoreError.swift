@@ -13,6 +13,8 @@ public enum StoreError: Error, Equatable, CustomStringConvertible {
     case codec(ChunkCodecError)
     /// An entry's bytes are not a valid entry for the key they were stored under.
     case invalidEntry(String)
+    /// An entry is already stored under the key (uploads never overwrite).
+    case exists(String)
     /// A tier failed.
     case tier(TierError)
 
@@ -23,6 +25,7 @@ public enum StoreError: Error, Equatable, CustomStringConvertible {
         case .configuration(let m): return "invalid store configuration: \(m)"
         case .codec(let e): return "chunk codec failed: \(e)"
         case .invalidEntry(let m): return "invalid store entry: \(m)"
+        case .exists(let k): return "an entry is already stored under \(k)"
         case .tier(let e): return e.description
         }
     }
@@ -62,11 +65,17 @@ public enum TierError: Error, Equatable, CustomStringConvertible {
     case entryTooLarge(bytes: Int, capacity: Int)
     /// A file system or network operation failed.
     case io(String)
+    /// Another process holds the tier (its directory is locked).
+    case inUse(String)
+    /// The directory holds something other than a tier of this format.
+    case notATier(String)
 
     public var description: String {
         switch self {
         case .entryTooLarge(let b, let c): return "entry of \(b) bytes exceeds the tier's capacity of \(c) bytes"
         case .io(let m): return "tier I/O failed: \(m)"
+        case .inUse(let p): return "\(p) is in use by another kvtc process (it holds the tier's lock); give each process its own --disk directory"
+        case .notATier(let m): return "not a kvtc disk tier: \(m)"
         }
     }
 }

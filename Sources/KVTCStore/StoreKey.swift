@@ -93,6 +93,45 @@ public struct ProducerIdentity: Hashable, Sendable, Codable, CustomStringConvert
     }
 }
 
+/// Who may share stored entries: a tenant, narrowed further by an optional salt
+/// (the request's `cache_salt`).
+///
+/// The namespace salts the first input of every key (``KeyChain/identityDigest``), so two
+/// namespaces have disjoint key spaces in every tier: one tenant can neither read, nor
+/// probe the presence of, nor overwrite another's entries, and a salt only ever narrows
+/// sharing within its tenant.
+public struct StoreNamespace: Hashable, Sendable, CustomStringConvertible {
+    /// The tenant (from the server's key file; empty for a single-tenant server).
+    public var tenant: String
+    /// The request's `cache_salt`, if any.
+    public var salt: String?
+
+    public init(tenant: String, salt: String? = nil) {
+        self.tenant = tenant
+        self.salt = salt
+    }
+
+    /// The namespace of a server without tenants: keys are the producer's own, unsalted.
+    public static let shared = StoreNamespace(tenant: "")
+
+    /// `producerDigest` salted with this namespace (unchanged for ``shared``).
+    func salt(_ producerDigest: [UInt8]) -> [UInt8] {
+        guard self != .shared else { return producerDigest }
+        var sink = ByteWriter()
+        sink.raw(Array("kvtc.namespace.v1".utf8))
+        sink.raw(producerDigest)
+        sink.string(tenant)
+        sink.u8(salt == nil ? 0 : 1)
+        sink.string(salt ?? "")
+        return Array(SHA256.hash(data: sink.bytes))
+    }
+
+    public var description: String {
+        let t = tenant.isEmpty ? "shared" : "tenant \(tenant)"
+        return salt == nil ? t : "\(t) (salted)"
+    }
+}
+
 /// The kind of a stored entry.
 public enum EntryKind: UInt8, Sendable, Codable {
     /// A full chunk of compressed tokens.
@@ -118,12 +157,22 @@ public struct KeyChain: Sendable, Hashable {
     /// ``ProducerIdentity/digest`` of ``identity``.
     public let identityDigest: [UInt8]
 
-    /// A key chain for `identity` with chunks of `chunkTokens` tokens (at least 1).
-    public init(identity: ProducerIdentity, chunkTokens: Int = 256) {
+    /// Who shares the keys of this chain (``StoreNamespace/shared`` for a single-tenant store).
+    public let namespace: StoreNamespace
+
+    /// A key chain for `identity` with chunks of `chunkTokens` tokens (at least 1), in
+    /// `namespace`.
+    public init(identity: ProducerIdentity, chunkTokens: Int = 256, namespace: StoreNamespace = .shared) {
         precondition(chunkTokens > 0, "chunks need at least one token")
         self.identity = identity
         self.chunkTokens = chunkTokens
-        self.identityDigest = identity.digest
+        self.namespace = namespace
+        self.identityDigest = namespace.salt(identity.digest)
+    }
+
+    /// The same producer's chain in another namespace.
+    public func inNamespace(_ namespace: StoreNamespace) -> KeyChain {
+        namespace == self.namespace ? self : KeyChain(identity: identity, chunkTokens: chunkTokens, namespace: namespace)
     }
 
     /// A hasher holding everything before the token ids.

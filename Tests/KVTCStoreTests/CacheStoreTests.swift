@@ -181,9 +181,10 @@ import KVTCCodec
         var rng = SplitMix64(seed: 77)
         let fm = FileManager.default
         for round in 0..<30 {
-            let files = try fm.contentsOfDirectory(atPath: dir.path).filter { $0.hasSuffix(".kve") }.sorted()
+            let entries = DiskTier.entriesDirectory(in: dir)
+            let files = try fm.contentsOfDirectory(atPath: entries.path).filter { $0.hasSuffix(".kve") }.sorted()
             if let victim = files.randomElement(using: &rng) {
-                let url = dir.appendingPathComponent(victim)
+                let url = entries.appendingPathComponent(victim)
                 switch round % 3 {
                 case 0:
                     var bytes = try [UInt8](Data(contentsOf: url))

@@ -32,7 +32,7 @@ enum Fixtures {
     static func store(tier: any CacheTier, identity: ProducerIdentity = identity,
                       configuration: StoreConfiguration = StoreConfiguration(chunkTokens: 32, recentTokens: 16)) -> CacheStore {
         try! CacheStore(identity: identity, codec: try! CacheStore.kvtcChunkCodec(profile: profile, ratio: 4),
-                        tier: tier, configuration: configuration)
+                        tier: tier, configuration: configuration, shape: CacheShape(geometry: geometry, rope: rope))
     }
 
     /// What the codec alone gives for `cache` with `recent` protected tokens.
