@@ -7,7 +7,7 @@ import KVTCTestSupport
 @Suite struct DiskTierTests {
     let header = DiskEntryFile.headerSize
 
-    func file(_ dir: URL, _ key: StoreKey) -> URL { dir.appendingPathComponent(DiskTier.fileName(key)) }
+    func file(_ dir: URL, _ key: StoreKey) -> URL { DiskTier.entriesDirectory(in: dir).appendingPathComponent(DiskTier.fileName(key)) }
 
     @Test func storesAndRebuildsItsIndexOnRestart() async throws {
         let dir = Fixtures.temporaryDirectory()
@@ -42,7 +42,7 @@ import KVTCTestSupport
         #expect(await small.stats().entries == 3)
         #expect(try await small.contains(Fixtures.key(10)))
         #expect(try await small.contains(Fixtures.key(0)))
-        let files = try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.hasSuffix(".kve") }
+        let files = try FileManager.default.contentsOfDirectory(atPath: DiskTier.entriesDirectory(in: dir).path).filter { $0.hasSuffix(".kve") }
         #expect(files.count == 3, "evicted files are deleted")
     }
 
@@ -85,7 +85,7 @@ import KVTCTestSupport
         }
         // A writer died before its rename: a temporary file is left behind.
         let full = DiskEntryFile.encode(key: Fixtures.key(2), value: value)
-        let temp = dir.appendingPathComponent(".\(Fixtures.key(2).hex).123.tmp")
+        let temp = DiskTier.entriesDirectory(in: dir).appendingPathComponent(".\(Fixtures.key(2).hex).123.tmp")
         try Data(full.prefix(2000)).write(to: temp)
         // A non-atomic writer died mid-write under the final name: a partial file.
         try Data(full.prefix(3000)).write(to: file(dir, Fixtures.key(3)))
@@ -147,7 +147,7 @@ import KVTCTestSupport
                 let fill = UInt8((k * 31 + generation * 17) & 0xFF)
                 #expect(value[24...].allSatisfy { $0 == fill }, "round \(round): key \(k) generation \(generation) is inconsistent")
             }
-            #expect(try FileManager.default.contentsOfDirectory(atPath: dir.path).allSatisfy { !$0.hasSuffix(".tmp") })
+            #expect(try FileManager.default.contentsOfDirectory(atPath: DiskTier.entriesDirectory(in: dir).path).allSatisfy { !$0.hasSuffix(".tmp") })
         }
         // The kills landed mid-write: the writer left temporary files that were cleaned up.
         #expect(orphans > 0)
@@ -186,5 +186,64 @@ import KVTCTestSupport
     @Test func refusesEntriesLargerThanTheQuota() async throws {
         let tier = try DiskTier(directory: Fixtures.temporaryDirectory(), quota: 100)
         await #expect(throws: TierError.self) { try await tier.put(Fixtures.key(1), [UInt8](repeating: 0, count: 100)) }
+    }
+
+    @Test func aSecondProcessOnTheSameDirectoryIsRefusedUntilTheFirstCloses() async throws {
+        let dir = Fixtures.temporaryDirectory()
+        do {
+            let first = try DiskTier(directory: dir, quota: 1 << 20)
+            try await first.put(Fixtures.key(1), [1, 2, 3])
+            #expect(throws: TierError.inUse(DiskTier.entriesDirectory(in: dir).path)) {
+                _ = try DiskTier(directory: dir, quota: 1 << 20)
+            }
+        }
+        // The lock goes with the tier.
+        let second = try DiskTier(directory: dir, quota: 1 << 20)
+        #expect(try await second.get(Fixtures.key(1)) == [1, 2, 3])
+    }
+
+    @Test func filesThatAreNotTheTiersAreNeverDeleted() async throws {
+        let dir = Fixtures.temporaryDirectory()
+        let fm = FileManager.default
+        // A user's files next to the tier, including names the tier once claimed.
+        let user = ["notes.tmp", "photo.kve", "\(Fixtures.key(7).hex).kve", "sub/deep.tmp"]
+        try fm.createDirectory(at: dir.appendingPathComponent("sub"), withIntermediateDirectories: true)
+        for f in user { try Data("mine".utf8).write(to: dir.appendingPathComponent(f)) }
+        do {
+            let tier = try DiskTier(directory: dir, quota: 1 << 20)
+            try await tier.put(Fixtures.key(1), [9, 9])
+        }
+        // Inside the tier's own directory, only its entry and temporary names are its own.
+        let own = DiskTier.entriesDirectory(in: dir)
+        try Data("x".utf8).write(to: own.appendingPathComponent("README.tmp"))
+        try Data("x".utf8).write(to: own.appendingPathComponent("other.kve"))
+        _ = try DiskTier(directory: dir, quota: 1 << 20)
+        for f in user { #expect(fm.fileExists(atPath: dir.appendingPathComponent(f).path), "\(f)") }
+        #expect(fm.fileExists(atPath: own.appendingPathComponent("README.tmp").path))
+        #expect(fm.fileExists(atPath: own.appendingPathComponent("other.kve").path))
+    }
+
+    @Test func aForeignDirectoryWithoutTheFormatMarkerIsRefused() throws {
+        let dir = Fixtures.temporaryDirectory()
+        let own = DiskTier.entriesDirectory(in: dir)
+        try FileManager.default.createDirectory(at: own, withIntermediateDirectories: true)
+        try Data("x".utf8).write(to: own.appendingPathComponent("data.bin"))
+        #expect {
+            _ = try DiskTier(directory: dir, quota: 1 << 20)
+        } throws: { error in
+            guard case TierError.notATier = error else { return false }
+            return true
+        }
+        #expect(FileManager.default.fileExists(atPath: own.appendingPathComponent("data.bin").path))
+    }
+
+    @Test func durableWritesSurviveReopening() async throws {
+        let dir = Fixtures.temporaryDirectory()
+        do {
+            let tier = try DiskTier(directory: dir, quota: 1 << 20, synchronous: true)
+            for i in 0..<3 { try await tier.put(Fixtures.key(i), [UInt8](repeating: UInt8(i), count: 64)) }
+        }
+        let reopened = try DiskTier(directory: dir, quota: 1 << 20, synchronous: true)
+        for i in 0..<3 { #expect(try await reopened.get(Fixtures.key(i)) == [UInt8](repeating: UInt8(i), count: 64)) }
     }
 }
