@@ -32,14 +32,17 @@ public struct GenerationRequest: Sendable {
     public var restore: Bool
     /// Whether to store the cache afterwards.
     public var store: Bool
+    /// Whose entries the request may restore and writes (a tenant, optionally salted).
+    public var namespace: StoreNamespace
 
     public init(promptTokens: [Int], maxTokens: Int, sampling: SamplingOptions = .greedy,
-                restore: Bool = true, store: Bool = true) {
+                restore: Bool = true, store: Bool = true, namespace: StoreNamespace = .shared) {
         self.promptTokens = promptTokens
         self.maxTokens = maxTokens
         self.sampling = sampling
         self.restore = restore
         self.store = store
+        self.namespace = namespace
     }
 }
 
@@ -96,6 +99,10 @@ public final class InferenceEngine: Sendable {
     public let store: CacheStore?
     private let queue = DispatchQueue(label: "kvtc.model", qos: .userInitiated)
     private let observer: (@Sendable (GenerationOutcome) -> Void)?
+    private let fallbacks = Locked(0)
+
+    /// Requests whose restored cache the model refused, answered by recomputing instead.
+    public var restoreFallbacks: Int { fallbacks.current }
 
     /// An engine for `model` with an optional `store`; `observer` sees every outcome (metrics).
     public init(model: any LanguageModel, store: CacheStore?, observer: (@Sendable (GenerationOutcome) -> Void)? = nil) {
@@ -142,7 +149,8 @@ public final class InferenceEngine: Sendable {
         // Restore the longest stored prefix, leaving at least one token to prefill.
         var restored: RestoredPrefix?
         if request.restore, let store, prompt.count > 1 {
-            restored = await store.restore(tokens: Array(prompt.dropLast()), reservingCapacity: prompt.count + request.maxTokens)
+            restored = await store.restore(tokens: Array(prompt.dropLast()), namespace: request.namespace,
+                                           reservingCapacity: prompt.count + request.maxTokens)
         }
         let restoreSeconds = Date().timeIntervalSince(clock)
         let model = self.model
@@ -150,14 +158,27 @@ public final class InferenceEngine: Sendable {
         // `restored`) would make the prefill's first append copy the whole cache.
         let handoff = Handoff(restored?.cache ?? model.makeCache(reservingCapacity: prompt.count + request.maxTokens))
         restored?.cache.removeAll()
-        let cached = restored?.matchedTokens ?? 0
+        let restoredTokens = restored?.matchedTokens ?? 0
+        let fallbacks = self.fallbacks
         var (outcome, cache, held) = try await onModelQueue { () throws(EngineError) -> (GenerationOutcome, KVCache, [Int]) in
             var cache = handoff.take()
+            var cached = restoredTokens
             let prefillClock = Stopwatch()
             let result: GenerationResult
             let prefillSeconds: Double, decodeStart: Double
             do throws(ModelError) {
-                let logits = try model.prefill(tokens: Array(prompt[cached...]), cache: &cache, logits: .last).elements
+                var logits: [Float]
+                do throws(ModelError) {
+                    logits = try model.prefill(tokens: Array(prompt[cached...]), cache: &cache, logits: .last).elements
+                } catch {
+                    // The store checks every entry's shape and values, so a restored cache
+                    // should always fit; if one still does not, recompute rather than fail.
+                    guard cached > 0 else { throw error }
+                    fallbacks.withLock { $0 += 1 }
+                    cached = 0
+                    cache = model.makeCache(reservingCapacity: prompt.count + request.maxTokens)
+                    logits = try model.prefill(tokens: prompt, cache: &cache, logits: .last).elements
+                }
                 prefillSeconds = prefillClock.elapsed
                 decodeStart = Date().timeIntervalSince(clock)
                 result = try model.generate(after: logits, cache: &cache, maxTokens: request.maxTokens,
@@ -177,7 +198,8 @@ public final class InferenceEngine: Sendable {
         }
         if request.store, let store {
             let storeClock = Date()
-            if let receipt = try? await store.store(tokens: held, cache: cache, superseding: restored?.tailKey) {
+            if let receipt = try? await store.store(tokens: held, cache: cache, namespace: request.namespace,
+                                                    superseding: restored?.tailKey) {
                 outcome.chunksWritten = receipt.chunksWritten
             }
             outcome.storeSeconds = Date().timeIntervalSince(storeClock)

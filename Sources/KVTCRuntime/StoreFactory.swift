@@ -7,14 +7,19 @@ import KVTCStore
 /// Builds the store the server and the tools use: a memory tier with a byte budget,
 /// optionally over a disk tier, holding KVTC-compressed chunks.
 public enum StoreFactory {
-    /// The tiers for the options: memory first, then disk if a directory is given.
-    public static func tiers(memoryBudget: Int, diskDirectory: String?, diskQuota: Int) throws(TierError) -> [any CacheTier] {
+    /// The tiers for the options: memory first, then disk if a directory is given (the
+    /// tier owns a subdirectory of it and locks it; `durable` fsyncs every write).
+    public static func tiers(memoryBudget: Int, diskDirectory: String?, diskQuota: Int,
+                             durable: Bool = false) throws(TierError) -> [any CacheTier] {
         var tiers: [any CacheTier] = [MemoryTier(budget: memoryBudget)]
         if let diskDirectory {
-            tiers.append(try DiskTier(directory: URL(fileURLWithPath: diskDirectory), quota: diskQuota))
+            tiers.append(try DiskTier(directory: URL(fileURLWithPath: diskDirectory), quota: diskQuota, synchronous: durable))
         }
         return tiers
     }
+
+    /// The shape every entry of `model`'s store must declare.
+    static func shape(_ model: any LanguageModel) -> CacheShape { CacheShape(geometry: model.geometry, rope: model.rope) }
 
     /// A KVTC store over `tiers` for `model`'s caches compressed with `profile` at `ratio`.
     public static func kvtcStore(model: any LanguageModel, profile: Profile, ratio: Double, tiers: [any CacheTier],
@@ -22,15 +27,18 @@ public enum StoreFactory {
         let codec = try CacheStore.kvtcChunkCodec(profile: profile, ratio: ratio)
         let tier: any CacheTier = tiers.count == 1 ? tiers[0] : TieredStore(tiers)
         return try CacheStore(identity: ProducerIdentity(modelHash: model.identity, profile: profile, ratio: ratio),
-                              codec: codec, tier: tier, configuration: configuration)
+                              codec: codec, tier: tier, configuration: configuration, shape: shape(model))
     }
 
-    /// An exact fp16 store over `tiers` for `model`'s caches (the "exact cache" policy).
-    public static func exactStore(model: any LanguageModel, tiers: [any CacheTier],
+    /// An exact store over `tiers` for `model`'s caches (the "exact cache" policy): fp16 by
+    /// default, or f32 for restores bit-identical to the computed cache.
+    public static func exactStore(model: any LanguageModel, tiers: [any CacheTier], precision: ExactPrecision = .fp16,
                                   configuration: StoreConfiguration = StoreConfiguration(tailPrecision: .fp16)) throws -> CacheStore {
         let tier: any CacheTier = tiers.count == 1 ? tiers[0] : TieredStore(tiers)
-        return try CacheStore(identity: ProducerIdentity(modelHash: model.identity, profileHash: "", codecFormatVersion: 1, codec: "exact fp16"),
-                              codec: ExactCompressor(precision: .fp16), tier: tier, configuration: configuration)
+        return try CacheStore(identity: ProducerIdentity(modelHash: model.identity, profileHash: "", codecFormatVersion: 1,
+                                                         codec: "exact \(precision.rawValue)"),
+                              codec: ExactCompressor(precision: precision), tier: tier, configuration: configuration,
+                              shape: shape(model))
     }
 }
 
@@ -49,8 +57,21 @@ public struct StoreOptions: Sendable {
     public var ratio: Double = 16
     /// Tokens per stored chunk.
     public var chunkTokens = 256
+    /// Whether the disk tier fsyncs each file and its directory.
+    public var diskDurable = false
+    /// How chunks are stored.
+    public var codec: StoreCodec = .kvtc
 
     public init() {}
+}
+
+/// How a serving store holds chunks.
+public enum StoreCodec: String, Sendable, CaseIterable {
+    /// KVTC-compressed chunks (the product).
+    case kvtc
+    /// Exact f32 chunks and tails: restores are bit-identical to the computed cache (a
+    /// reference for tests and the fault harness, ~36x larger than `kvtc` at 16x).
+    case exact
 }
 
 /// Errors resolving a profile.
@@ -89,9 +110,13 @@ extension StoreFactory {
     /// The tiers and the KVTC store that `options` describe for `model`.
     public static func store(_ options: StoreOptions, model: any LanguageModel,
                              progress: @escaping (String) -> Void = { _ in }) throws -> (CacheStore, [any CacheTier]) {
-        let profile = try ProfileResolver.profile(path: options.profilePath, model: model, progress: progress)
         let tiers = try tiers(memoryBudget: options.memoryBudget, diskDirectory: options.diskDirectory,
-                              diskQuota: options.diskQuota)
+                              diskQuota: options.diskQuota, durable: options.diskDurable)
+        if options.codec == .exact {
+            let configuration = StoreConfiguration(chunkTokens: options.chunkTokens, tailPrecision: .fp32)
+            return (try exactStore(model: model, tiers: tiers, precision: .fp32, configuration: configuration), tiers)
+        }
+        let profile = try ProfileResolver.profile(path: options.profilePath, model: model, progress: progress)
         let configuration = StoreConfiguration(chunkTokens: options.chunkTokens, tailPrecision: .fp16)
         let store = try kvtcStore(model: model, profile: profile, ratio: options.ratio, tiers: tiers,
                                   configuration: configuration)
