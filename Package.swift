@@ -32,6 +32,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.81.0"),
+        .package(url: "https://github.com/apple/swift-http-types", from: "1.0.0"),
     ],
     targets: [
         // System shims: module maps only.
@@ -70,12 +72,15 @@ let package = Package(
         .target(name: "KVTCRuntime", dependencies: ["KVTCModels", "KVTCStore", "KVTCCodec", "KVTCCalibration"],
                 swiftSettings: checked),
         // HTTP only: OpenAI-compatible routes, API types, errors and HTTP metrics.
-        .target(name: "KVTCServer", dependencies: ["KVTCRuntime",
+        .target(name: "KVTCServer", dependencies: ["KVTCRuntime", crypto,
                                                    .product(name: "Hummingbird", package: "hummingbird"),
+                                                   .product(name: "HummingbirdCore", package: "hummingbird"),
+                                                   .product(name: "HTTPTypes", package: "swift-http-types"),
+                                                   .product(name: "NIOCore", package: "swift-nio"),
                                                    .product(name: "Logging", package: "swift-log")],
                 swiftSettings: checked),
         // Benchmark workloads: codec, model and serving.
-        .target(name: "KVTCBenchmarks", dependencies: ["KVTCCodec", "KVTCModels", "KVTCRuntime", "KVTCCalibration"],
+        .target(name: "KVTCBenchmarks", dependencies: ["KVTCCodec", "KVTCModels", "KVTCRuntime", "KVTCCalibration", "KVTCStore"],
                 swiftSettings: checked),
 
         .executableTarget(name: "kvtc", dependencies: [
@@ -107,6 +112,7 @@ let package = Package(
         .testTarget(name: "KVTCEvaluationEmbeddedTests", dependencies: ["KVTCEvaluation", "KVTCCalibration", "KVTCEmbeddedModel"]),
         .testTarget(name: "KVTCRuntimeEmbeddedTests", dependencies: ["KVTCRuntime", "KVTCStore", "KVTCEmbeddedModel"]),
         .testTarget(name: "KVTCServerEmbeddedTests", dependencies: ["KVTCServer", "KVTCRuntime", "KVTCTokenizers", "KVTCEmbeddedModel",
+                                                                   "KVTCBenchmarks", "KVTCCache", "KVTCStore",
                                                                    .product(name: "HummingbirdTesting", package: "hummingbird")]),
     ]
 )

@@ -1,21 +1,43 @@
 import Foundation
 import Hummingbird
+import Logging
 
 /// An error answered with an HTTP status and an OpenAI-style JSON body.
 public struct APIError: HTTPResponseError, Sendable, Equatable {
     public var status: HTTPResponse.Status
     public var message: String
     public var type: String
+    /// Extra response headers (`Retry-After`, `WWW-Authenticate`).
+    public var headers: HTTPFields
 
-    public init(_ status: HTTPResponse.Status, _ message: String, type: String? = nil) {
+    public init(_ status: HTTPResponse.Status, _ message: String, type: String? = nil, headers: HTTPFields = [:]) {
         self.status = status
         self.message = message
-        self.type = type ?? (status.code >= 500 ? "server_error" : "invalid_request_error")
+        self.type = type ?? Self.type(for: status.code)
+        self.headers = headers
     }
 
+    /// OpenAI's error type for a status.
+    static func type(for code: Int) -> String {
+        switch code {
+        case 401: return "authentication_error"
+        case 403: return "permission_error"
+        case 429: return "rate_limit_error"
+        case 500...: return "server_error"
+        default: return "invalid_request_error"
+        }
+    }
+
+    /// A 500 that tells the client nothing about the server (the details go to the log).
+    static let internalError = APIError(.internalServerError, "the server failed to handle the request; the details are in its log")
+
+    /// The error as a JSON body (for streams, which have already sent their status).
+    var body: ErrorResponse { ErrorResponse(error: .init(message: message, type: type, code: String(status.code))) }
+
     public func response(from request: Request, context: some RequestContext) throws -> Response {
-        let body = ErrorResponse(error: .init(message: message, type: type, code: String(status.code)))
-        return JSONBody.response(body, status: status)
+        var response = JSONBody.response(body, status: status)
+        response.headers.append(contentsOf: headers)
+        return response
     }
 }
 
@@ -23,6 +45,7 @@ public struct APIError: HTTPResponseError, Sendable, Equatable {
 /// error response and counts it.
 struct JSONErrorMiddleware<Context: RequestContext>: RouterMiddleware {
     let metrics: ServerMetrics
+    let logger: Logger
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         do {
@@ -38,7 +61,8 @@ struct JSONErrorMiddleware<Context: RequestContext>: RouterMiddleware {
             return try APIError(error.status, message).response(from: request, context: context)
         } catch {
             metrics.error(status: 500)
-            return try APIError(.internalServerError, "\(error)").response(from: request, context: context)
+            logger.error("\(request.method) \(request.uri.path) failed: \(error)")
+            return try APIError.internalError.response(from: request, context: context)
         }
     }
 }

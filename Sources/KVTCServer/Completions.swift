@@ -6,6 +6,10 @@ import KVTCTokenizers
 import KVTCStore
 
 /// Serves `/v1/chat/completions` and `/v1/completions`, streaming or not.
+///
+/// Each request is checked (parameters, prompt size before tokenizing), admitted through
+/// the bounded queue, and run in its tenant's namespace; it stops within one decode step
+/// when its client goes away or its deadline passes.
 enum Completions {
     struct Parameters {
         var maxTokens: Int
@@ -33,77 +37,146 @@ enum Completions {
                           includeUsage: streamOptions?.includeUsage ?? false)
     }
 
+    /// The store namespace of a tenant and an optional `cache_salt` (which only narrows).
+    static func namespace(tenant: String, salt: String?) throws -> StoreNamespace {
+        if let salt {
+            guard !salt.isEmpty, salt.utf8.count <= 256 else { throw APIError(.badRequest, "cache_salt must hold 1 to 256 bytes") }
+        }
+        return StoreNamespace(tenant: tenant, salt: salt)
+    }
+
+    /// Refuses a prompt larger than the limit before any tokenization.
+    static func checkPromptBytes(_ bytes: Int, service: KVTCService) throws {
+        guard bytes <= service.limits.maxPromptBytes else {
+            throw APIError(.contentTooLarge, "the prompt holds \(bytes) bytes of text; this server accepts at most \(service.limits.maxPromptBytes)")
+        }
+    }
+
     static func identifier(_ prefix: String) -> String {
         prefix + String(UInt64.random(in: 0...UInt64.max), radix: 36)
     }
 
-    static func chat(_ body: ChatCompletionRequest, service: KVTCService) async throws -> Response {
+    /// How a request's generation ended, as OpenAI reports it: a stop at the deadline is
+    /// `length` (the reply was cut short), a stop because the client left is `stop`.
+    static func finish(_ o: GenerationOutcome, deadline: Date) -> FinishReason {
+        o.stopReason == .cancelled && Date() >= deadline ? .length : FinishReason(o.stopReason)
+    }
+
+    static func chat(_ body: ChatCompletionRequest, principal: Principal, context: ServerRequestContext,
+                     service: KVTCService) async throws -> Response {
         guard !body.messages.isEmpty else { throw APIError(.badRequest, "'messages' must not be empty") }
         let p = try parameters(maxTokens: body.maxCompletionTokens ?? body.maxTokens, temperature: body.temperature,
                                topP: body.topP, seed: body.seed, n: body.n, stream: body.stream,
                                streamOptions: body.streamOptions, service: service)
-        let tokens = service.engine.model.tokenizer.encode(service.engine.model.chatTemplate.render(body.messages, addGenerationPrompt: true))
-        let request = GenerationRequest(promptTokens: tokens, maxTokens: p.maxTokens, sampling: p.sampling)
-        let id = identifier("chatcmpl-"), created = Int(Date().timeIntervalSince1970), model = service.modelName
+        let namespace = try namespace(tenant: principal.tenant, salt: body.cacheSalt)
+        try checkPromptBytes(body.messages.reduce(0) { $0 + $1.content.utf8.count }, service: service)
+        let model = service.engine.model
+        let tokens = model.tokenizer.encode(model.chatTemplate.prompt(body.messages, addGenerationPrompt: true))
+        let request = GenerationRequest(promptTokens: tokens, maxTokens: p.maxTokens, sampling: p.sampling, namespace: namespace)
+        let id = identifier("chatcmpl-"), created = Int(Date().timeIntervalSince1970), name = service.modelName
+        let deadline = Date().addingTimeInterval(service.limits.requestTimeout)
         if !p.stream {
-            let o = try await run(request, service: service)
+            let o = try await run(request, deadline: deadline, context: context, service: service)
             let response = ChatCompletionResponse(
-                id: id, object: "chat.completion", created: created, model: model,
-                choices: [.init(index: 0, message: ChatMessage(role: .assistant, content: o.text), delta: nil, finishReason: FinishReason(o.stopReason))],
+                id: id, object: "chat.completion", created: created, model: name,
+                choices: [.init(index: 0, message: ChatMessage(role: .assistant, content: o.text), delta: nil,
+                                finishReason: finish(o, deadline: deadline))],
                 usage: Usage(o), kvtc: Timings(o))
             return JSONBody.response(response)
         }
         @Sendable func chunk(_ delta: ChatCompletionResponse.Delta?, finish: FinishReason? = nil, usage: Usage? = nil, timings: Timings? = nil) -> ChatCompletionResponse {
-            ChatCompletionResponse(id: id, object: "chat.completion.chunk", created: created, model: model,
+            ChatCompletionResponse(id: id, object: "chat.completion.chunk", created: created, model: name,
                                    choices: delta == nil && finish == nil ? [] : [.init(index: 0, message: nil, delta: delta ?? .init(), finishReason: finish)],
                                    usage: usage, kvtc: timings)
         }
-        return try stream(request, service: service,
-                      first: chunk(.init(role: .assistant, content: "")),
-                      piece: { chunk(.init(role: nil, content: $0)) },
-                      last: { o in
-                          var events = [chunk(.init(), finish: FinishReason(o.stopReason), timings: Timings(o))]
-                          if p.includeUsage { events.append(chunk(nil, usage: Usage(o))) }
-                          return events
-                      })
+        return try await stream(request, deadline: deadline, context: context, service: service,
+                                first: chunk(.init(role: .assistant, content: "")),
+                                piece: { chunk(.init(role: nil, content: $0)) },
+                                last: { o in
+                                    var events = [chunk(.init(), finish: finish(o, deadline: deadline), timings: Timings(o))]
+                                    if p.includeUsage { events.append(chunk(nil, usage: Usage(o))) }
+                                    return events
+                                })
     }
 
-    static func text(_ body: CompletionRequest, service: KVTCService) async throws -> Response {
+    static func text(_ body: CompletionRequest, principal: Principal, context: ServerRequestContext,
+                     service: KVTCService) async throws -> Response {
         let p = try parameters(maxTokens: body.maxTokens, temperature: body.temperature, topP: body.topP, seed: body.seed,
                                n: body.n, stream: body.stream, streamOptions: body.streamOptions, service: service)
+        let namespace = try namespace(tenant: principal.tenant, salt: body.cacheSalt)
         let tokenizer = service.engine.model.tokenizer
         let tokens: [Int]
         switch body.prompt {
-        case .text(let s): tokens = tokenizer.encode(s, addBOS: tokenizer.addBOS)
+        case .text(let s):
+            try checkPromptBytes(s.utf8.count, service: service)
+            tokens = tokenizer.encode(s, addBOS: tokenizer.addBOS)
         case .tokens(let t): tokens = t
         }
-        let request = GenerationRequest(promptTokens: tokens, maxTokens: p.maxTokens, sampling: p.sampling)
+        let request = GenerationRequest(promptTokens: tokens, maxTokens: p.maxTokens, sampling: p.sampling, namespace: namespace)
         let id = identifier("cmpl-"), created = Int(Date().timeIntervalSince1970), model = service.modelName
+        let deadline = Date().addingTimeInterval(service.limits.requestTimeout)
         if !p.stream {
-            let o = try await run(request, service: service)
+            let o = try await run(request, deadline: deadline, context: context, service: service)
             return JSONBody.response(CompletionResponse(
                 id: id, object: "text_completion", created: created, model: model,
-                choices: [.init(index: 0, text: o.text, finishReason: FinishReason(o.stopReason))], usage: Usage(o), kvtc: Timings(o)))
+                choices: [.init(index: 0, text: o.text, finishReason: finish(o, deadline: deadline))], usage: Usage(o), kvtc: Timings(o)))
         }
         @Sendable func chunk(_ text: String?, finish: FinishReason? = nil, usage: Usage? = nil, timings: Timings? = nil) -> CompletionResponse {
             CompletionResponse(id: id, object: "text_completion", created: created, model: model,
                                choices: text == nil ? [] : [.init(index: 0, text: text!, finishReason: finish)],
                                usage: usage, kvtc: timings)
         }
-        return try stream(request, service: service, first: nil, piece: { chunk($0) }, last: { o in
-            var events = [chunk("", finish: FinishReason(o.stopReason), timings: Timings(o))]
+        return try await stream(request, deadline: deadline, context: context, service: service, first: nil,
+                                piece: { chunk($0) }, last: { o in
+            var events = [chunk("", finish: finish(o, deadline: deadline), timings: Timings(o))]
             if p.includeUsage { events.append(chunk(nil, usage: Usage(o))) }
             return events
         })
     }
 
-    /// Runs a request to completion, mapping engine errors to HTTP errors.
-    static func run(_ request: GenerationRequest, service: KVTCService) async throws -> GenerationOutcome {
-        do { return try await service.engine.generate(request) } catch {
+    /// Takes a slot in the bounded queue, or answers 429 (queue full) / 503 (deadline).
+    static func admit(_ service: KVTCService, deadline: Date) async throws {
+        do throws(Admission.Refusal) { try await service.admission.acquire(deadline: deadline) } catch {
+            service.metrics.refused(error)
             switch error {
-            case .invalidRequest(let m): throw APIError(.badRequest, m)
-            case .model(let e): throw APIError(.internalServerError, e.description)
+            case .queueFull:
+                throw APIError(.tooManyRequests, "the server is busy (\(service.admission.concurrent) running, \(service.admission.queue) waiting); retry later",
+                               headers: [.retryAfter: "1"])
+            case .timedOut:
+                throw APIError(.serviceUnavailable, "the request waited past its deadline of \(Int(service.limits.requestTimeout)) s",
+                               headers: [.retryAfter: "1"])
+            case .cancelled:
+                throw APIError(.init(code: 499, reasonPhrase: "Client Closed Request"), "the client went away")
             }
+        }
+    }
+
+    /// The HTTP error for an engine error: the client's fault is a 400 with the reason; a
+    /// model failure is a generic 500 (logged).
+    static func apiError(_ error: EngineError, service: KVTCService) -> APIError {
+        switch error {
+        case .invalidRequest(let m): return APIError(.badRequest, m)
+        case .model(let e):
+            service.logger.error("generation failed: \(e)")
+            return APIError.internalError
+        }
+    }
+
+    /// Runs a request to completion, mapping engine errors to HTTP errors.
+    static func run(_ request: GenerationRequest, deadline: Date, context: ServerRequestContext,
+                    service: KVTCService) async throws -> GenerationOutcome {
+        do { try service.engine.validate(request) } catch { throw apiError(error, service: service) }
+        try await admit(service, deadline: deadline)
+        defer { service.admission.release() }
+        let connection = context.connection
+        do {
+            let outcome = try await service.engine.generate(request) { _, _ in
+                !(connection?.isClosed ?? false) && Date() < deadline
+            }
+            if outcome.stopReason == .cancelled { service.metrics.cancelled() }
+            return outcome
+        } catch {
+            throw apiError(error, service: service)
         }
     }
 
@@ -116,22 +189,32 @@ enum Completions {
     }
 
     /// A server-sent event stream: `first` (if any), one event per piece of text, then
-    /// `last`, then `data: [DONE]`. Request errors found before generation still answer 4xx.
-    static func stream<Event: Encodable & Sendable>(_ request: GenerationRequest, service: KVTCService, first: Event?,
+    /// `last`, then `data: [DONE]`. Request errors found before generation, and refusals
+    /// by the queue, still answer 4xx/5xx with their status; a failure after the stream has
+    /// started is an error event whose code has the right class (400 for the request,
+    /// 500 for the server). Generation stops when the client stops reading.
+    static func stream<Event: Encodable & Sendable>(_ request: GenerationRequest, deadline: Date, context: ServerRequestContext,
+                                                    service: KVTCService, first: Event?,
                                                     piece: @escaping @Sendable (String) -> Event,
-                                                    last: @escaping @Sendable (GenerationOutcome) -> [Event]) throws -> Response {
-        do { try service.engine.validate(request) } catch { throw APIError(.badRequest, error.description) }
+                                                    last: @escaping @Sendable (GenerationOutcome) -> [Event]) async throws -> Response {
+        do { try service.engine.validate(request) } catch { throw apiError(error, service: service) }
+        try await admit(service, deadline: deadline)
         let (events, continuation) = AsyncStream<ByteBuffer>.makeStream()
+        let consumerGone = ConnectionLiveness()
+        continuation.onTermination = { _ in consumerGone.markClosed() }
         if let first { continuation.yield(sse(first)) }
+        let connection = context.connection
         Task {
-            do {
+            defer { service.admission.release() }
+            do throws(EngineError) {
                 let outcome = try await service.engine.generate(request) { _, text in
                     if !text.isEmpty { continuation.yield(sse(piece(text))) }
-                    return true
+                    return !consumerGone.isClosed && !(connection?.isClosed ?? false) && Date() < deadline
                 }
+                if outcome.stopReason == .cancelled { service.metrics.cancelled() }
                 for e in last(outcome) { continuation.yield(sse(e)) }
             } catch {
-                continuation.yield(sse(ErrorResponse(error: .init(message: "\(error)", type: "invalid_request_error", code: "400"))))
+                continuation.yield(sse(apiError(error, service: service).body))
             }
             continuation.yield(ByteBuffer(string: "data: [DONE]\n\n"))
             continuation.finish()

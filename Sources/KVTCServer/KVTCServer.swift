@@ -1,6 +1,8 @@
 import Foundation
 import Hummingbird
+import HummingbirdCore
 import Logging
+import NIOCore
 
 /// Where and how the server listens.
 public struct ServerConfiguration: Sendable {
@@ -25,7 +27,13 @@ public enum KVTCServer {
                                    onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }) -> some ApplicationProtocol {
         var log = logger ?? Logger(label: "kvtc.server")
         if logger == nil { log.logLevel = .warning }
+        // Idle connections, and requests whose bytes stop arriving, are closed after the idle
+        // timeout; a watcher per connection notices clients that go away.
+        let http1 = HTTP1Channel.Configuration(
+            additionalChannelHandlers: [DisconnectWatcher()],
+            idleTimeout: .milliseconds(Int64(service.limits.idleTimeout * 1000)))
         return Application(router: Routes.router(for: service),
+                           server: .http1(configuration: http1),
                            configuration: .init(address: .hostname(configuration.host, port: configuration.port),
                                                 serverName: "kvtc"),
                            onServerRunning: { channel in await onServerRunning(channel.localAddress?.port ?? configuration.port) },

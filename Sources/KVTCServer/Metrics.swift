@@ -34,6 +34,8 @@ public final class ServerMetrics: Sendable {
         var cachedTokens = 0
         var prefilledTokens = 0
         var completionTokens = 0
+        var refused: [String: Int] = [:]
+        var cancelled = 0
         var restore = Histogram(bounds: Histogram.latencyBounds)
         var prefill = Histogram(bounds: Histogram.latencyBounds)
         var ttft = Histogram(bounds: Histogram.latencyBounds)
@@ -50,6 +52,14 @@ public final class ServerMetrics: Sendable {
     /// Counts an error response with `status`.
     public func error(status: Int) { state.withLock { $0.errors[String(status), default: 0] += 1 } }
 
+    /// Counts a request the bounded queue did not admit.
+    public func refused(_ reason: Admission.Refusal) {
+        state.withLock { $0.refused["\(reason)", default: 0] += 1 }
+    }
+
+    /// Counts a generation stopped early (client gone or deadline passed).
+    public func cancelled() { state.withLock { $0.cancelled += 1 } }
+
     /// Records a generation.
     public func record(_ o: GenerationOutcome) {
         state.withLock {
@@ -65,7 +75,8 @@ public final class ServerMetrics: Sendable {
     }
 
     /// The Prometheus text exposition.
-    public func render(store: StoreCounters?, tiers: [TierStats]) -> String {
+    public func render(store: StoreCounters?, tiers: [TierStats],
+                       admission: (running: Int, waiting: Int, refused: Int) = (0, 0, 0), fallbacks: Int = 0) -> String {
         let s = state.withLock { $0 }
         var out = ""
         func metric(_ name: String, _ type: String, _ help: String, _ samples: [(String, Double)]) {
@@ -85,11 +96,20 @@ public final class ServerMetrics: Sendable {
         metric("kvtc_cached_tokens_total", "counter", "Prompt tokens restored from the store.", [("", Double(s.cachedTokens))])
         metric("kvtc_prefilled_tokens_total", "counter", "Prompt tokens run through the model.", [("", Double(s.prefilledTokens))])
         metric("kvtc_completion_tokens_total", "counter", "Tokens generated.", [("", Double(s.completionTokens))])
+        metric("kvtc_requests_running", "gauge", "Generation requests running.", [("", Double(admission.running))])
+        metric("kvtc_requests_waiting", "gauge", "Generation requests waiting for a slot.", [("", Double(admission.waiting))])
+        metric("kvtc_requests_refused_total", "counter", "Generation requests not admitted, by reason.",
+               s.refused.sorted { $0.key < $1.key }.map { ("{reason=\"\($0.key)\"}", Double($0.value)) })
+        metric("kvtc_requests_cancelled_total", "counter", "Generations stopped early (client gone or deadline).", [("", Double(s.cancelled))])
+        metric("kvtc_restore_fallbacks_total", "counter", "Restored caches the model refused; answered by recomputing.", [("", Double(fallbacks))])
         if let c = store {
             metric("kvtc_cache_lookups_total", "counter", "Prefix lookups.", [("", Double(c.lookups))])
             metric("kvtc_cache_hits_total", "counter", "Lookups that restored a prefix.", [("", Double(c.hits))])
             metric("kvtc_cache_misses_total", "counter", "Lookups that found no usable prefix.", [("", Double(c.misses))])
-            metric("kvtc_cache_invalid_entries_total", "counter", "Entries rejected on read and removed.", [("", Double(c.invalidEntries))])
+            var reasons = c.invalidEntriesByReason
+            reasons["checksum"] = tiers.reduce(0) { $0 + $1.corruptDropped }
+            metric("kvtc_cache_invalid_entries_total", "counter", "Entries rejected on read and removed, by reason.",
+                   reasons.sorted { $0.key < $1.key }.map { ("{reason=\"\($0.key)\"}", Double($0.value)) })
             metric("kvtc_cache_chunks_written_total", "counter", "Chunks compressed and stored.", [("", Double(c.chunksWritten))])
             metric("kvtc_compression_ratio", "gauge", "fp16 bytes over stored bytes of the chunks written.", [("", c.chunkCompressionRatio)])
         }

@@ -15,6 +15,8 @@ public struct ChatCompletionRequest: Codable, Sendable {
     public var stream: Bool?
     public var streamOptions: StreamOptions?
     public var n: Int?
+    /// Narrows cache sharing within the tenant to requests with the same salt (vLLM's name).
+    public var cacheSalt: String?
 
     enum CodingKeys: String, CodingKey {
         case model, messages, temperature, seed, stream, n
@@ -22,6 +24,7 @@ public struct ChatCompletionRequest: Codable, Sendable {
         case maxCompletionTokens = "max_completion_tokens"
         case topP = "top_p"
         case streamOptions = "stream_options"
+        case cacheSalt = "cache_salt"
     }
 }
 
@@ -65,12 +68,15 @@ public struct CompletionRequest: Codable, Sendable {
     public var stream: Bool?
     public var streamOptions: StreamOptions?
     public var n: Int?
+    /// Narrows cache sharing within the tenant to requests with the same salt.
+    public var cacheSalt: String?
 
     enum CodingKeys: String, CodingKey {
         case model, prompt, temperature, seed, stream, n
         case maxTokens = "max_tokens"
         case topP = "top_p"
         case streamOptions = "stream_options"
+        case cacheSalt = "cache_salt"
     }
 }
 
@@ -183,6 +189,31 @@ public struct LookupRequest: Codable, Sendable {
     public var tokens: [Int]?
     public var prompt: String?
     public var messages: [ChatMessage]?
+    /// The tenant whose entries to look up (an admin may name any; default: the caller's).
+    public var tenant: String?
+    /// The salt of the entries, if they were stored with one.
+    public var cacheSalt: String?
+
+    enum CodingKeys: String, CodingKey {
+        case tokens, prompt, messages, tenant
+        case cacheSalt = "cache_salt"
+    }
+}
+
+/// `GET /v1/models`, as OpenAI answers it.
+public struct ModelList: Codable, Sendable {
+    public struct Model: Codable, Sendable {
+        public var id: String
+        public var object: String
+        public var created: Int
+        public var ownedBy: String
+        enum CodingKeys: String, CodingKey {
+            case id, object, created
+            case ownedBy = "owned_by"
+        }
+    }
+    public var object = "list"
+    public var data: [Model]
 }
 
 /// `POST /v1/kv/lookup` response.

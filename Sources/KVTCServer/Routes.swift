@@ -1,4 +1,5 @@
 import Foundation
+import HTTPTypes
 import Hummingbird
 import KVTCModels
 import KVTCRuntime
@@ -6,64 +7,111 @@ import KVTCTokenizers
 import KVTCStore
 
 /// The HTTP routes of the server.
+///
+/// Every route but `/health` needs a key when the server has a key file (`/metrics` too,
+/// unless it is public); the raw KV routes exist only with `--kv-api` and need an admin key.
 public enum Routes {
     /// A router with every route of the server.
-    public static func router(for service: KVTCService) -> Router<BasicRequestContext> {
-        let router = Router()
-        router.add(middleware: JSONErrorMiddleware(metrics: service.metrics))
+    public static func router(for service: KVTCService) -> Router<ServerRequestContext> {
+        let router = Router(context: ServerRequestContext.self)
+        router.add(middleware: JSONErrorMiddleware(metrics: service.metrics, logger: service.logger))
         router.get("/health") { _, _ in
             service.metrics.request("health")
             return JSONBody.response(await health(service))
         }
-        router.get("/metrics") { _, _ in
+        router.get("/metrics") { request, _ in
             service.metrics.request("metrics")
-            let text = service.metrics.render(store: service.store?.counters, tiers: await service.tierStats())
+            if !service.security.publicMetrics { _ = try authenticate(request, service) }
+            let text = service.metrics.render(store: service.store?.counters, tiers: await service.tierStats(),
+                                              admission: service.admission.load, fallbacks: service.engine.restoreFallbacks)
             return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
                             body: ResponseBody(byteBuffer: ByteBuffer(string: text)))
         }
-        router.post("/v1/chat/completions") { request, _ in
+        router.get("/v1/models") { request, _ in
+            service.metrics.request("models")
+            _ = try authenticate(request, service)
+            return JSONBody.response(ModelList(data: [.init(id: service.modelName, object: "model", created: 0, ownedBy: "kvtc")]))
+        }
+        router.post("/v1/chat/completions") { request, context in
             service.metrics.request("chat_completions")
+            let principal = try authenticate(request, service)
             var request = request
-            let body = try await JSONBody.decode(ChatCompletionRequest.self, from: &request, limit: service.maxRequestBytes)
-            return try await Completions.chat(body, service: service)
+            let body = try await JSONBody.decode(ChatCompletionRequest.self, from: &request, limit: service.limits.maxBodyBytes)
+            return try await Completions.chat(body, principal: principal, context: context, service: service)
         }
-        router.post("/v1/completions") { request, _ in
+        router.post("/v1/completions") { request, context in
             service.metrics.request("completions")
+            let principal = try authenticate(request, service)
             var request = request
-            let body = try await JSONBody.decode(CompletionRequest.self, from: &request, limit: service.maxRequestBytes)
-            return try await Completions.text(body, service: service)
+            let body = try await JSONBody.decode(CompletionRequest.self, from: &request, limit: service.limits.maxBodyBytes)
+            return try await Completions.text(body, principal: principal, context: context, service: service)
         }
+        guard service.security.kvAPI else { return router }
         router.post("/v1/kv/lookup") { request, _ in
             service.metrics.request("kv_lookup")
+            let principal = try authenticateAdmin(request, service)
             var request = request
-            let body = try await JSONBody.decode(LookupRequest.self, from: &request, limit: service.maxRequestBytes)
-            return JSONBody.response(try await lookup(body, service: service))
+            let body = try await JSONBody.decode(LookupRequest.self, from: &request, limit: service.limits.maxBodyBytes)
+            let namespace = try Completions.namespace(tenant: body.tenant ?? principal.tenant, salt: body.cacheSalt)
+            return JSONBody.response(try await lookup(body, namespace: namespace, service: service))
         }
-        router.get("/v1/kv/:key") { _, context in
+        router.get("/v1/kv/:key") { request, context in
             service.metrics.request("kv_get")
-            let (store, key) = try storeAndKey(service, context)
-            guard let bytes = await store.rawEntry(key) else { throw APIError(.notFound, "no entry \(key.hex)") }
-            return Response(status: .ok, headers: [.contentType: "application/octet-stream"],
-                            body: ResponseBody(byteBuffer: ByteBuffer(bytes: bytes)))
+            let principal = try authenticateAdmin(request, service)
+            let (store, key, namespace) = try rawTarget(service, request, context, principal)
+            guard let bytes = await store.rawEntry(key, namespace: namespace) else { throw APIError(.notFound, "no entry \(key.hex)") }
+            var headers: HTTPFields = [.contentType: "application/octet-stream"]
+            if let signer = service.security.signer, let name = HTTPField.Name(EntrySigner.header) {
+                headers[name] = signer.sign(key, bytes)
+            }
+            return Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(bytes: bytes)))
         }
         router.put("/v1/kv/:key") { request, context in
             service.metrics.request("kv_put")
-            let (store, key) = try storeAndKey(service, context)
+            let principal = try authenticateAdmin(request, service)
+            let (store, key, namespace) = try rawTarget(service, request, context, principal)
             var request = request
             let buffer: ByteBuffer
-            do { buffer = try await request.collectBody(upTo: service.maxRequestBytes) } catch {
-                throw APIError(.contentTooLarge, "the entry exceeds \(service.maxRequestBytes) bytes")
+            do { buffer = try await request.collectBody(upTo: service.limits.maxEntryBytes) } catch {
+                throw APIError(.contentTooLarge, "the entry exceeds \(service.limits.maxEntryBytes) bytes")
             }
-            do throws(StoreError) { try await store.putRawEntry(key, Array(buffer.readableBytesView)) } catch {
+            let bytes = Array(buffer.readableBytesView)
+            if let signer = service.security.signer {
+                let signature = HTTPField.Name(EntrySigner.header).flatMap { request.headers[$0] }
+                guard signer.verify(signature, key, bytes) else {
+                    throw APIError(.forbidden, "this server accepts only entries signed with its --kv-secret (header \(EntrySigner.header))")
+                }
+            }
+            do throws(StoreError) { try await store.putRawEntry(key, bytes, namespace: namespace) } catch {
                 switch error {
+                case .exists: throw APIError(.conflict, error.description)
                 case .tier(.entryTooLarge): throw APIError(.contentTooLarge, error.description)
-                case .tier: throw APIError(.internalServerError, error.description)
-                default: throw APIError(.badRequest, error.description)
+                case .tier:
+                    service.logger.error("PUT /v1/kv/\(key.hex): \(error)")
+                    throw APIError.internalError
+                default: throw APIError(.unprocessableContent, error.description)
                 }
             }
             return JSONBody.response(["key": key.hex, "status": "stored"], status: .created)
         }
         return router
+    }
+
+    /// The caller's principal: from its key when the server has keys, else the shared tenant.
+    static func authenticate(_ request: Request, _ service: KVTCService) throws -> Principal {
+        guard let keys = service.security.keys else { return .local }
+        guard let principal = keys.principal(authorization: request.headers[.authorization]) else {
+            throw APIError(.unauthorized, "a valid API key is required (send 'Authorization: Bearer KEY')",
+                           headers: [.wwwAuthenticate: "Bearer"])
+        }
+        return principal
+    }
+
+    /// The caller's principal, which must be an admin's.
+    static func authenticateAdmin(_ request: Request, _ service: KVTCService) throws -> Principal {
+        let principal = try authenticate(request, service)
+        guard principal.isAdmin else { throw APIError(.forbidden, "the raw KV routes need an admin key") }
+        return principal
     }
 
     struct Health: Codable {
@@ -87,31 +135,38 @@ public enum Routes {
                chunkTokens: service.store?.chain.chunkTokens, tiers: await service.tierStats())
     }
 
-    static func storeAndKey(_ service: KVTCService, _ context: BasicRequestContext) throws -> (CacheStore, StoreKey) {
+    /// The store, key and namespace a raw-entry route addresses (`?tenant=&cache_salt=`;
+    /// the admin's own tenant by default).
+    static func rawTarget(_ service: KVTCService, _ request: Request, _ context: ServerRequestContext,
+                          _ principal: Principal) throws -> (CacheStore, StoreKey, StoreNamespace) {
         guard let store = service.store else { throw APIError(.notFound, "this server has no cache store") }
         let text = context.parameters.get("key") ?? ""
         guard let key = StoreKey(hex: text) else { throw APIError(.badRequest, "key must be 64 hexadecimal digits") }
-        return (store, key)
+        let query = request.uri.queryParameters
+        let namespace = try Completions.namespace(tenant: query.get("tenant") ?? principal.tenant, salt: query.get("cache_salt"))
+        return (store, key, namespace)
     }
 
-    static func lookup(_ body: LookupRequest, service: KVTCService) async throws -> LookupResponse {
+    static func lookup(_ body: LookupRequest, namespace: StoreNamespace, service: KVTCService) async throws -> LookupResponse {
         let given = [body.tokens != nil, body.prompt != nil, body.messages != nil].filter { $0 }.count
         guard given == 1 else { throw APIError(.badRequest, "give exactly one of 'tokens', 'prompt' or 'messages'") }
-        let tokenizer = service.engine.model.tokenizer
+        let model = service.engine.model
         let tokens: [Int]
         if let t = body.tokens {
             tokens = t
         } else if let p = body.prompt {
-            tokens = tokenizer.encode(p, addBOS: tokenizer.addBOS)
+            try Completions.checkPromptBytes(p.utf8.count, service: service)
+            tokens = model.tokenizer.encode(p, addBOS: model.tokenizer.addBOS)
         } else {
             let messages = body.messages ?? []
             guard !messages.isEmpty else { throw APIError(.badRequest, "'messages' is empty") }
-            tokens = tokenizer.encode(service.engine.model.chatTemplate.render(messages, addGenerationPrompt: true))
+            try Completions.checkPromptBytes(messages.reduce(0) { $0 + $1.content.utf8.count }, service: service)
+            tokens = model.tokenizer.encode(model.chatTemplate.prompt(messages, addGenerationPrompt: true))
         }
         guard let store = service.store else {
             return LookupResponse(totalTokens: tokens.count, matchedTokens: 0, chunkTokens: 0, chunkKeys: [], tailKey: nil)
         }
-        let match = await store.lookup(tokens: tokens)
+        let match = await store.lookup(tokens: tokens, namespace: namespace)
         return LookupResponse(totalTokens: tokens.count, matchedTokens: match?.matchedTokens ?? 0,
                               chunkTokens: store.chain.chunkTokens, chunkKeys: (match?.chunkKeys ?? []).map(\.hex),
                               tailKey: match?.tailKey?.hex)

@@ -5,6 +5,7 @@ import KVTCModels
 import KVTCRuntime
 import KVTCServer
 import KVTCStore
+import Logging
 
 /// A byte count given as an integer with an optional unit: `1048576`, `512M`, `2GiB`, `1.5G`.
 struct ByteCount: ExpressibleByArgument, Sendable, CustomStringConvertible {
@@ -51,6 +52,12 @@ struct StoreCommandOptions: ParsableArguments {
     @Option(name: .long, help: "Tokens per stored chunk.")
     var chunkTokens = 256
 
+    @Flag(name: .long, help: "fsync every disk-tier file and its directory (durable across power loss; each write waits for the disk).")
+    var diskDurable = false
+
+    @Option(name: .long, help: "How chunks are stored: kvtc (compressed) or exact (f32, bit-identical restores; a reference).")
+    var cacheCodec: StoreCodec = .kvtc
+
     /// The runtime's options for these flags.
     var storeOptions: StoreOptions {
         var o = StoreOptions()
@@ -60,6 +67,8 @@ struct StoreCommandOptions: ParsableArguments {
         o.profilePath = profile
         o.ratio = ratio
         o.chunkTokens = chunkTokens
+        o.diskDurable = diskDurable
+        o.codec = cacheCodec
         return o
     }
 
@@ -76,8 +85,12 @@ struct ServeCommand: AsyncParsableCommand {
         commandName: "serve",
         abstract: "Serve the model over an OpenAI-compatible HTTP API, restoring KV caches from a compressed store.",
         discussion: """
-        Routes: POST /v1/chat/completions, POST /v1/completions (both with "stream"), \
-        POST /v1/kv/lookup, GET/PUT /v1/kv/{key}, GET /health, GET /metrics.
+        Routes: POST /v1/chat/completions, POST /v1/completions (both with "stream"), GET /v1/models, \
+        GET /health, GET /metrics; with --kv-api: POST /v1/kv/lookup, GET/PUT /v1/kv/{key}.
+
+        With --api-key-file every route but /health needs 'Authorization: Bearer KEY', and each \
+        key's tenant salts every store key (tenants never share or see each other's entries). \
+        Without keys the server listens on loopback only unless --insecure.
         """)
 
     @OptionGroup var modelOptions: ModelCommandOptions
@@ -92,23 +105,88 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Largest max_tokens a request may ask for.")
     var maxTokensLimit = 2048
 
+    @Option(name: .long, help: "API keys: one 'KEY TENANT [admin]' per line ('#' comments).")
+    var apiKeyFile: String?
+
+    @Flag(name: .long, help: "Serve /metrics without a key.")
+    var publicMetrics = false
+
+    @Flag(name: .long, help: "Enable the raw KV routes (/v1/kv/...); they need an admin key.")
+    var kvAPI = false
+
+    @Option(name: .long, help: "Shared secret file (>= 32 bytes): sign exported entries, accept only signed uploads.")
+    var kvSecret: String?
+
+    @Flag(name: .long, help: "Allow listening on a non-loopback interface without --api-key-file.")
+    var insecure = false
+
+    @Option(name: .long, help: "Generation requests that run at once.")
+    var maxConcurrent = 4
+
+    @Option(name: .long, help: "Generation requests that may wait for a slot (more get 429).")
+    var maxQueue = 64
+
+    @Option(name: .long, help: "Seconds a generation request may take, waiting included.")
+    var requestTimeout = 300.0
+
+    @Option(name: .long, help: "Seconds before an idle or stalled connection is closed.")
+    var idleTimeout = 30.0
+
+    @Option(name: .long, help: "Largest JSON request body.")
+    var maxBodyBytes = ByteCount(bytes: 1 << 20)
+
+    @Option(name: .long, help: "Largest prompt text (checked before tokenizing).")
+    var maxPromptBytes = ByteCount(bytes: 256 << 10)
+
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be in 0...65535") }
         guard storeOptions.chunkTokens > 4 else { throw ValidationError("--chunk-tokens must be larger than 4") }
+        guard maxConcurrent >= 1, maxQueue >= 0 else { throw ValidationError("--max-concurrent must be >= 1 and --max-queue >= 0") }
+        guard requestTimeout > 0, idleTimeout > 0 else { throw ValidationError("--request-timeout and --idle-timeout must be positive") }
+        if apiKeyFile == nil && !insecure && !Self.isLoopback(host) {
+            throw ValidationError("--host \(host) is not a loopback interface: give --api-key-file (or --insecure to serve everyone as one tenant)")
+        }
+        if kvAPI && apiKeyFile == nil { throw ValidationError("--kv-api needs --api-key-file with an admin key") }
+    }
+
+    /// Whether `host` names the loopback interface.
+    static func isLoopback(_ host: String) -> Bool {
+        host == "localhost" || host == "::1" || host.hasPrefix("127.")
+    }
+
+    /// The security settings the flags ask for (reading the key and secret files).
+    func security() throws -> ServerSecurity {
+        var security = ServerSecurity(publicMetrics: publicMetrics, kvAPI: kvAPI)
+        if let apiKeyFile {
+            let keys = try APIKeys(contentsOf: apiKeyFile)
+            if kvAPI && !keys.hasAdmin { throw ValidationError("--kv-api needs an admin key in \(apiKeyFile)") }
+            security.keys = keys
+        }
+        if let kvSecret { security.signer = try EntrySigner(contentsOf: kvSecret) }
+        return security
     }
 
     func run() async throws {
+        let security = try security()
         let model = try modelOptions.load()
         let (store, tiers) = try storeOptions.makeStore(model: model)
         let metrics = ServerMetrics()
         let engine = InferenceEngine(model: model, store: store, observer: { metrics.record($0) })
         // Responses name the model as the user named it (a catalog name, or the GGUF file's name).
         let name = modelOptions.model.map { URL(fileURLWithPath: $0).lastPathComponent } ?? ModelRegistry.defaultModelName
+        let limits = ServerLimits(maxBodyBytes: maxBodyBytes.bytes, maxPromptBytes: maxPromptBytes.bytes,
+                                  maxConcurrent: maxConcurrent, maxQueue: maxQueue, requestTimeout: requestTimeout,
+                                  idleTimeout: idleTimeout)
+        var logger = Logger(label: "kvtc.server")
+        logger.logLevel = .warning
         let service = KVTCService(engine: engine, tiers: tiers, metrics: metrics, modelName: name,
-                                  maxTokensLimit: maxTokensLimit)
-        let app = KVTCServer.application(service: service, configuration: ServerConfiguration(host: host, port: port)) { port in
+                                  maxTokensLimit: maxTokensLimit, limits: limits, security: security, logger: logger)
+        let app = KVTCServer.application(service: service, configuration: ServerConfiguration(host: host, port: port),
+                                         logger: logger) { port in
             warn("kvtc: serving \(model.identity.prefix(12)) on http://\(host):\(port) (store: \(store.chain.identity))")
         }
         try await app.runService()
     }
 }
+
+extension StoreCodec: ExpressibleByArgument {}

@@ -15,16 +15,33 @@ enum SharedModel {
 enum ServerFixtures {
     /// A service over a fresh memory tier (plus a disk tier when `disk` is given) storing
     /// exact f32 chunks, so that restored caches are bit-exact.
-    static func service(model: any LanguageModel, chunkTokens: Int = 64, disk: URL? = nil) throws -> KVTCService {
+    static func service(model: any LanguageModel, chunkTokens: Int = 64, disk: URL? = nil,
+                        security: ServerSecurity = ServerSecurity(), limits: ServerLimits = ServerLimits(),
+                        maxTokensLimit: Int = 64) throws -> KVTCService {
         var tiers: [any CacheTier] = [MemoryTier(budget: 1 << 30)]
         if let disk { tiers.append(try DiskTier(directory: disk, quota: 1 << 30)) }
         let store = try CacheStore(identity: ProducerIdentity(modelHash: model.identity, profileHash: "", codecFormatVersion: 1, codec: "exact f32"),
                                    codec: ExactCompressor(precision: .fp32),
                                    tier: tiers.count == 1 ? tiers[0] : TieredStore(tiers),
-                                   configuration: StoreConfiguration(chunkTokens: chunkTokens, recentTokens: 16))
+                                   configuration: StoreConfiguration(chunkTokens: chunkTokens, recentTokens: 16),
+                                   shape: CacheShape(geometry: model.geometry, rope: model.rope))
         let metrics = ServerMetrics()
         let engine = InferenceEngine(model: model, store: store, observer: { metrics.record($0) })
-        return KVTCService(engine: engine, tiers: tiers, metrics: metrics, modelName: "smollm2-135m", maxTokensLimit: 64, defaultMaxTokens: 8)
+        return KVTCService(engine: engine, tiers: tiers, metrics: metrics, modelName: "smollm2-135m",
+                           maxTokensLimit: maxTokensLimit, defaultMaxTokens: 8, limits: limits, security: security)
+    }
+
+    /// Keys of two tenants and an admin.
+    static let aliceKey = "alice-key-0123456789", bobKey = "bob-key-0123456789abc", adminKey = "admin-key-0123456789"
+    static let keys = APIKeys([(aliceKey, Principal(tenant: "alice", isAdmin: false)),
+                               (bobKey, Principal(tenant: "bob", isAdmin: false)),
+                               (adminKey, Principal(tenant: "ops", isAdmin: true))])
+
+    /// JSON headers with a bearer key.
+    static func headers(_ key: String?) -> HTTPFields {
+        var h = jsonHeaders
+        if let key { h[.authorization] = "Bearer \(key)" }
+        return h
     }
 
     static func app(_ service: KVTCService) -> some ApplicationProtocol {

@@ -145,10 +145,11 @@ import KVTCStore
                 ("/v1/completions", .post, F.json(["prompt": [999_999], "max_tokens": 2]), .badRequest),
                 ("/v1/completions", .post, F.json(["prompt": [1, 2], "max_tokens": 2, "stream": true, "n": 3]), .badRequest),
                 ("/v1/completions", .post, F.json(["prompt": "", "max_tokens": 2]), .badRequest),
-                ("/v1/kv/lookup", .post, F.json(["tokens": [1], "prompt": "x"]), .badRequest),
-                ("/v1/kv/xyz", .get, nil, .badRequest),
+                ("/v1/chat/completions", .post, F.json(["messages": [["role": "user", "content": "x"]], "cache_salt": ""]), .badRequest),
+                // The raw KV routes do not exist without --kv-api.
+                ("/v1/kv/lookup", .post, F.json(["tokens": [1]]), .notFound),
                 ("/v1/kv/" + String(repeating: "0", count: 64), .get, nil, .notFound),
-                ("/v1/kv/" + String(repeating: "0", count: 64), .put, ByteBuffer(string: "garbage"), .badRequest),
+                ("/v1/kv/" + String(repeating: "0", count: 64), .put, ByteBuffer(string: "garbage"), .notFound),
                 ("/v1/nothing", .get, nil, .notFound),
             ]
             for (uri, method, body, status) in cases {
@@ -170,19 +171,25 @@ import KVTCStore
 
     @Test func rawEntriesMoveBetweenServers() async throws {
         let model = try SharedModel.get()
-        let source = try F.service(model: model, chunkTokens: 32)
-        let target = try F.service(model: model, chunkTokens: 32)
+        let security = ServerSecurity(keys: F.keys, kvAPI: true)
+        let source = try F.service(model: model, chunkTokens: 32, security: security)
+        let target = try F.service(model: model, chunkTokens: 32, security: security)
+        let user = F.headers(F.aliceKey), admin = F.headers(F.adminKey)
         let messages: [[String: String]] = [
             ["role": "system", "content": "You are a terse assistant. Answer in one short sentence. Never use lists. Be polite."],
             ["role": "user", "content": "Why is the sky blue? Explain briefly, please, for a child of ten years."],
         ]
         let entries: [(String, ByteBuffer)] = try await F.app(source).test(.live) { client in
-            let first = try await client.execute(uri: "/v1/chat/completions", method: .post, headers: F.jsonHeaders,
+            let first = try await client.execute(uri: "/v1/chat/completions", method: .post, headers: user,
                                                  body: F.json(["messages": messages, "max_tokens": 2])) {
                 try F.decode(ChatCompletionResponse.self, $0.body)
             }
-            let lookupBody = F.json(["messages": messages + [["role": "assistant", "content": first.choices[0].message!.content]]])
-            let lookup = try await client.execute(uri: "/v1/kv/lookup", method: .post, headers: F.jsonHeaders, body: lookupBody) {
+            let lookupBody = F.json(["messages": messages + [["role": "assistant", "content": first.choices[0].message!.content]],
+                                     "tenant": "alice"])
+            // Only an admin may use the raw routes.
+            let forbidden = try await client.execute(uri: "/v1/kv/lookup", method: .post, headers: user, body: lookupBody)
+            #expect(forbidden.status == .forbidden)
+            let lookup = try await client.execute(uri: "/v1/kv/lookup", method: .post, headers: admin, body: lookupBody) {
                 try F.decode(LookupResponse.self, $0.body)
             }
             #expect(lookup.chunkTokens == 32)
@@ -191,7 +198,7 @@ import KVTCStore
             let tail = try #require(lookup.tailKey)
             var out: [(String, ByteBuffer)] = []
             for key in lookup.chunkKeys + [tail] {
-                let response = try await client.execute(uri: "/v1/kv/\(key)", method: .get)
+                let response = try await client.execute(uri: "/v1/kv/\(key)?tenant=alice", method: .get, headers: admin)
                 #expect(response.status == .ok)
                 #expect(response.headers[.contentType] == "application/octet-stream")
                 out.append((key, response.body))
@@ -201,18 +208,24 @@ import KVTCStore
         let sourceMatched = Int(entries.last!.0)!
         let lookupBody = entries[entries.count - 2].1
         try await F.app(target).test(.live) { client in
-            let before = try await client.execute(uri: "/v1/kv/lookup", method: .post, headers: F.jsonHeaders, body: lookupBody) {
+            let before = try await client.execute(uri: "/v1/kv/lookup", method: .post, headers: admin, body: lookupBody) {
                 try F.decode(LookupResponse.self, $0.body)
             }
             #expect(before.matchedTokens == 0)
             // An entry under another key is refused.
-            let refused = try await client.execute(uri: "/v1/kv/\(entries[0].0)", method: .put, body: entries[1].1)
-            #expect(refused.status == .badRequest)
+            let refused = try await client.execute(uri: "/v1/kv/\(entries[0].0)?tenant=alice", method: .put, headers: admin, body: entries[1].1)
+            #expect(refused.status == .unprocessableContent)
+            // So is an entry put into another tenant than the one it was made for.
+            let elsewhere = try await client.execute(uri: "/v1/kv/\(entries[0].0)?tenant=bob", method: .put, headers: admin, body: entries[0].1)
+            #expect(elsewhere.status == .unprocessableContent)
             for (key, body) in entries.dropLast(2) {
-                let response = try await client.execute(uri: "/v1/kv/\(key)", method: .put, body: body)
+                let response = try await client.execute(uri: "/v1/kv/\(key)?tenant=alice", method: .put, headers: admin, body: body)
                 #expect(response.status == .created)
             }
-            let after = try await client.execute(uri: "/v1/kv/lookup", method: .post, headers: F.jsonHeaders, body: lookupBody) {
+            // Uploads never overwrite.
+            let again = try await client.execute(uri: "/v1/kv/\(entries[0].0)?tenant=alice", method: .put, headers: admin, body: entries[0].1)
+            #expect(again.status == .conflict)
+            let after = try await client.execute(uri: "/v1/kv/lookup", method: .post, headers: admin, body: lookupBody) {
                 try F.decode(LookupResponse.self, $0.body)
             }
             #expect(after.matchedTokens > 32)
@@ -246,10 +259,15 @@ import KVTCStore
         let model = try SharedModel.get()
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kvtc-server-\(UUID().uuidString)")
         let body = F.json(["messages": [["role": "user", "content": "Tell me a fact about cats."]], "max_tokens": 3])
-        let first = try F.service(model: model, disk: dir)
-        let reply: ChatCompletionResponse = try await F.app(first).test(.live) { client in
-            try await client.execute(uri: "/v1/chat/completions", method: .post, headers: F.jsonHeaders, body: body) {
-                try F.decode(ChatCompletionResponse.self, $0.body)
+        let reply: ChatCompletionResponse
+        do {
+            let first = try F.service(model: model, disk: dir)
+            // A second server on the same directory is refused while the first holds it.
+            #expect(throws: TierError.self) { _ = try F.service(model: model, disk: dir) }
+            reply = try await F.app(first).test(.live) { client in
+                try await client.execute(uri: "/v1/chat/completions", method: .post, headers: F.jsonHeaders, body: body) {
+                    try F.decode(ChatCompletionResponse.self, $0.body)
+                }
             }
         }
         let prompt = reply.usage!.promptTokens
