@@ -80,7 +80,7 @@ let package = Package(
                                                    .product(name: "Logging", package: "swift-log")],
                 swiftSettings: checked),
         // Benchmark workloads: codec, model and serving.
-        .target(name: "KVTCBenchmarks", dependencies: ["KVTCCodec", "KVTCModels", "KVTCRuntime", "KVTCCalibration", "KVTCStore"],
+        .target(name: "KVTCBenchmarks", dependencies: ["KVTCCodec", "KVTCModels", "KVTCRuntime", "KVTCCalibration", "KVTCStore", "KVTCGGUF"],
                 swiftSettings: checked),
 
         .executableTarget(name: "kvtc", dependencies: [

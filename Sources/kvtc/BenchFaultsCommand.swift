@@ -83,6 +83,8 @@ struct BenchFaultsCommand: AsyncParsableCommand {
         row("valid latency p50 / p99", String(format: "%.3f / %.3f s", report.validLatencyP50, report.validLatencyP99), "(reported)", true)
         row("/health latency p50 / p99", String(format: "%.1f / %.1f ms", 1000 * report.healthLatencyP50, 1000 * report.healthLatencyP99),
             "p99 <= 100 ms", report.healthLatencyP99 <= 0.1)
+        print(String(format: "model weights as loaded (f32): %.0f MiB; memory budget %.0f MiB", Double(report.modelBytes) / 1048576,
+                     Double(memoryBudget.bytes) / 1048576))
         row("peak RSS", String(format: "%.0f MiB", Double(report.peakRSSBytes) / 1048576),
             String(format: "<= %.0f MiB", Double(report.rssLimitBytes) / 1048576), report.peakRSSBytes <= report.rssLimitBytes)
         let invalid = report.invalidEntriesByReason.sorted { $0.key < $1.key }.map { "\($0.key) \(Int($0.value))" }.joined(separator: ", ")

@@ -1,4 +1,5 @@
 import Foundation
+import KVTCGGUF
 import KVTCModels
 import KVTCNumerics
 import KVTCStore
@@ -29,7 +30,7 @@ public struct FaultHarnessConfiguration: Sendable {
     /// Tokens per reply.
     public var replyTokens = 6
     /// Fraction of client actions that are hostile.
-    public var hostileFraction = 0.4
+    public var hostileFraction = 0.6
     /// Where the server's keys, secret, disk tier and log go.
     public var workDirectory: URL
 
@@ -77,7 +78,9 @@ public struct FaultReport: Sendable, Codable {
     public var healthLatencyP99: Double
     /// Peak resident set of the server (any incarnation), bytes.
     public var peakRSSBytes: Int
-    /// Model file + memory budget + 512 MiB.
+    /// The model's weights as the server holds them (f32), bytes.
+    public var modelBytes: Int
+    /// Model weights + memory budget + 512 MiB.
     public var rssLimitBytes: Int
     /// Examples of wrong answers, crashes and cross-tenant hits (for the log).
     public var incidents: [String]
@@ -248,13 +251,14 @@ public final class FaultHarness: @unchecked Sendable {
         throw FaultHarnessError.serverDidNotStart("no /health answer within 180 s; see \(serverLog.path)")
     }
 
-    /// Kills the server with SIGKILL and waits for it to exit.
-    func killServer() {
+    /// Kills the server with SIGKILL and waits for it to exit (`injected`: a fault, counted;
+    /// else the end of the run).
+    func killServer(injected: Bool = true) {
         guard let process = server.withLock({ s -> Process? in
             s.up = false
             guard let p = s.process else { return nil }
             s.killedByUs.insert(p.processIdentifier)
-            s.kills += 1
+            if injected { s.kills += 1 }
             return p
         }) else { return }
         kill(process.processIdentifier, SIGKILL)
@@ -312,7 +316,7 @@ public final class FaultHarness: @unchecked Sendable {
             var c = s.classes[name] ?? RequestClassRecord(name: name, hostile: hostile)
             switch outcome {
             case .status(let r):
-                c.outcomes[String(r.status), default: 0] += 1
+                c.outcomes[r.status == 0 ? "no response" : String(r.status), default: 0] += 1
                 if r.status >= 500 {
                     if hostile { s.fiveOnHostile += 1 } else { s.fiveOnValid += 1 }
                     if s.incidents.count < 40 { s.incidents.append("\(name): \(r.status) \(r.text.prefix(200))") }
@@ -456,10 +460,11 @@ public final class FaultHarness: @unchecked Sendable {
         let admin = ["Authorization": "Bearer \(adminKey)"]
         guard let lookup = try? LoopbackHTTP.json(port: port, path: "/v1/kv/lookup", key: adminKey,
                                                   object: ["messages": turn.messages, "tenant": "alice"], timeout: 30),
-              let keys = lookup.json?["chunk_keys"] as? [String], let key = keys.first,
+              let key = Self.storedKeys(lookup).first,
               let entry = try? LoopbackHTTP.exchange(port: port, method: "GET", path: "/v1/kv/\(key)?tenant=alice", headers: admin, timeout: 30),
               entry.status == 200, entry.body.count > 120 else {
-            record("forged signed PUT", hostile: true, .status(LoopbackHTTP.Reply(status: 0, headers: [:], body: [])))
+            // Nothing of this turn is stored yet: probe instead.
+            crossTenantProbe(turn, &rng)
             return
         }
         var forged = entry.body
@@ -494,8 +499,8 @@ public final class FaultHarness: @unchecked Sendable {
     func crossTenantRead(_ turn: Turn, _ rng: inout SplitMix64) {
         guard let lookup = try? LoopbackHTTP.json(port: port, path: "/v1/kv/lookup", key: adminKey,
                                                   object: ["messages": turn.messages, "tenant": "alice"], timeout: 30),
-              let key = (lookup.json?["chunk_keys"] as? [String])?.first else {
-            record("cross-tenant read", hostile: true, .status(LoopbackHTTP.Reply(status: 0, headers: [:], body: [])))
+              let key = Self.storedKeys(lookup).first else {
+            crossTenantProbe(turn, &rng)
             return
         }
         let asUser = rng.next() % 2 == 0
@@ -509,6 +514,11 @@ public final class FaultHarness: @unchecked Sendable {
             stats.withLock { $0.crossTenant += 1 }
             incident("cross-tenant read of \(key) answered 200")
         }
+    }
+
+    /// The entry keys a lookup answer names (chunks, then the tail).
+    static func storedKeys(_ lookup: LoopbackHTTP.Reply) -> [String] {
+        ((lookup.json?["chunk_keys"] as? [String]) ?? []) + ((lookup.json?["tail_key"] as? String).map { [$0] } ?? [])
     }
 
     /// A stream read up to its first event, then abandoned.
@@ -619,7 +629,7 @@ public final class FaultHarness: @unchecked Sendable {
             invalid[String(reason)] = Double(parts.last ?? "") ?? 0
         }
         sampleRSS()
-        killServer()
+        killServer(injected: false)
         let seconds = Date().timeIntervalSince(start)
         return report(seconds: seconds, model: model, invalid: invalid)
     }
@@ -632,7 +642,8 @@ public final class FaultHarness: @unchecked Sendable {
             return sorted[min(sorted.count - 1, Int(Double(sorted.count - 1) * p))]
         }
         let classes = s.classes.values.sorted { ($0.hostile ? 1 : 0, $0.name) < ($1.hostile ? 1 : 0, $1.name) }
-        let modelBytes = (try? FileManager.default.attributesOfItem(atPath: model.path)[.size] as? Int) ?? 0
+        // The weights as the server holds them: every tensor dequantized to f32.
+        let modelBytes = ((try? GGUFFile(path: model.path))?.tensors ?? []).reduce(0) { $0 + 4 * $1.elementCount }
         return FaultReport(seconds: seconds, requests: classes.reduce(0) { $0 + $1.total },
                            hostileRequests: classes.filter(\.hostile).reduce(0) { $0 + $1.total }, classes: classes,
                            wrongAnswers: s.wrong, comparedTurns: s.compared, crossTenantHits: s.crossTenant,
@@ -640,7 +651,8 @@ public final class FaultHarness: @unchecked Sendable {
                            serverErrorsOnHostile: s.fiveOnHostile, filesDamaged: s.damaged,
                            validLatencyP50: percentile(s.validLatency, 0.5), validLatencyP99: percentile(s.validLatency, 0.99),
                            healthLatencyP50: percentile(s.healthLatency, 0.5), healthLatencyP99: percentile(s.healthLatency, 0.99),
-                           peakRSSBytes: srv.peakRSS, rssLimitBytes: modelBytes + configuration.memoryBudget + (512 << 20),
+                           peakRSSBytes: srv.peakRSS, modelBytes: modelBytes,
+                           rssLimitBytes: modelBytes + configuration.memoryBudget + (512 << 20),
                            incidents: s.incidents, invalidEntriesByReason: invalid)
     }
 }
