@@ -173,7 +173,7 @@ func metric(_ text: String, _ series: String) -> Double {
         let service = try F.service(model: model, limits: limits)
         try await F.app(service).test(.live) { client in
             let port = try #require(client.port)
-            try await offPool {
+            try await offPool { () throws in
                 // Over the body limit, and over the prompt limit: refused before tokenizing.
                 let big = String(repeating: "a", count: 300 << 10)
                 #expect(try chat(port, key: nil, messages: [["role": "user", "content": big]]).status == 413)

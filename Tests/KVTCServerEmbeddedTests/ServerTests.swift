@@ -2,6 +2,7 @@ import Foundation
 import Hummingbird
 import HummingbirdTesting
 import Testing
+import KVTCCache
 import KVTCModels
 import KVTCRuntime
 import KVTCTokenizers
@@ -218,6 +219,18 @@ import KVTCStore
             // So is an entry put into another tenant than the one it was made for.
             let elsewhere = try await client.execute(uri: "/v1/kv/\(entries[0].0)?tenant=bob", method: .put, headers: admin, body: entries[0].1)
             #expect(elsewhere.status == .unprocessableContent)
+            // A chunk whose payload declares far more tokens than a chunk holds (the shape of a
+            // decompression bomb) is refused from its header.
+            let chain = try #require(target.store).chain(for: StoreNamespace(tenant: "alice"))
+            let chunkKey = try #require(StoreKey(hex: entries[0].0))
+            var bomb = try StoreEntry(bytes: Array(entries[0].1.readableBytesView), key: chunkKey, chain: chain)
+            var zeros = KVCache(geometry: model.geometry, rope: model.rope, reservingCapacity: 512)
+            _ = zeros.appendZeroedTokens(positions: Array(0..<512))
+            bomb.payload = try ExactRows.encode(zeros, precision: .fp16)
+            let refusedBomb = try await client.execute(uri: "/v1/kv/\(entries[0].0)?tenant=alice", method: .put, headers: admin,
+                                                       body: ByteBuffer(bytes: bomb.encoded()))
+            #expect(refusedBomb.status == .unprocessableContent)
+            #expect(String(buffer: refusedBomb.body).contains("shape"))
             for (key, body) in entries.dropLast(2) {
                 let response = try await client.execute(uri: "/v1/kv/\(key)?tenant=alice", method: .put, headers: admin, body: body)
                 #expect(response.status == .created)
