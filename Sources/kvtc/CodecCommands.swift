@@ -4,6 +4,7 @@ import Foundation
 import KVTCCalibration
 import KVTCCache
 import KVTCCodec
+import KVTCLlamaState
 import KVTCModels
 import KVTCNumerics
 
@@ -155,7 +156,15 @@ func printProfileSummary(_ profile: Profile, output: String, seconds: Double) {
 struct CompressCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "compress",
-        abstract: "Compress a KV cache file into a kvtc blob.")
+        abstract: "Compress a KV cache file or a llama.cpp sequence state into a kvtc blob.",
+        discussion: """
+        A llama.cpp state (llama_state_seq_save_file, or llama_state_seq_get_data bytes) is \
+        recognised by its magic; its geometry and RoPE come from --model, and the output keeps \
+        the state's cells, token ids, types and layout so `kvtc decompress` gives llama.cpp a \
+        state it loads.
+        """)
+
+    @OptionGroup var modelOptions: ModelCommandOptions
 
     @Option(help: "Profile made by `kvtc calibrate`.")
     var profile: String
@@ -172,7 +181,7 @@ struct CompressCommand: AsyncParsableCommand {
     @Option(help: "DEFLATE level, 1 (fast) to 12 (small).")
     var level: Int = KVTCCompressor.defaultDeflateLevel
 
-    @Argument(help: "KV cache interchange file (.safetensors).")
+    @Argument(help: "KV cache interchange file (.safetensors) or llama.cpp sequence state.")
     var input: String
 
     @Option(name: .shortAndLong, help: "Where to write the blob.")
@@ -186,13 +195,36 @@ struct CompressCommand: AsyncParsableCommand {
 
     func run() async throws {
         let p = try loadProfile(profile)
-        let cache = try loadCache(input)
+        let bytes = try readFile(input)
+        var state: LlamaSequenceState?
+        let cache: KVCache
+        if LlamaSequenceState.isState(bytes) {
+            let model = try modelOptions.load()
+            guard model.architecture == "llama" else {
+                throw CommandError(input, "llama.cpp states of \(model.architecture) models are not supported yet (llama only)")
+            }
+            do {
+                let s = try LlamaSequenceState(bytes: bytes)
+                cache = try s.cache(geometry: model.geometry, rope: model.rope, model: model.identity)
+                state = s
+            } catch { throw CommandError(input, error) }
+        } else {
+            cache = try loadCache(input)
+        }
         var compressor: KVTCCompressor
         do { compressor = try KVTCCompressor(profile: p, ratio: ratio, deflateLevel: level) } catch { throw CommandError(profile, error) }
         compressor.protection = Protection(sinkTokens: sinkTokens ?? p.protection.sinkTokens,
                                            recentTokens: recentTokens ?? p.protection.recentTokens)
         let (blob, seconds) = try Stopwatch.time { () throws -> CompressedCache in
             do { return try compressor.compress(cache) } catch { throw CommandError(input, error) }
+        }
+        if let state {
+            let file = LlamaStateContainer(state: state, blob: blob.bytes).encoded()
+            try writeFile(output, file)
+            printReport(blob.report, seconds: seconds)
+            print(String(format: "llama.cpp state   %.2fx (%@ state file -> %@ file)", Double(bytes.count) / Double(file.count),
+                         formatBytes(bytes.count), formatBytes(file.count)))
+            return
         }
         try writeFile(output, blob.bytes)
         printReport(blob.report, seconds: seconds)
@@ -215,7 +247,7 @@ func printReport(_ r: CompressionReport, seconds: Double?) {
 struct DecompressCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "decompress",
-        abstract: "Restore a KV cache file from a kvtc blob.")
+        abstract: "Restore a KV cache file, or a llama.cpp sequence state, from a kvtc blob.")
 
     @Option(help: "The profile the blob was made with.")
     var profile: String
@@ -223,8 +255,11 @@ struct DecompressCommand: AsyncParsableCommand {
     @Argument(help: "The blob.")
     var input: String
 
-    @Option(name: .shortAndLong, help: "Where to write the cache (.safetensors).")
+    @Option(name: .shortAndLong, help: "Where to write the cache (.safetensors) or state.")
     var output: String
+
+    @Option(help: "Output format: safetensors or llama-state (default: the input's: llama-state for a blob made from one).")
+    var format: String?
 
     @Option(help: "Tensor dtype of the output: F16, BF16 or F32.")
     var dtype: String = "F16"
@@ -234,7 +269,21 @@ struct DecompressCommand: AsyncParsableCommand {
             throw ValidationError("--dtype must be F16, BF16 or F32")
         }
         let p = try loadProfile(profile)
-        let bytes = try readFile(input)
+        let file = try readFile(input)
+        var state: LlamaSequenceState?
+        var bytes = file
+        if LlamaStateContainer.isContainer(file) {
+            do {
+                let container = try LlamaStateContainer(bytes: file)
+                state = container.state
+                bytes = container.blob
+            } catch { throw CommandError(input, error) }
+        }
+        let format = self.format ?? (state == nil ? "safetensors" : "llama-state")
+        guard format == "safetensors" || format == "llama-state" else { throw ValidationError("--format must be safetensors or llama-state") }
+        if format == "llama-state" && state == nil {
+            throw CommandError(input, "was not made from a llama.cpp state, so it cannot be written as one")
+        }
         let compressor: KVTCCompressor
         do {
             // Any of the profile's ratios opens any blob of the profile; prefer the blob's own.
@@ -245,6 +294,13 @@ struct DecompressCommand: AsyncParsableCommand {
         }
         let (cache, seconds) = try Stopwatch.time { () throws -> KVCache in
             do { return try compressor.decompress(bytes) } catch { throw CommandError(input, error) }
+        }
+        if format == "llama-state", let state {
+            let restored: [UInt8]
+            do { restored = try state.replacingRows(with: cache).encoded() } catch { throw CommandError(input, error) }
+            try writeFile(output, restored)
+            print(String(format: "%d tokens restored in %.3f s -> %@ (llama.cpp state)", cache.tokenCount, seconds, output))
+            return
         }
         do { try KVCacheFile.write(cache, to: output, dtype: dt) } catch { throw CommandError(output, error) }
         print(String(format: "%d tokens restored in %.3f s -> %@", cache.tokenCount, seconds, output))
