@@ -8,7 +8,7 @@ struct Kvtc: AsyncParsableCommand {
         subcommands: [
             DemoCommand.self, CalibrateCommand.self, CompressCommand.self, DecompressCommand.self, InspectCommand.self,
             EvalCommand.self, ServeCommand.self, ChatCommand.self, ModelsCommand.self, GenerateCommand.self, PerplexityCommand.self, CaptureCommand.self, TokenizeCommand.self,
-            BenchCommand.self,
+            BenchCommand.self, StoreCommand.self,
         ]
     )
 
