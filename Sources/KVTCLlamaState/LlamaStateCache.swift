@@ -18,9 +18,17 @@ extension LlamaSequenceState {
     /// Values per cell of a row of `type` taking `bytes`.
     static func width(_ type: GGMLType, bytes: Int) -> Int { bytes / type.blockBytes * type.blockSize }
 
-    /// The cache the state holds, for a model of `geometry` rotating keys with `rope`.
+    /// The attention rotation llama.cpp applied to this state's K/V (quantized types only).
+    public func attentionRotation(headDim: Int) throws(LlamaStateError) -> AttentionRotation {
+        guard let layer = streams[try occupiedStream()].layers.first else { return .none }
+        return .llamaCpp(headDim: headDim, keyType: layer.keyType, valueType: layer.valueType)
+    }
+
+    /// The cache the state holds, for a model of `geometry` rotating keys with `rope`
+    /// (undoing llama.cpp's rotation of quantized K/V).
     public func cache(geometry: KVGeometry, rope: RoPE, model: String = "") throws(LlamaStateError) -> KVCache {
         let stream = streams[try occupiedStream()]
+        let rotation = try attentionRotation(headDim: geometry.headDim)
         let n = stream.cells.count, L = geometry.layers, w = geometry.featuresPerLayer, p = geometry.featuresPerToken
         guard stream.layers.count == L else { throw .mismatch("\(stream.layers.count) layers, the model has \(L)") }
         var keys = [Float](repeating: 0, count: n * p), values = [Float](repeating: 0, count: n * p)
@@ -28,17 +36,23 @@ extension LlamaSequenceState {
             guard Self.width(layer.keyType, bytes: layer.keyRowBytes) == w else {
                 throw .mismatch("layer \(l) K rows hold \(Self.width(layer.keyType, bytes: layer.keyRowBytes)) values, the model \(w)")
             }
-            let k = layer.keys.withUnsafeBytes { Dequantize.floats($0, type: layer.keyType, count: n * w) }
+            var k = layer.keys.withUnsafeBytes { Dequantize.floats($0, type: layer.keyType, count: n * w) }
+            if let b = rotation.keyBlock { AttentionRotation.apply(&k, block: b) }
             for i in 0..<n { for j in 0..<w { keys[i * p + l * w + j] = k[i * w + j] } }
             if stream.valuesTransposed {
                 guard layer.valueWidth == w else { throw .mismatch("layer \(l) V holds \(layer.valueWidth ?? 0) values per cell, the model \(w)") }
                 let v = layer.values.withUnsafeBytes { Dequantize.floats($0, type: layer.valueType, count: n * w) }
                 for j in 0..<w { for i in 0..<n { values[i * p + l * w + j] = v[j * n + i] } }
+                if let b = rotation.valueBlock {
+                    // Transposed V of a quantized type does not occur (llama.cpp needs flash attention for it).
+                    throw .malformed("transposed V of quantized type \(layer.valueType) with a \(b)-value rotation")
+                }
             } else {
                 guard Self.width(layer.valueType, bytes: layer.valueRowBytes) == w else {
                     throw .mismatch("layer \(l) V rows hold \(Self.width(layer.valueType, bytes: layer.valueRowBytes)) values, the model \(w)")
                 }
-                let v = layer.values.withUnsafeBytes { Dequantize.floats($0, type: layer.valueType, count: n * w) }
+                var v = layer.values.withUnsafeBytes { Dequantize.floats($0, type: layer.valueType, count: n * w) }
+                if let b = rotation.valueBlock { AttentionRotation.apply(&v, block: b) }
                 for i in 0..<n { for j in 0..<w { values[i * p + l * w + j] = v[i * w + j] } }
             }
         }
@@ -59,6 +73,7 @@ extension LlamaSequenceState {
         var out = self
         var stream = streams[s]
         let n = stream.cells.count, g = cache.geometry, w = g.featuresPerLayer, p = g.featuresPerToken
+        let rotation = try attentionRotation(headDim: g.headDim)
         guard cache.tokenCount == n else { throw .mismatch("the cache holds \(cache.tokenCount) tokens, the state \(n) cells") }
         guard stream.layers.count == g.layers else { throw .mismatch("\(stream.layers.count) layers, the cache has \(g.layers)") }
         for (i, c) in stream.cells.enumerated() where Int(c.position) != cache.positions[i] {
@@ -72,6 +87,8 @@ extension LlamaSequenceState {
                     if stream.valuesTransposed { v[j * n + i] = cache.values[i * p + l * w + j] } else { v[i * w + j] = cache.values[i * p + l * w + j] }
                 }
             }
+            if let b = rotation.keyBlock { AttentionRotation.apply(&k, block: b) }
+            if let b = rotation.valueBlock, !stream.valuesTransposed { AttentionRotation.apply(&v, block: b) }
             stream.layers[l].keys = LlamaStateQuantizer.encode(k, as: stream.layers[l].keyType)
             stream.layers[l].values = LlamaStateQuantizer.encode(v, as: stream.layers[l].valueType)
         }
