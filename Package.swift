@@ -117,7 +117,7 @@ let package = Package(
         .testTarget(name: "KVTCEvaluationEmbeddedTests", dependencies: ["KVTCEvaluation", "KVTCCalibration", "KVTCEmbeddedModel"]),
         .testTarget(name: "KVTCRuntimeEmbeddedTests", dependencies: ["KVTCRuntime", "KVTCStore", "KVTCEmbeddedModel", "KVTCLlamaState", "KVTCCache"]),
         .testTarget(name: "KVTCServerEmbeddedTests", dependencies: ["KVTCServer", "KVTCRuntime", "KVTCTokenizers", "KVTCEmbeddedModel",
-                                                                   "KVTCBenchmarks", "KVTCCache", "KVTCStore",
+                                                                   "KVTCBenchmarks", "KVTCCache", "KVTCStore", "KVTCLlamaState",
                                                                    .product(name: "HummingbirdTesting", package: "hummingbird")]),
     ]
 )

@@ -122,3 +122,55 @@ public enum LlamaStateQuantizer {
         return w.bytes
     }
 }
+
+/// The K and V bytes of some cells of a state, in the state's own types, layout and
+/// rotation: what a container keeps for the exact (protected) tokens, so they come back
+/// bit for bit whatever the K/V type.
+extension LlamaSequenceState {
+    /// The bytes of `cells` (indices into the occupied stream), layer by layer: K rows, then
+    /// V rows (or, transposed, each cell's V elements feature by feature).
+    public func bytes(ofCells cells: [Int]) throws(LlamaStateError) -> [UInt8] {
+        let stream = streams[try occupiedStream()]
+        let n = stream.cells.count
+        guard cells.allSatisfy({ (0..<n).contains($0) }) else { throw .mismatch("cells outside the stream's \(n)") }
+        var out: [UInt8] = []
+        for layer in stream.layers {
+            for c in cells { out += layer.keys[(c * layer.keyRowBytes)..<((c + 1) * layer.keyRowBytes)] }
+            if stream.valuesTransposed {
+                let e = layer.valueRowBytes
+                for j in 0..<(layer.valueWidth ?? 0) {
+                    for c in cells { out += layer.values[((j * n + c) * e)..<((j * n + c + 1) * e)] }
+                }
+            } else {
+                for c in cells { out += layer.values[(c * layer.valueRowBytes)..<((c + 1) * layer.valueRowBytes)] }
+            }
+        }
+        return out
+    }
+
+    /// The state with the bytes of `cells` replaced by `bytes` (from ``bytes(ofCells:)``).
+    public func replacingCells(_ cells: [Int], with bytes: [UInt8]) throws(LlamaStateError) -> LlamaSequenceState {
+        let s = try occupiedStream()
+        var out = self
+        var stream = streams[s]
+        let n = stream.cells.count
+        guard cells.allSatisfy({ (0..<n).contains($0) }) else { throw .mismatch("cells outside the stream's \(n)") }
+        let expected = stream.layers.reduce(0) { $0 + cells.count * ($1.keyRowBytes + (stream.valuesTransposed ? $1.valueRowBytes * ($1.valueWidth ?? 0) : $1.valueRowBytes)) }
+        guard bytes.count == expected else { throw .malformed("\(bytes.count) bytes of exact cells, expected \(expected)") }
+        var o = 0
+        for l in stream.layers.indices {
+            let k = stream.layers[l].keyRowBytes
+            for c in cells { stream.layers[l].keys.replaceSubrange((c * k)..<((c + 1) * k), with: bytes[o..<(o + k)]); o += k }
+            let e = stream.layers[l].valueRowBytes
+            if stream.valuesTransposed {
+                for j in 0..<(stream.layers[l].valueWidth ?? 0) {
+                    for c in cells { stream.layers[l].values.replaceSubrange(((j * n + c) * e)..<((j * n + c + 1) * e), with: bytes[o..<(o + e)]); o += e }
+                }
+            } else {
+                for c in cells { stream.layers[l].values.replaceSubrange((c * e)..<((c + 1) * e), with: bytes[o..<(o + e)]); o += e }
+            }
+        }
+        out.streams[s] = stream
+        return out
+    }
+}

@@ -3,10 +3,13 @@ import KVTCNumerics
 
 /// A KVTC blob that remembers it came from a llama.cpp sequence state: everything of the
 /// state but its K and V (container, version, token ids, streams, cells, `v_trans`, the K/V
-/// types and row sizes of every layer), then the blob of the rows.
+/// types and row sizes of every layer), the exact (protected) cells' K and V in the state's
+/// own bytes, then the blob of the rows (whose protected rows are zeros).
 ///
-/// Layout: magic `KVTCLLS1` | header length u32 | header (JSON) | CRC-32 of the header u32 |
-/// blob. `kvtc decompress` writes such a file back as a state llama.cpp loads.
+/// Layout: magic `KVTCLLS1` | header length u32 | header (JSON, with the exact cells'
+/// indices) | CRC-32 of the header u32 | exact bytes' length u64 | their DEFLATE stream's
+/// length u64 | the stream | CRC-32 of the exact bytes u32 | blob. `kvtc decompress` writes such a file back as a state llama.cpp
+/// loads, the exact cells bit for bit as they were read.
 public struct LlamaStateContainer: Sendable, Equatable {
     public static let magic = Array("KVTCLLS1".utf8)
 
@@ -14,8 +17,13 @@ public struct LlamaStateContainer: Sendable, Equatable {
     public var state: LlamaSequenceState
     /// The KVTC blob of the rows.
     public var blob: [UInt8]
+    /// The cells kept exactly (indices into the occupied stream), and their bytes.
+    public var exactCells: [Int]
+    public var exactBytes: [UInt8]
 
-    public init(state: LlamaSequenceState, blob: [UInt8]) {
+    public init(state: LlamaSequenceState, blob: [UInt8], exactCells: [Int] = [], exactBytes: [UInt8] = []) {
+        self.exactCells = exactCells
+        self.exactBytes = exactBytes
         var stripped = state
         for s in stripped.streams.indices {
             for l in stripped.streams[s].layers.indices {
@@ -37,6 +45,7 @@ public struct LlamaStateContainer: Sendable, Equatable {
         var tokens: [Int32]?
         var sequence: Int32?
         var streams: [Stream]
+        var exactCells: [Int]?
     }
 
     public func encoded() -> [UInt8] {
@@ -51,12 +60,18 @@ public struct LlamaStateContainer: Sendable, Equatable {
                           layers: s.layers.map { .init(kType: $0.keyType.rawValue, kRow: $0.keyRowBytes, vType: $0.valueType.rawValue,
                                                        vRow: $0.valueRowBytes, vWidth: $0.valueWidth) })
         }
+        h.exactCells = exactCells
         let json = Array((try? JSONEncoder().encode(h)) ?? Data())
-        var w = ByteWriter(capacity: json.count + blob.count + 32)
+        var w = ByteWriter(capacity: json.count + exactBytes.count + blob.count + 32)
         w.raw(Self.magic)
         w.u32(UInt32(json.count))
         w.raw(json)
         w.u32(Deflate.crc32(json))
+        let deflated = (try? Deflate.compress(exactBytes, level: 6)) ?? []
+        w.u64(UInt64(exactBytes.count))
+        w.u64(UInt64(deflated.count))
+        w.raw(deflated)
+        w.u32(Deflate.crc32(exactBytes))
         w.raw(blob)
         return w.bytes
     }
@@ -64,14 +79,24 @@ public struct LlamaStateContainer: Sendable, Equatable {
     public init(bytes: [UInt8]) throws(LlamaStateError) {
         guard Self.isContainer(bytes) else { throw .malformed("not a kvtc llama-state container") }
         var r = ByteReader(bytes, offset: 8)
-        let json: [UInt8], crc: UInt32
+        let json: [UInt8], crc: UInt32, exact: [UInt8], exactCRC: UInt32
         do {
             let n = Int(try r.u32())
             guard n <= r.remaining else { throw LlamaStateError.truncated("the container header needs \(n) bytes") }
             json = try r.raw(n)
             crc = try r.u32()
+            let e = try r.u64(), stored = try r.u64()
+            guard stored <= UInt64(r.remaining) else { throw LlamaStateError.truncated("the exact cells need \(stored) bytes") }
+            // Bounded before inflating: DEFLATE expands at most ~1032x.
+            guard e <= stored * 1032 + 64 else { throw LlamaStateError.malformed("the exact cells declare \(e) bytes from \(stored)") }
+            let deflated = try r.raw(Int(stored))
+            do { exact = e == 0 ? [] : try Deflate.decompress(deflated, count: Int(e)) } catch {
+                throw LlamaStateError.malformed("the exact cells do not inflate")
+            }
+            exactCRC = try r.u32()
         } catch let e as LlamaStateError { throw e } catch { throw .truncated("the container header") }
         guard Deflate.crc32(json) == crc else { throw .malformed("the container header's checksum does not match") }
+        guard Deflate.crc32(exact) == exactCRC else { throw .malformed("the exact cells' checksum does not match") }
         let h: Header
         do { h = try JSONDecoder().decode(Header.self, from: Data(json)) } catch { throw .malformed("container header: \(error)") }
         let container: LlamaSequenceState.Container
@@ -99,6 +124,8 @@ public struct LlamaStateContainer: Sendable, Equatable {
             streams.append(LlamaStateStream(cells: cells, valuesTransposed: s.vTrans, layers: layers))
         }
         state = LlamaSequenceState(container: container, streams: streams)
+        exactCells = h.exactCells ?? []
+        exactBytes = exact
         blob = Array(bytes[(bytes.count - r.remaining)...])
     }
 }

@@ -197,7 +197,7 @@ struct CompressCommand: AsyncParsableCommand {
         let p = try loadProfile(profile)
         let bytes = try readFile(input)
         var state: LlamaSequenceState?
-        let cache: KVCache
+        var cache: KVCache
         if LlamaSequenceState.isState(bytes) {
             let model = try modelOptions.load()
             guard model.architecture == "llama" else {
@@ -215,13 +215,28 @@ struct CompressCommand: AsyncParsableCommand {
         do { compressor = try KVTCCompressor(profile: p, ratio: ratio, deflateLevel: level) } catch { throw CommandError(profile, error) }
         compressor.protection = Protection(sinkTokens: sinkTokens ?? p.protection.sinkTokens,
                                            recentTokens: recentTokens ?? p.protection.recentTokens)
+        // A state's exact tokens are kept in its own bytes beside the blob (bit for bit in any
+        // K/V type), so the blob holds zeros for them.
+        var exactCells: [Int] = [], exactBytes: [UInt8] = []
+        if let state {
+            let (lead, trail) = compressor.protection.exactTokens(of: cache)
+            exactCells = Array(0..<lead) + Array((cache.tokenCount - trail)..<cache.tokenCount)
+            do { exactBytes = try state.bytes(ofCells: exactCells) } catch { throw CommandError(input, error) }
+            let p = cache.geometry.featuresPerToken
+            cache.withMutableStreams { k, v in
+                for c in exactCells {
+                    for i in (c * p)..<((c + 1) * p) { k[i] = 0; v[i] = 0 }
+                }
+            }
+        }
+        let input = cache
         let (blob, seconds) = try Stopwatch.time { () throws -> CompressedCache in
-            do { return try compressor.compress(cache) } catch { throw CommandError(input, error) }
+            do { return try compressor.compress(input) } catch { throw CommandError(self.input, error) }
         }
         if let state {
-            let file = LlamaStateContainer(state: state, blob: blob.bytes).encoded()
+            let file = LlamaStateContainer(state: state, blob: blob.bytes, exactCells: exactCells, exactBytes: exactBytes).encoded()
             try writeFile(output, file)
-            printReport(blob.report, seconds: seconds)
+            printReport(blob.report, seconds: seconds, wholeFile: false)
             print(String(format: "llama.cpp state   %.2fx (%@ state file -> %@ file)", Double(bytes.count) / Double(file.count),
                          formatBytes(bytes.count), formatBytes(file.count)))
             return
@@ -231,14 +246,16 @@ struct CompressCommand: AsyncParsableCommand {
     }
 }
 
-func printReport(_ r: CompressionReport, seconds: Double?) {
+func printReport(_ r: CompressionReport, seconds: Double?, wholeFile: Bool = true) {
     print("tokens            \(r.tokens) (\(r.compressedTokens) compressed, \(r.tokens - r.compressedTokens) exact)")
     if let n = r.nominalRatio { print(String(format: "nominal ratio     %.1fx", n)) }
     print(String(format: "before DEFLATE    %.2fx over compressed tokens", r.ratioBeforeEntropy))
     print(String(format: "after DEFLATE     %.2fx over compressed tokens (%@ -> %@, all bytes counted)", r.ratio,
                  formatBytes(r.compressedTokensFP16Bytes), formatBytes(r.compressedTokensBytes)))
-    print(String(format: "whole file        %.2fx (%@ fp16 -> %@ file)", r.wholeCacheRatio,
-                 formatBytes(r.cacheFP16Bytes), formatBytes(r.totalBytes)))
+    if wholeFile {
+        print(String(format: "whole file        %.2fx (%@ fp16 -> %@ file)", r.wholeCacheRatio,
+                     formatBytes(r.cacheFP16Bytes), formatBytes(r.totalBytes)))
+    }
     if let s = seconds {
         print(String(format: "time              %.3f s (%.0f MB/s of fp16 input)", s, Double(r.cacheFP16Bytes) / s / 1e6))
     }
@@ -271,11 +288,13 @@ struct DecompressCommand: AsyncParsableCommand {
         let p = try loadProfile(profile)
         let file = try readFile(input)
         var state: LlamaSequenceState?
+        var exact: (cells: [Int], bytes: [UInt8]) = ([], [])
         var bytes = file
         if LlamaStateContainer.isContainer(file) {
             do {
                 let container = try LlamaStateContainer(bytes: file)
                 state = container.state
+                exact = (container.exactCells, container.exactBytes)
                 bytes = container.blob
             } catch { throw CommandError(input, error) }
         }
@@ -292,15 +311,21 @@ struct DecompressCommand: AsyncParsableCommand {
         } catch {
             throw CommandError(profile, error)
         }
-        let (cache, seconds) = try Stopwatch.time { () throws -> KVCache in
+        var (cache, seconds) = try Stopwatch.time { () throws -> KVCache in
             do { return try compressor.decompress(bytes) } catch { throw CommandError(input, error) }
         }
-        if format == "llama-state", let state {
-            let restored: [UInt8]
-            do { restored = try state.replacingRows(with: cache).encoded() } catch { throw CommandError(input, error) }
-            try writeFile(output, restored)
-            print(String(format: "%d tokens restored in %.3f s -> %@ (llama.cpp state)", cache.tokenCount, seconds, output))
-            return
+        if let state {
+            // The exact cells come from the container, in the state's own bytes.
+            let restored: LlamaSequenceState
+            do {
+                restored = try state.replacingRows(with: cache).replacingCells(exact.cells, with: exact.bytes)
+                if format == "safetensors" { cache = try restored.cache(geometry: cache.geometry, rope: cache.rope, model: cache.model) }
+            } catch { throw CommandError(input, error) }
+            if format == "llama-state" {
+                try writeFile(output, restored.encoded())
+                print(String(format: "%d tokens restored in %.3f s -> %@ (llama.cpp state)", cache.tokenCount, seconds, output))
+                return
+            }
         }
         do { try KVCacheFile.write(cache, to: output, dtype: dt) } catch { throw CommandError(output, error) }
         print(String(format: "%d tokens restored in %.3f s -> %@", cache.tokenCount, seconds, output))

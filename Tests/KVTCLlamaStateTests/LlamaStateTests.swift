@@ -111,6 +111,26 @@ func maxRelativeError(_ a: [Float], _ b: [Float]) -> Float {
         }
     }
 
+    @Test func exactCellsComeBackInTheStatesOwnBytes() throws {
+        for name in Fixture.names {
+            let bytes = try Fixture.bytes(name)
+            let state = try LlamaSequenceState(bytes: bytes)
+            let n = state.streams[try state.occupiedStream()].cells.count
+            let cells = Array(0..<2) + Array((n - 5)..<n)
+            let exact = try state.bytes(ofCells: cells)
+            // Rows lost everywhere (zeros), then the exact cells put back.
+            var zero = try state.cache(geometry: Fixture.geometry, rope: Fixture.rope)
+            zero.withMutableStreams { k, v in for i in k.indices { k[i] = 0; v[i] = 0 } }
+            let restored = try state.replacingRows(with: zero).replacingCells(cells, with: exact)
+            let all = try restored.bytes(ofCells: Array(0..<n))
+            #expect(try restored.bytes(ofCells: cells) == exact, "\(name)")
+            #expect(all != (try state.bytes(ofCells: Array(0..<n))), "\(name): the other cells were zeroed")
+            let container = try LlamaStateContainer(bytes: LlamaStateContainer(state: state, blob: [9], exactCells: cells, exactBytes: exact).encoded())
+            #expect(container.exactCells == cells && container.exactBytes == exact && container.blob == [9])
+            #expect(throws: LlamaStateError.self) { _ = try state.replacingCells(cells, with: Array(exact.dropLast())) }
+        }
+    }
+
     @Test func aStateOfAnotherModelIsRefused() throws {
         let state = try Fixture.state("f16.ggsq")
         #expect(throws: LlamaStateError.self) { _ = try state.cache(geometry: KVGeometry(layers: 30, kvHeads: 4, headDim: 64), rope: Fixture.rope) }

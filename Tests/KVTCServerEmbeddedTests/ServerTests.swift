@@ -3,6 +3,7 @@ import Hummingbird
 import HummingbirdTesting
 import Testing
 import KVTCCache
+import KVTCLlamaState
 import KVTCModels
 import KVTCRuntime
 import KVTCTokenizers
@@ -295,6 +296,24 @@ import KVTCStore
             #expect(r.usage?.promptTokensDetails.cachedTokens ?? 0 > prompt)
             let text = try await client.execute(uri: "/metrics", method: .get) { String(buffer: $0.body) }
             #expect(text.contains("kvtc_tier_hits_total{tier=\"disk\"} "))
+        }
+    }
+
+    @Test func aConversationImportedFromLlamaCppIsContinuedWithItsTokensCached() async throws {
+        let model = try SharedModel.get()
+        let fixture = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("KVTCLlamaStateTests/Fixtures/f16-vtrans.ggsq")
+        let state = try LlamaSequenceState(bytes: Array(try Data(contentsOf: fixture)))
+        let service = try F.service(model: model, chunkTokens: 8)
+        let receipt = try await LlamaStateTransfer.importState(state, model: model, store: try #require(service.store))
+        #expect(receipt.storedTokens == state.tokens.count)
+        let prompt = state.tokens.map(Int.init) + model.tokenizer.encode(" and then", parseSpecial: false)
+        try await F.app(service).test(.live) { client in
+            let r = try await client.execute(uri: "/v1/completions", method: .post, headers: F.jsonHeaders,
+                                             body: F.json(["prompt": prompt, "max_tokens": 3])) {
+                try F.decode(CompletionResponse.self, $0.body)
+            }
+            #expect(r.usage?.promptTokensDetails.cachedTokens == state.tokens.count)
         }
     }
 }
