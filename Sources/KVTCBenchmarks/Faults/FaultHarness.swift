@@ -31,6 +31,10 @@ public struct FaultHarnessConfiguration: Sendable {
     public var replyTokens = 6
     /// Fraction of client actions that are hostile.
     public var hostileFraction = 0.6
+    /// How the server stores chunks: `exact` (f32; a correct restore answers exactly as
+    /// recomputing, so every difference is a wrong answer) or `kvtc` (the product's lossy
+    /// codec; differences from recomputing are reported, not counted as wrong).
+    public var cacheCodec = "exact"
     /// Where the server's keys, secret, disk tier and log go.
     public var workDirectory: URL
 
@@ -60,6 +64,10 @@ public struct FaultReport: Sendable, Codable {
     public var wrongAnswers: Int
     /// Chat turns compared with their reference.
     public var comparedTurns: Int
+    /// With a lossy codec: turns whose reply differed from recomputing (not counted as wrong).
+    public var lossyDivergences: Int
+    /// The codec of the server's store.
+    public var cacheCodec: String
     /// Requests that saw another namespace's entries (cached tokens, lookups, reads).
     public var crossTenantHits: Int
     /// Server exits the harness did not cause.
@@ -127,6 +135,7 @@ public final class FaultHarness: @unchecked Sendable {
     struct Stats {
         var classes: [String: RequestClassRecord] = [:]
         var wrong = 0
+        var lossyDivergences = 0
         var compared = 0
         var crossTenant = 0
         var fiveOnValid = 0
@@ -224,7 +233,7 @@ public final class FaultHarness: @unchecked Sendable {
         process.executableURL = configuration.executable
         var arguments = ["serve", "--host", "127.0.0.1", "--port", String(port),
                          "--api-key-file", keyFile.path, "--kv-api", "--kv-secret", secretFile.path,
-                         "--disk", diskDirectory.path, "--cache-codec", "exact", "--chunk-tokens", "64",
+                         "--disk", diskDirectory.path, "--cache-codec", configuration.cacheCodec, "--chunk-tokens", "64",
                          "--memory-budget", String(configuration.memoryBudget), "--max-concurrent", "2", "--max-queue", "16",
                          "--max-tokens-limit", "64", "--idle-timeout", "10", "--max-prompt-bytes", "65536"]
         if let m = configuration.model { arguments += ["--model", m] }
@@ -362,7 +371,9 @@ public final class FaultHarness: @unchecked Sendable {
             let (text, _) = Self.reply(r)
             stats.withLock { s in
                 s.compared += 1
-                if text != turn.reply {
+                if text != turn.reply, configuration.cacheCodec != "exact" {
+                    s.lossyDivergences += 1
+                } else if text != turn.reply {
                     s.wrong += 1
                     if s.incidents.count < 40 { s.incidents.append("wrong answer c\(c) t\(t): \(String(describing: text).debugDescription) expected \(turn.reply.debugDescription)") }
                 }
@@ -646,7 +657,8 @@ public final class FaultHarness: @unchecked Sendable {
         let modelBytes = ((try? GGUFFile(path: model.path))?.tensors ?? []).reduce(0) { $0 + 4 * $1.elementCount }
         return FaultReport(seconds: seconds, requests: classes.reduce(0) { $0 + $1.total },
                            hostileRequests: classes.filter(\.hostile).reduce(0) { $0 + $1.total }, classes: classes,
-                           wrongAnswers: s.wrong, comparedTurns: s.compared, crossTenantHits: s.crossTenant,
+                           wrongAnswers: s.wrong, comparedTurns: s.compared, lossyDivergences: s.lossyDivergences,
+                           cacheCodec: configuration.cacheCodec, crossTenantHits: s.crossTenant,
                            crashes: srv.crashes, kills: srv.kills, serverErrorsOnValid: s.fiveOnValid,
                            serverErrorsOnHostile: s.fiveOnHostile, filesDamaged: s.damaged,
                            validLatencyP50: percentile(s.validLatency, 0.5), validLatencyP99: percentile(s.validLatency, 0.99),
