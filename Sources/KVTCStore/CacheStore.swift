@@ -275,9 +275,11 @@ public final class CacheStore: Sendable {
     }
 
     static func reason(_ error: StoreError) -> InvalidEntryReason {
-        if case .invalidEntry(let m) = error, m.contains("producer") || m.contains("key") { return .key }
-        if case .invalidEntry(let m) = error, m.contains("shape") { return .shape }
-        return .format
+        switch error {
+        case .foreignEntry: return .key
+        case .misplacedEntry: return .shape
+        default: return .format
+        }
     }
 
     /// Removes an invalid entry from the tier and counts it under `reason`.

@@ -91,17 +91,17 @@ public struct StoreEntry: Sendable, Equatable {
             throw .invalidEntry("truncated")
         }
         guard identityDigest == chain.identityDigest else {
-            throw .invalidEntry("made by another producer")
+            throw .foreignEntry("made by another producer or namespace")
         }
         if kind == .chunk {
             guard tokens.count == chain.chunkTokens, start % chain.chunkTokens == 0, exactStart == start else {
-                throw .invalidEntry("chunk shape does not match the store's chunk size")
+                throw .misplacedEntry("chunk shape does not match the store's chunk size")
             }
         } else {
             guard tokens.count < chain.chunkTokens, start % chain.chunkTokens == 0 else {
-                throw .invalidEntry("tail shape does not match the store's chunk size")
+                throw .misplacedEntry("tail shape does not match the store's chunk size")
             }
         }
-        guard self.key(in: chain) == key else { throw .invalidEntry("contents do not match key \(key)") }
+        guard self.key(in: chain) == key else { throw .foreignEntry("contents do not match key \(key)") }
     }
 }

@@ -11,8 +11,13 @@ public enum StoreError: Error, Equatable, CustomStringConvertible {
     case configuration(String)
     /// The chunk codec failed to compress a chunk.
     case codec(ChunkCodecError)
-    /// An entry's bytes are not a valid entry for the key they were stored under.
+    /// An entry's bytes are not a valid entry (format, payload).
     case invalidEntry(String)
+    /// A well-formed entry of another producer or namespace, or whose contents do not hash to
+    /// the key it was stored under.
+    case foreignEntry(String)
+    /// A well-formed entry whose tokens do not fit the store's chunk layout.
+    case misplacedEntry(String)
     /// An entry is already stored under the key (uploads never overwrite).
     case exists(String)
     /// A tier failed.
@@ -25,6 +30,8 @@ public enum StoreError: Error, Equatable, CustomStringConvertible {
         case .configuration(let m): return "invalid store configuration: \(m)"
         case .codec(let e): return "chunk codec failed: \(e)"
         case .invalidEntry(let m): return "invalid store entry: \(m)"
+        case .foreignEntry(let m): return "foreign store entry: \(m)"
+        case .misplacedEntry(let m): return "misplaced store entry: \(m)"
         case .exists(let k): return "an entry is already stored under \(k)"
         case .tier(let e): return e.description
         }

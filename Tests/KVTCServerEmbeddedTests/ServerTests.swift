@@ -238,7 +238,7 @@ import KVTCStore
             }
             // Uploads never overwrite.
             let again = try await client.execute(uri: "/v1/kv/\(entries[0].0)?tenant=alice", method: .put, headers: admin, body: entries[0].1)
-            #expect(again.status == .conflict)
+            #expect(again.status == .conflict, "\(String(buffer: again.body))")
             let after = try await client.execute(uri: "/v1/kv/lookup", method: .post, headers: admin, body: lookupBody) {
                 try F.decode(LookupResponse.self, $0.body)
             }
