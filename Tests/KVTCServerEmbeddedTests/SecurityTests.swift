@@ -201,6 +201,17 @@ func metric(_ text: String, _ series: String) -> Double {
         #expect(controls.count == 5, "\(controls)")
     }
 
+    /// The server's metrics once `count` generations have been cancelled (polled for up to
+    /// 10 s), or nil.
+    func metricsOnceCancelled(_ count: Double, port: Int) async throws -> String? {
+        for _ in 0..<100 {
+            try await Task.sleep(for: .milliseconds(100))
+            let text = try await offPool { try H.exchange(port: port, method: "GET", path: "/metrics").text }
+            if metric(text, "kvtc_requests_cancelled_total") == count { return text }
+        }
+        return nil
+    }
+
     // Finding 6: work after the client left; an unbounded queue.
     @Test func generationStopsWhenTheClientLeavesAndTheQueueIsBounded() async throws {
         var limits = ServerLimits()
@@ -228,27 +239,15 @@ func metric(_ text: String, _ series: String) -> Double {
                 #expect(busy.status == 429 && busy.headers["retry-after"] != nil)
             }
             // The abandoned stream stops within a few decode steps.
-            var stopped = false
-            for _ in 0..<100 where !stopped {
-                try await Task.sleep(for: .milliseconds(100))
-                let text = try await offPool { try H.exchange(port: port, method: "GET", path: "/metrics").text }
-                stopped = metric(text, "kvtc_requests_cancelled_total") == 1
-                if stopped { #expect(metric(text, "kvtc_completion_tokens_total") < 150) }
-            }
-            #expect(stopped)
+            let stopped = try #require(await metricsOnceCancelled(1, port: port))
+            #expect(metric(stopped, "kvtc_completion_tokens_total") < 150)
             // A non-streamed request whose client hangs up right after sending.
             try await offPool {
                 let c = try H.Connection(port: port, timeout: 60)
                 try c.send(H.requestBytes(method: "POST", path: "/v1/chat/completions", headers: ["Content-Type": "application/json"],
                                           body: plain))
             }
-            var cancelled = false
-            for _ in 0..<100 where !cancelled {
-                try await Task.sleep(for: .milliseconds(100))
-                let text = try await offPool { try H.exchange(port: port, method: "GET", path: "/metrics").text }
-                cancelled = metric(text, "kvtc_requests_cancelled_total") == 2
-            }
-            #expect(cancelled)
+            #expect(try await metricsOnceCancelled(2, port: port) != nil)
         }
     }
 

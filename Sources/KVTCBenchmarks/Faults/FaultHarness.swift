@@ -99,6 +99,9 @@ public struct FaultReport: Sendable, Codable {
 /// The fault harness: a real `kvtc serve` on loopback under valid multi-turn chats whose
 /// every reply is checked against the same turn recomputed from scratch, hostile requests,
 /// SIGKILLs and damage to its disk tier.
+///
+/// Unchecked-Sendable: `turns`, `port` and `stopAt` are set by ``run(model:)`` before its
+/// threads start and only read after; everything the threads share is behind `Locked`.
 public final class FaultHarness: @unchecked Sendable {
     let configuration: FaultHarnessConfiguration
     let log: @Sendable (String) -> Void
