@@ -68,8 +68,14 @@ let package = Package(
         // llama.cpp's saved sequence state: reading, writing, and the container that keeps a
         // state's shape beside the KVTC blob of its rows.
         .target(name: "KVTCLlamaState", dependencies: ["KVTCNumerics", "KVTCCache", "KVTCGGUF"], swiftSettings: checked),
-        // Chunked, prefix-keyed compressed cache store with memory and disk tiers.
-        .target(name: "KVTCStore", dependencies: ["KVTCCodec", "KVTCCache", crypto], swiftSettings: checked),
+        // A Redis client on SwiftNIO (RESP, pipelining, Redis Cluster slots and redirections,
+        // time limits and back-off): the protocol only, nothing of kvtc's.
+        .target(name: "KVTCRedis", dependencies: [.product(name: "NIOCore", package: "swift-nio"),
+                                                  .product(name: "NIOPosix", package: "swift-nio"),
+                                                  .product(name: "NIOConcurrencyHelpers", package: "swift-nio")],
+                swiftSettings: checked),
+        // Chunked, prefix-keyed compressed cache store with memory, disk and Redis tiers.
+        .target(name: "KVTCStore", dependencies: ["KVTCCodec", "KVTCCache", "KVTCRedis", crypto], swiftSettings: checked),
         // The serving runtime: the inference engine over a model and a store, store wiring and
         // profile resolution.
         .target(name: "KVTCRuntime", dependencies: ["KVTCModels", "KVTCStore", "KVTCCodec", "KVTCCalibration", "KVTCLlamaState", "KVTCGGUF"],
@@ -105,7 +111,9 @@ let package = Package(
         .testTarget(name: "KVTCEvaluationTests", dependencies: ["KVTCEvaluation", "KVTCTestSupport"]),
         // A writer process the disk-tier tests start and kill mid-write (not a product).
         .executableTarget(name: "KVTCDiskWriter", dependencies: ["KVTCStore"], path: "Tests/KVTCDiskWriter"),
-        .testTarget(name: "KVTCStoreTests", dependencies: ["KVTCStore", "KVTCTestSupport"]),
+        .testTarget(name: "KVTCRedisTests", dependencies: ["KVTCRedis", "KVTCTestSupport",
+                                                         .product(name: "NIOCore", package: "swift-nio")]),
+        .testTarget(name: "KVTCStoreTests", dependencies: ["KVTCStore", "KVTCRedis", "KVTCTestSupport"]),
         .testTarget(name: "KVTCLlamaStateTests", dependencies: ["KVTCLlamaState", "KVTCCache", "KVTCGGUF", "KVTCNumerics"],
                     exclude: ["Fixtures"]),
 

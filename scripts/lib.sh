@@ -1,9 +1,10 @@
 # Shared set-up for the README's commands: installs what a fresh Debian machine lacks.
 set -euo pipefail
 
-# Debian packages the build links against (OpenBLAS with LAPACK, LAPACKE, libdeflate) and
-# what fetching the embedded model needs (pip).
-KVTC_DEBIAN_PACKAGES=(libopenblas-dev liblapacke-dev libdeflate-dev python3-pip)
+# Debian packages the build links against (OpenBLAS with LAPACK, LAPACKE, libdeflate), what
+# fetching the embedded model needs (pip), and the Redis server and redis-cli that the tests
+# of the Redis tier start (a standalone node and a three-master cluster on loopback).
+KVTC_DEBIAN_PACKAGES=(libopenblas-dev liblapacke-dev libdeflate-dev python3-pip redis-server redis-tools)
 
 ensure_debian_packages() {
     local missing=()

@@ -1,0 +1,97 @@
+import NIOConcurrencyHelpers
+import NIOCore
+
+/// A node's connections (opened on first use, replaced when they break) and its back-off:
+/// after a failure the node is not tried again until the back-off passes, so a node that is
+/// down or slow costs each operation at most one timeout and then nothing until it is
+/// retried.
+final class RedisNode: Sendable {
+    let address: RedisAddress
+    private let configuration: RedisConfiguration
+    private let group: any EventLoopGroup
+
+    private struct State {
+        var connections: [EventLoopFuture<RedisConnection>?]
+        var next = 0
+        var failures = 0
+        var retryAt: NIODeadline = .distantPast
+    }
+
+    private let state: NIOLockedValueBox<State>
+
+    init(address: RedisAddress, configuration: RedisConfiguration, group: any EventLoopGroup) {
+        self.address = address
+        self.configuration = configuration
+        self.group = group
+        state = NIOLockedValueBox(State(connections: Array(repeating: nil, count: configuration.connectionsPerNode)))
+    }
+
+    /// Whether the node is in its back-off.
+    var isBackingOff: Bool { state.withLockedValue { $0.retryAt > .now() } }
+
+    /// ``send(_:deadline:)`` as a result.
+    func result(_ commands: [RedisCommand], deadline: NIODeadline) async -> Result<[RESPValue], RedisError> {
+        do { return .success(try await send(commands, deadline: deadline)) } catch { return .failure(error) }
+    }
+
+    /// Sends `commands` as one pipeline and returns their replies in order.
+    func send(_ commands: [RedisCommand], deadline: NIODeadline) async throws(RedisError) -> [RESPValue] {
+        let picked = state.withLockedValue { s -> (Int, EventLoopFuture<RedisConnection>)? in
+            guard s.retryAt <= .now() else { return nil }
+            let i = s.next
+            s.next = (s.next + 1) % s.connections.count
+            if let f = s.connections[i] { return (i, f) }
+            let f = RedisConnection.connect(to: address, configuration: configuration, group: group,
+                                            deadline: .now() + Self.amount(configuration.timeout))
+            s.connections[i] = f
+            return (i, f)
+        }
+        guard let (slot, future) = picked else { throw .unavailable("\(address)") }
+        do {
+            var connection = try await future.value(before: deadline, "connecting to \(address)")
+            if !connection.isActive {
+                // Closed since (timeout, server restart): one fresh connection within the deadline.
+                let f = replace(slot, broken: future)
+                connection = try await f.value(before: deadline, "connecting to \(address)")
+            }
+            let replies = try await connection.send(commands, deadline: deadline).value(before: deadline, "\(address)")
+            state.withLockedValue { $0.failures = 0 }
+            return replies
+        } catch {
+            failed(slot, future)
+            throw error
+        }
+    }
+
+    private func replace(_ slot: Int, broken: EventLoopFuture<RedisConnection>) -> EventLoopFuture<RedisConnection> {
+        state.withLockedValue { s in
+            if let current = s.connections[slot], current !== broken { return current }
+            let f = RedisConnection.connect(to: address, configuration: configuration, group: group,
+                                            deadline: .now() + Self.amount(configuration.timeout))
+            s.connections[slot] = f
+            return f
+        }
+    }
+
+    /// Drops the connection in `slot` and backs off.
+    private func failed(_ slot: Int, _ future: EventLoopFuture<RedisConnection>) {
+        future.whenSuccess { $0.close() }
+        state.withLockedValue { s in
+            if s.connections[slot] === future { s.connections[slot] = nil }
+            s.failures += 1
+            let wait = min(configuration.maxBackoff, configuration.initialBackoff * Double(1 << min(s.failures - 1, 16)))
+            s.retryAt = .now() + Self.amount(wait)
+        }
+    }
+
+    static func amount(_ seconds: Double) -> TimeAmount { .nanoseconds(Int64(max(0, seconds) * 1e9)) }
+
+    /// Closes every connection.
+    func close() {
+        let futures = state.withLockedValue { s in
+            defer { s.connections = Array(repeating: nil, count: s.connections.count) }
+            return s.connections
+        }
+        for f in futures { f?.whenSuccess { $0.close() } }
+    }
+}

@@ -1,0 +1,164 @@
+import Foundation
+import KVTCTestSupport
+import Testing
+@testable import KVTCRedis
+
+private func key(_ i: Int) -> [UInt8] { Array("kvtc-test:\(i)".utf8) }
+private func value(_ i: Int) -> [UInt8] { (0..<(100 + i % 7 * 1000)).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ i) } }
+
+/// Sets keys `range` and checks that each reads back.
+private func roundTrip(_ client: RedisClient, _ range: Range<Int>) async throws {
+    let set = await client.execute(range.map { .set(key($0), value($0)) }, timeout: 2)
+    for r in set { #expect(try r.get() == .simpleString("OK")) }
+    let got = await client.execute(range.map { .get(key($0)) }, timeout: 2)
+    for (i, r) in zip(range, got) { #expect(try r.get() == .bulkString(value(i))) }
+}
+
+@Suite(.serialized) struct StandaloneRedisTests {
+    @Test func pipelinesAuthenticatesAndExpires() async throws {
+        let server = try RedisServer(configuration: ["--user", "default", "off", "--user", "kvtc", "on", ">secret-pw", "~*", "+@all"])
+        let client = RedisClient(configuration: try RedisConfiguration(url: "redis://kvtc:secret-pw@127.0.0.1:\(server.port)"))
+        #expect(try await client.connect() == .standalone(RedisAddress(host: "127.0.0.1", port: server.port)))
+        try await roundTrip(client, 0..<200)
+        let exists = await client.execute([.exists(key(3)), .exists(key(999)), .del(key(3)), .exists(key(3)), .get(key(3))])
+        #expect(try exists.map { try $0.get() } == [.integer(1), .integer(0), .integer(1), .integer(0), .bulkString(nil)])
+        // A wrong-type command is a server error for that command only.
+        let mixed = await client.execute([RedisCommand("LPUSH", [key(5), [1]]), .get(key(6))])
+        guard case .failure(.server(let m)) = mixed[0] else { Issue.record("expected WRONGTYPE, got \(mixed[0])"); return }
+        #expect(m.hasPrefix("WRONGTYPE"))
+        #expect(try mixed[1].get() == .bulkString(value(6)))
+        // PX: gone after the expiry.
+        _ = await client.execute([.set(key(1000), [1], ttlMilliseconds: 150)])
+        #expect(try await client.execute(.get(key(1000))).get() == .bulkString([1]))
+        try await Task.sleep(nanoseconds: 400_000_000)
+        #expect(try await client.execute(.get(key(1000))).get() == .bulkString(nil))
+    }
+
+    @Test func refusedCredentialsAreTyped() async throws {
+        let server = try RedisServer(configuration: ["--requirepass", "right"])
+        let wrong = RedisClient(configuration: try RedisConfiguration(url: "redis://:wrong@127.0.0.1:\(server.port)", timeout: 1))
+        await #expect {
+            try await wrong.connect()
+        } throws: { error in
+            guard case RedisError.authentication = error else { return false }
+            return true
+        }
+        let none = RedisClient(configuration: try RedisConfiguration(url: "redis://127.0.0.1:\(server.port)", timeout: 1))
+        await #expect(throws: RedisError.self) { try await none.connect() }
+        let right = RedisClient(configuration: try RedisConfiguration(url: "redis://:right@127.0.0.1:\(server.port)"))
+        try await right.connect()
+        try await roundTrip(right, 0..<10)
+    }
+
+    @Test func aDownOrStalledNodeCostsAtMostTheTimeoutAndRecovers() async throws {
+        let server = try RedisServer()
+        let timeout = 0.05
+        var configuration = try RedisConfiguration(url: "redis://127.0.0.1:\(server.port)", timeout: timeout)
+        configuration.initialBackoff = 0.05
+        configuration.maxBackoff = 0.2
+        let client = RedisClient(configuration: configuration)
+        try await client.connect()
+        try await roundTrip(client, 0..<20)
+
+        // Stalled: accepts bytes, never answers. Each batch fails within about the timeout.
+        server.pause(true)
+        for _ in 0..<5 {
+            let clock = Date()
+            let r = await client.execute((0..<20).map { .get(key($0)) })
+            let seconds = Date().timeIntervalSince(clock)
+            #expect(r.allSatisfy { if case .failure = $0 { return true } else { return false } })
+            #expect(seconds < timeout + 0.1, "a stalled node cost \(seconds) s")
+        }
+        server.pause(false)
+        try await eventually { try await client.execute(.get(key(1))).get() == .bulkString(value(1)) }
+
+        // Down: refused connections fail fast; the node is used again once it is back.
+        server.kill()
+        for _ in 0..<5 {
+            let clock = Date()
+            let r = await client.execute(.get(key(1)))
+            #expect(Date().timeIntervalSince(clock) < timeout + 0.1)
+            guard case .failure = r else { Issue.record("a dead node answered: \(r)"); return }
+        }
+        try server.start()
+        try await eventually { try await client.execute(.set(key(1), value(1))).get() == .simpleString("OK") }
+        #expect(try await client.execute(.get(key(1))).get() == .bulkString(value(1)))
+    }
+}
+
+/// Retries `condition` for up to `seconds`.
+func eventually(_ seconds: Double = 10, _ condition: () async throws -> Bool) async throws {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+        if (try? await condition()) == true { return }
+        try await Task.sleep(nanoseconds: 20_000_000)
+    }
+    Issue.record("condition not met in \(seconds) s")
+}
+
+@Suite(.serialized) struct RedisClusterTests {
+    @Test func routesBySlotAndFollowsMovedSlots() async throws {
+        let cluster = try RedisClusterServers(masters: 3)
+        // One seed is enough: the client learns every master from it.
+        let client = RedisClient(configuration: try RedisConfiguration(url: "redis://127.0.0.1:\(cluster.nodes[1].port)", timeout: 0.5))
+        guard case .cluster(let masters) = try await client.connect() else { Issue.record("not a cluster"); return }
+        #expect(masters.count == 3 && masters.values.reduce(0, +) == HashSlot.count)
+        try await roundTrip(client, 0..<300)
+        // Every master holds some of the keys: the batch really was split by slot.
+        for node in cluster.nodes {
+            let n = Int(try node.cli(["dbsize"]).trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
+            #expect(n > 50, "node \(node.port) holds \(n) of 300 keys")
+        }
+
+        // Move 500 slots (with their keys) from the first master to the second behind the
+        // client's back: its stale map gets MOVED replies, which it follows and learns.
+        let from = try cluster.id(of: cluster.nodes[0]), to = try cluster.id(of: cluster.nodes[1])
+        let out = try RedisServer.run(try RedisServer.executable("redis-cli"),
+                                      ["--cluster", "reshard", "127.0.0.1:\(cluster.nodes[0].port)", "--cluster-from", from,
+                                       "--cluster-to", to, "--cluster-slots", "500", "--cluster-yes"])
+        #expect(out.contains("Moving slot"), "reshard: \(out.suffix(400))")
+        try cluster.waitUntilHealthy()
+        let got = await client.execute((0..<300).map { .get(key($0)) })
+        for (i, r) in got.enumerated() { #expect(try r.get() == .bulkString(value(i))) }
+        try await eventually {
+            guard case .cluster(let m) = client.topology else { return false }
+            return m[RedisAddress(host: "127.0.0.1", port: cluster.nodes[1].port)] == masters[RedisAddress(host: "127.0.0.1", port: cluster.nodes[1].port)]! + 500
+        }
+    }
+
+    @Test func aKilledMasterCostsOnlyItsKeysAndReturns() async throws {
+        let cluster = try RedisClusterServers(masters: 3)
+        var configuration = try RedisConfiguration(url: cluster.url, timeout: 0.05)
+        configuration.initialBackoff = 0.05
+        configuration.maxBackoff = 0.2
+        let client = RedisClient(configuration: configuration)
+        try await client.connect()
+        let keys = 0..<300
+        _ = await client.execute(keys.map { .set(key($0), value($0)) }, timeout: 2)
+        let victim = cluster.nodes[2]
+        let victimAddress = RedisAddress(host: "127.0.0.1", port: victim.port)
+        victim.kill()
+        var survivors = 0
+        for round in 0..<5 {
+            let clock = Date()
+            let got = await client.execute(keys.map { .get(key($0)) })
+            let seconds = Date().timeIntervalSince(clock)
+            #expect(seconds < 0.2, "round \(round) took \(seconds) s")
+            survivors = 0
+            for (i, r) in got.enumerated() {
+                switch r {
+                case .success(let v): #expect(v == .bulkString(value(i))); survivors += 1
+                case .failure: break
+                }
+            }
+        }
+        // The other two masters' keys (about two thirds) kept being served.
+        #expect(survivors > 150 && survivors < 280, "\(survivors) of 300 served with one master down")
+        try victim.start()
+        try cluster.waitUntilHealthy()
+        try await eventually {
+            await client.execute(keys.map { .set(key($0), value($0)) }).allSatisfy { (try? $0.get()) == .simpleString("OK") }
+        }
+        #expect(client.masters.contains(victimAddress))
+    }
+}

@@ -1,0 +1,180 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Why a Redis server for a test could not be had. A missing binary is an error, never a
+/// skip: `scripts/test.sh` installs Debian's `redis-server` and `redis-tools`.
+public struct RedisServerError: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// A real `redis-server` process on loopback, started and stopped by a test.
+public final class RedisServer: @unchecked Sendable {
+    /// Its TCP port.
+    public let port: Int
+    /// Its working directory (cluster state, logs).
+    public let directory: URL
+    private let arguments: [String]
+    private var process: Process?
+
+    /// Finds `name` on PATH (and in /usr/bin, /usr/sbin).
+    public static func executable(_ name: String) throws -> String {
+        let path = (ProcessInfo.processInfo.environment["PATH"] ?? "") + ":/usr/bin:/usr/sbin:/usr/local/bin"
+        for dir in path.split(separator: ":") {
+            let candidate = "\(dir)/\(name)"
+            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+        }
+        throw RedisServerError("\(name) not found: install Debian's redis-server and redis-tools (scripts/test.sh does)")
+    }
+
+    /// A port `p` such that `p` and `p + 10000` (a cluster node's bus) are free on loopback.
+    public static func freePort() -> Int {
+        for _ in 0..<200 {
+            let p = Int.random(in: 16000...26000)
+            if isFree(p), isFree(p + 10000) { return p }
+        }
+        return Int.random(in: 16000...26000)
+    }
+
+    static func isFree(_ port: Int) -> Bool {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        return withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+        }
+    }
+
+    /// Starts a server on a free port with `configuration` (`redis-server` flags without
+    /// the dashes' values quoted, e.g. `["cluster-enabled", "yes"]` pairs).
+    public init(configuration: [String] = [], port: Int? = nil) throws {
+        self.port = port ?? Self.freePort()
+        directory = FileManager.default.temporaryDirectory.appendingPathComponent("kvtc-redis-\(self.port)-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        arguments = ["--port", String(self.port), "--bind", "127.0.0.1", "--dir", directory.path, "--save", "",
+                     "--appendonly", "no", "--daemonize", "no", "--logfile", "redis.log"] + configuration
+        try start()
+    }
+
+    /// Starts (or restarts, with the same directory and port) the process and waits until it
+    /// answers `PING`.
+    public func start() throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: try Self.executable("redis-server"))
+        p.arguments = arguments
+        p.currentDirectoryURL = directory
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        process = p
+        let deadline = Date().addingTimeInterval(10)
+        while Date() < deadline {
+            // PONG, or a refusal to an unauthenticated client: either way it is up.
+            if let reply = try? cli(["ping"]), ["PONG", "NOAUTH", "NOPERM"].contains(where: reply.contains) { return }
+            Thread.sleep(forTimeInterval: 0.05)
+        }
+        throw RedisServerError("redis-server on port \(port) did not start; see \(directory.path)/redis.log")
+    }
+
+    /// Runs `redis-cli -p PORT args...` and returns what it printed.
+    @discardableResult
+    public func cli(_ args: [String]) throws -> String {
+        try Self.run(try Self.executable("redis-cli"), ["-h", "127.0.0.1", "-p", String(port)] + args)
+    }
+
+    /// Runs `executable` with `args` and returns what it printed (stdout and stderr).
+    public static func run(_ executable: String, _ args: [String]) throws -> String {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: executable)
+        p.arguments = args
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = out
+        try p.run()
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    /// The process id, while it runs.
+    public var pid: Int32? { process.map { $0.processIdentifier } }
+
+    /// Kills the process (SIGKILL) and waits for it to go.
+    public func kill() {
+        guard let p = process, p.isRunning else { return }
+        Glibc.kill(p.processIdentifier, SIGKILL)
+        p.waitUntilExit()
+        process = nil
+    }
+
+    /// Stops (SIGSTOP) or resumes (SIGCONT) the process: a node that accepts connections but
+    /// never answers.
+    public func pause(_ paused: Bool) {
+        guard let p = process else { return }
+        Glibc.kill(p.processIdentifier, paused ? SIGSTOP : SIGCONT)
+    }
+
+    deinit {
+        if let p = process, p.isRunning {
+            Glibc.kill(p.processIdentifier, SIGCONT)
+            Glibc.kill(p.processIdentifier, SIGKILL)
+            p.waitUntilExit()
+        }
+        try? FileManager.default.removeItem(at: directory)
+    }
+}
+
+/// A Redis Cluster of `masters` masters (no replicas) on loopback, made with
+/// `redis-cli --cluster create`.
+public final class RedisClusterServers: @unchecked Sendable {
+    /// The nodes, in the order their slots were assigned.
+    public let nodes: [RedisServer]
+
+    /// Starts the nodes and joins them; returns when every node reports `cluster_state:ok`.
+    /// A master that goes down does not stop the others serving their slots
+    /// (`cluster-require-full-coverage no`).
+    public init(masters: Int = 3, nodeTimeoutMilliseconds: Int = 1000) throws {
+        var nodes: [RedisServer] = []
+        for _ in 0..<masters {
+            nodes.append(try RedisServer(configuration: ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                                                         "--cluster-node-timeout", String(nodeTimeoutMilliseconds),
+                                                         "--cluster-require-full-coverage", "no"]))
+        }
+        self.nodes = nodes
+        let output = try RedisServer.run(try RedisServer.executable("redis-cli"),
+                                         ["--cluster", "create"] + nodes.map { "127.0.0.1:\($0.port)" }
+                                             + ["--cluster-replicas", "0", "--cluster-yes"])
+        guard output.contains("All 16384 slots covered") else {
+            throw RedisServerError("redis-cli --cluster create failed:\n\(output)")
+        }
+        try waitUntilHealthy()
+    }
+
+    /// Waits until every running node reports `cluster_state:ok` and knows all masters.
+    public func waitUntilHealthy(timeout: Double = 20) throws {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            let ok = nodes.filter { $0.pid != nil }.allSatisfy { n in
+                guard let info = try? n.cli(["cluster", "info"]) else { return false }
+                return info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:\(nodes.count)")
+            }
+            if ok { return }
+            Thread.sleep(forTimeInterval: 0.1)
+        }
+        throw RedisServerError("the cluster did not become healthy in \(timeout) s")
+    }
+
+    /// The seed URL of the cluster (`redis://127.0.0.1:P1,127.0.0.1:P2,...`).
+    public var url: String { "redis://" + nodes.map { "127.0.0.1:\($0.port)" }.joined(separator: ",") }
+
+    /// A node's cluster id.
+    public func id(of node: RedisServer) throws -> String {
+        try node.cli(["cluster", "myid"]).trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+}
