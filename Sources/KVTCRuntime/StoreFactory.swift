@@ -2,20 +2,41 @@ import Foundation
 import KVTCCalibration
 import KVTCCodec
 import KVTCModels
+import KVTCRedis
 import KVTCStore
 
 /// Builds the store the server and the tools use: a memory tier with a byte budget,
-/// optionally over a disk tier, holding KVTC-compressed chunks.
+/// optionally over a disk tier and a Redis tier, holding KVTC-compressed chunks.
 public enum StoreFactory {
     /// The tiers for the options: memory first, then disk if a directory is given (the
-    /// tier owns a subdirectory of it and locks it; `durable` fsyncs every write).
+    /// tier owns a subdirectory of it and locks it; `durable` fsyncs every write), then
+    /// Redis if a tier is given.
     public static func tiers(memoryBudget: Int, diskDirectory: String?, diskQuota: Int,
-                             durable: Bool = false) throws(TierError) -> [any CacheTier] {
+                             durable: Bool = false, redis: RedisTier? = nil) throws(TierError) -> [any CacheTier] {
         var tiers: [any CacheTier] = [MemoryTier(budget: memoryBudget)]
         if let diskDirectory {
             tiers.append(try DiskTier(directory: URL(fileURLWithPath: diskDirectory), quota: diskQuota, synchronous: durable))
         }
+        if let redis { tiers.append(redis) }
         return tiers
+    }
+
+    /// A Redis tier for `url` (`redis://[user:password@]host:port[,host:port...]`), its
+    /// topology found now when the deployment answers within `connectTimeout` seconds.
+    ///
+    /// An unreachable deployment is not an error: the tier starts, its reads miss and it
+    /// connects when the nodes come up. The returned text says which it was.
+    /// - Throws: ``RedisError/invalidURL(_:)`` for a malformed URL.
+    public static func redisTier(url: String, options: RedisTierOptions = RedisTierOptions(), timeout: Double = 0.05,
+                                 connectTimeout: Double = 2) async throws(RedisError) -> (RedisTier, String) {
+        let client = RedisClient(configuration: try RedisConfiguration(url: url, timeout: timeout))
+        let tier = RedisTier(client: client, options: options)
+        do {
+            let topology = try await client.connect(timeout: connectTimeout)
+            return (tier, "\(topology)")
+        } catch {
+            return (tier, "Redis at \(client.configuration.seeds.map(\.description).joined(separator: ",")) is not reachable yet (\(error)); its reads miss until it is")
+        }
     }
 
     /// The shape every entry of `model`'s store must declare.
@@ -61,6 +82,8 @@ public struct StoreOptions: Sendable {
     public var diskDurable = false
     /// How chunks are stored.
     public var codec: StoreCodec = .kvtc
+    /// A shared Redis tier below memory and disk, if any (see ``StoreFactory/redisTier(url:options:timeout:connectTimeout:)``).
+    public var redis: RedisTier?
 
     public init() {}
 }
@@ -111,7 +134,7 @@ extension StoreFactory {
     public static func store(_ options: StoreOptions, model: any LanguageModel,
                              progress: @escaping (String) -> Void = { _ in }) throws -> (CacheStore, [any CacheTier]) {
         let tiers = try tiers(memoryBudget: options.memoryBudget, diskDirectory: options.diskDirectory,
-                              diskQuota: options.diskQuota, durable: options.diskDurable)
+                              diskQuota: options.diskQuota, durable: options.diskDurable, redis: options.redis)
         if options.codec == .exact {
             let configuration = StoreConfiguration(chunkTokens: options.chunkTokens, tailPrecision: .fp32)
             return (try exactStore(model: model, tiers: tiers, precision: .fp32, configuration: configuration), tiers)

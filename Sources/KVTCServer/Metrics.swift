@@ -3,27 +3,6 @@ import KVTCNumerics
 import KVTCRuntime
 import KVTCStore
 
-/// A Prometheus histogram with fixed upper bounds (seconds).
-struct Histogram: Sendable {
-    let bounds: [Double]
-    var counts: [Int]
-    var sum = 0.0
-    var count = 0
-
-    init(bounds: [Double]) {
-        self.bounds = bounds
-        counts = [Int](repeating: 0, count: bounds.count)
-    }
-
-    mutating func observe(_ v: Double) {
-        for (i, b) in bounds.enumerated() where v <= b { counts[i] += 1 }
-        sum += v
-        count += 1
-    }
-
-    static let latencyBounds: [Double] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
-}
-
 /// Request-level counters and latency histograms of the server, rendered as Prometheus
 /// text together with the store's and tiers' statistics.
 public final class ServerMetrics: Sendable {
@@ -36,10 +15,10 @@ public final class ServerMetrics: Sendable {
         var completionTokens = 0
         var refused: [String: Int] = [:]
         var cancelled = 0
-        var restore = Histogram(bounds: Histogram.latencyBounds)
-        var prefill = Histogram(bounds: Histogram.latencyBounds)
-        var ttft = Histogram(bounds: Histogram.latencyBounds)
-        var store = Histogram(bounds: Histogram.latencyBounds)
+        var restore = LatencyHistogram()
+        var prefill = LatencyHistogram()
+        var ttft = LatencyHistogram()
+        var store = LatencyHistogram()
     }
 
     private let state = Locked(State())
@@ -83,10 +62,14 @@ public final class ServerMetrics: Sendable {
             out += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
             for (labels, v) in samples { out += "\(name)\(labels) \(format(v))\n" }
         }
-        func histogram(_ name: String, _ help: String, _ h: Histogram) {
+        func histogram(_ name: String, _ help: String, _ series: [(String, LatencyHistogram)]) {
             out += "# HELP \(name) \(help)\n# TYPE \(name) histogram\n"
-            for (b, c) in zip(h.bounds, h.counts) { out += "\(name)_bucket{le=\"\(format(b))\"} \(c)\n" }
-            out += "\(name)_bucket{le=\"+Inf\"} \(h.count)\n\(name)_sum \(format(h.sum))\n\(name)_count \(h.count)\n"
+            for (label, h) in series {
+                let prefix = label.isEmpty ? "" : label + ","
+                let braces = label.isEmpty ? "" : "{\(label)}"
+                for (b, c) in zip(h.bounds, h.counts) { out += "\(name)_bucket{\(prefix)le=\"\(format(b))\"} \(c)\n" }
+                out += "\(name)_bucket{\(prefix)le=\"+Inf\"} \(h.count)\n\(name)_sum\(braces) \(format(h.sum))\n\(name)_count\(braces) \(h.count)\n"
+            }
         }
         metric("kvtc_http_requests_total", "counter", "HTTP requests by route.",
                s.requests.sorted { $0.key < $1.key }.map { ("{route=\"\($0.key)\"}", Double($0.value)) })
@@ -121,10 +104,18 @@ public final class ServerMetrics: Sendable {
         metric("kvtc_tier_misses_total", "counter", "Reads that found nothing, by tier.", byTier { $0.misses })
         metric("kvtc_tier_evictions_total", "counter", "Entries evicted for the budget, by tier.", byTier { $0.evictions })
         metric("kvtc_tier_corrupt_dropped_total", "counter", "Entries dropped on failed verification, by tier.", byTier { $0.corruptDropped })
-        histogram("kvtc_restore_seconds", "Lookup and restore latency.", s.restore)
-        histogram("kvtc_prefill_seconds", "Prefill latency of the uncached prompt tokens.", s.prefill)
-        histogram("kvtc_time_to_first_token_seconds", "Time to first token.", s.ttft)
-        histogram("kvtc_store_seconds", "Latency of storing a cache after generation.", s.store)
+        metric("kvtc_tier_errors_total", "counter", "Tier operations that failed (I/O, network, timeouts); failed reads are misses.", byTier { $0.errors })
+        metric("kvtc_tier_read_bytes_total", "counter", "Entry bytes read, by tier.", byTier { $0.bytesRead })
+        metric("kvtc_tier_written_bytes_total", "counter", "Entry bytes written, by tier.", byTier { $0.bytesWritten })
+        metric("kvtc_tier_writes_dropped_total", "counter", "Writes given up (queue full or failed), by tier.", byTier { $0.writesDropped })
+        let remote = tiers.compactMap { t in t.roundTrips.map { ("tier=\"\(t.name)\"", $0) } }
+        if !remote.isEmpty {
+            histogram("kvtc_tier_round_trip_seconds", "Round-trip latency of a remote tier's batches.", remote)
+        }
+        histogram("kvtc_restore_seconds", "Lookup and restore latency.", [("", s.restore)])
+        histogram("kvtc_prefill_seconds", "Prefill latency of the uncached prompt tokens.", [("", s.prefill)])
+        histogram("kvtc_time_to_first_token_seconds", "Time to first token.", [("", s.ttft)])
+        histogram("kvtc_store_seconds", "Latency of storing a cache after generation.", [("", s.store)])
         return out
     }
 

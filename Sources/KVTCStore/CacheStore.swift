@@ -263,9 +263,9 @@ public final class CacheStore: Sendable {
         return nil
     }
 
-    /// Reads and verifies an entry; drops it from the tier when invalid.
-    private func entry(_ key: StoreKey, chain: KeyChain) async -> (StoreEntry, Int)? {
-        guard let bytes = try? await tier.get(key) else { return nil }
+    /// Verifies the bytes read for `key`; drops the entry from the tier when invalid.
+    private func entry(_ key: StoreKey, _ bytes: [UInt8]?, chain: KeyChain) async -> (StoreEntry, Int)? {
+        guard let bytes else { return nil }
         do {
             return (try StoreEntry(bytes: bytes, key: key, chain: chain), bytes.count)
         } catch {
@@ -301,10 +301,10 @@ public final class CacheStore: Sendable {
         return nil
     }
 
-    /// Reads and checks a tail: its rows and the token index they start at.
-    private func fetchTail(_ key: StoreKey, chain: KeyChain, count t: Int, chunks: Int) async -> (KVCache, Int, Int)? {
+    /// Checks a tail read for `key`: its rows and the token index they start at.
+    private func fetchTail(_ key: StoreKey, _ bytes: [UInt8]?, chain: KeyChain, count t: Int, chunks: Int) async -> (KVCache, Int, Int)? {
         let c = chunkTokens
-        guard let (tail, size) = await entry(key, chain: chain) else { return nil }
+        guard let (tail, size) = await entry(key, bytes, chain: chain) else { return nil }
         guard tail.kind == .tail, tail.end == t else { await drop(key, .shape); return nil }
         let declared: CompressedShape
         do { declared = try ExactRows.shape(of: tail.payload) } catch { await drop(key, .format); return nil }
@@ -324,24 +324,26 @@ public final class CacheStore: Sendable {
         return (rows, tail.exactStart, size)
     }
 
-    /// Reads, checks and decodes the entries of `match` into one cache with room for
-    /// `capacity` tokens: chunks are decoded straight into its storage, in order, and
-    /// the rows past the tail's first token are then replaced by the tail's exact rows.
+    /// Reads (in one batch), checks and decodes the entries of `match` into one cache with
+    /// room for `capacity` tokens: chunks are decoded straight into its storage, in order,
+    /// and the rows past the tail's first token are then replaced by the tail's exact rows.
     private func fetch(_ match: PrefixMatch, chain: KeyChain, capacity: Int) async -> RestoredPrefix? {
         let c = chunkTokens
         let t = match.matchedTokens
         var tailRows: KVCache?
         var exactStart = t
         var bytesRead = 0
+        var read = await tier.get((match.tailKey.map { [$0] } ?? []) + match.chunkKeys)[...]
         if let key = match.tailKey {
-            guard let (rows, start, size) = await fetchTail(key, chain: chain, count: t, chunks: match.chunkKeys.count) else { return nil }
+            guard let (rows, start, size) = await fetchTail(key, read.removeFirst(), chain: chain, count: t,
+                                                            chunks: match.chunkKeys.count) else { return nil }
             tailRows = rows
             exactStart = start
             bytesRead = size
         }
         var payloads: [[UInt8]] = []
-        for (i, key) in match.chunkKeys.enumerated() {
-            guard let (chunk, size) = await entry(key, chain: chain) else { return nil }
+        for (i, (key, bytes)) in zip(match.chunkKeys, read).enumerated() {
+            guard let (chunk, size) = await entry(key, bytes, chain: chain) else { return nil }
             bytesRead += size
             guard chunk.kind == .chunk, chunk.start == i * c, chunk.tokens.count == c else { await drop(key, .shape); return nil }
             let declared: CompressedShape?

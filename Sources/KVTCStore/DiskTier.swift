@@ -122,7 +122,7 @@ public actor DiskTier: CacheTier {
                   let size = (attributes[.size] as? NSNumber)?.intValue else { continue }
             let mtime = attributes[.modificationDate] as? Date ?? .distantPast
             let header = Self.readHeader(path)
-            do { try DiskEntryFile.checkHeader(header, key: key, fileSize: size) } catch {
+            do { try SealedEntry.checkHeader(header, key: key, fileSize: size) } catch {
                 try? fm.removeItem(atPath: path)
                 counters.corruptDropped += 1
                 continue
@@ -156,7 +156,7 @@ public actor DiskTier: CacheTier {
     static func readHeader(_ path: String) -> [UInt8] {
         guard let h = FileHandle(forReadingAtPath: path) else { return [] }
         defer { try? h.close() }
-        return [UInt8]((try? h.read(upToCount: DiskEntryFile.headerSize)) ?? Data())
+        return [UInt8]((try? h.read(upToCount: SealedEntry.headerSize)) ?? Data())
     }
 
     private func forget(_ key: StoreKey) {
@@ -174,7 +174,7 @@ public actor DiskTier: CacheTier {
             return nil
         }
         let value: [UInt8]
-        do { value = try DiskEntryFile.decode([UInt8](data), key: key) } catch {
+        do { value = try SealedEntry.decode([UInt8](data), key: key) } catch {
             forget(key)
             unlink(p)
             counters.corruptDropped += 1
@@ -183,13 +183,14 @@ public actor DiskTier: CacheTier {
         }
         order.touch(key)
         counters.hits += 1
+        counters.bytesRead += value.count
         // Keep the recency across restarts.
         _ = utimes(p, nil)
         return value
     }
 
     public func put(_ key: StoreKey, _ value: [UInt8]) async throws(TierError) {
-        let file = DiskEntryFile.encode(key: key, value: value)
+        let file = SealedEntry.encode(key: key, value: value)
         guard file.count <= quota else { throw .entryTooLarge(bytes: file.count, capacity: quota) }
         forgetForReplace(key)
         while bytes + file.count > quota, let victim = order.leastRecent {
@@ -198,7 +199,10 @@ public actor DiskTier: CacheTier {
             counters.evictions += 1
         }
         let temp = entriesDirectory.appendingPathComponent(".\(key.hex).\(UInt64.random(in: 0...UInt64.max)).tmp").path
-        try Self.writeFile(temp, file, synchronous: synchronous)
+        do { try Self.writeFile(temp, file, synchronous: synchronous) } catch {
+            counters.errors += 1
+            throw error
+        }
         guard rename(temp, path(key)) == 0 else {
             let message = String(cString: strerror(errno))
             unlink(temp)
@@ -212,6 +216,7 @@ public actor DiskTier: CacheTier {
         order.touch(key)
         bytes += file.count
         counters.writes += 1
+        counters.bytesWritten += value.count
     }
 
     private func forgetForReplace(_ key: StoreKey) {

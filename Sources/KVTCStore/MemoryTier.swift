@@ -22,6 +22,7 @@ public actor MemoryTier: CacheTier {
         guard let v = values[key] else { counters.misses += 1; return nil }
         order.touch(key)
         counters.hits += 1
+        counters.bytesRead += v.count
         return v
     }
 
@@ -37,6 +38,7 @@ public actor MemoryTier: CacheTier {
         order.touch(key)
         bytes += value.count
         counters.writes += 1
+        counters.bytesWritten += value.count
     }
 
     public func remove(_ key: StoreKey) async throws(TierError) {

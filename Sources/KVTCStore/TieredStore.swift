@@ -30,6 +30,28 @@ public struct TieredStore: CacheTier {
         return nil
     }
 
+    /// Reads every key from the fastest tier holding it (each tier asked once for the keys
+    /// still missing) and promotes what slower tiers returned into the faster ones.
+    public func get(_ keys: [StoreKey]) async -> [[UInt8]?] {
+        var values = [[UInt8]?](repeating: nil, count: keys.count)
+        for (i, tier) in tiers.enumerated() {
+            let missing = keys.indices.filter { values[$0] == nil }
+            if missing.isEmpty { break }
+            let found = await tier.get(missing.map { keys[$0] })
+            for (j, k) in missing.enumerated() {
+                guard let v = found[j] else { continue }
+                values[k] = v
+                for faster in tiers[0..<i] { try? await faster.put(keys[k], v) }
+            }
+        }
+        let hits = values.reduce(0) { $0 + ($1 == nil ? 0 : 1) }
+        counters.withLock {
+            $0.hits += hits
+            $0.misses += keys.count - hits
+        }
+        return values
+    }
+
     public func put(_ key: StoreKey, _ value: [UInt8]) async throws(TierError) {
         var stored = false
         var lastError: TierError?
@@ -65,6 +87,10 @@ public struct TieredStore: CacheTier {
 
     public func demote(_ key: StoreKey) async {
         for tier in tiers { await tier.demote(key) }
+    }
+
+    public func flush() async {
+        for tier in tiers { await tier.flush() }
     }
 
     /// Bytes held by all tiers together.

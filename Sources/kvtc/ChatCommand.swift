@@ -30,7 +30,7 @@ struct ChatCommand: AsyncParsableCommand {
 
     func run() async throws {
         let model = try modelOptions.load()
-        let store: CacheStore? = noStore ? nil : try storeOptions.makeStore(model: model).0
+        let store: CacheStore? = noStore ? nil : try await storeOptions.makeStore(model: model).0
         let engine = InferenceEngine(model: model, store: store)
         var messages: [ChatMessage] = system.map { [ChatMessage(role: .system, content: $0)] } ?? []
         let initial = messages

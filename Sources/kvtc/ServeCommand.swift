@@ -58,6 +58,33 @@ struct StoreCommandOptions: ParsableArguments {
     @Option(name: .long, help: "How chunks are stored: kvtc (compressed) or exact (f32, bit-identical restores; a reference).")
     var cacheCodec: StoreCodec = .kvtc
 
+    @Option(name: .long, help: "A shared Redis tier below memory and disk: redis://[user:password@]host:port[,host:port...] (cluster seeds or one standalone node).")
+    var redis: String?
+
+    @Option(name: .long, help: "Expiry of entries written to Redis, in seconds (default: none; let Redis's maxmemory policy evict).")
+    var redisTTL: Double?
+
+    @Option(name: .long, help: "Milliseconds a Redis read may take (connecting included) before it counts as a miss.")
+    var redisTimeoutMs = 50.0
+
+    @Option(name: .long, help: "Prefix of the Redis keys this server reads and writes.")
+    var redisPrefix = "kvtc:"
+
+    func validateRedis() throws {
+        if let redisTTL { guard redisTTL > 0 else { throw ValidationError("--redis-ttl must be positive") } }
+        guard redisTimeoutMs > 0 else { throw ValidationError("--redis-timeout-ms must be positive") }
+    }
+
+    /// The Redis tier `--redis` asks for, its topology found (or its absence reported).
+    func makeRedisTier() async throws -> RedisTier? {
+        guard let redis else { return nil }
+        try validateRedis()
+        let (tier, status) = try await StoreFactory.redisTier(
+            url: redis, options: RedisTierOptions(keyPrefix: redisPrefix, ttl: redisTTL), timeout: redisTimeoutMs / 1000)
+        warn("kvtc: \(status)")
+        return tier
+    }
+
     /// The runtime's options for these flags.
     var storeOptions: StoreOptions {
         var o = StoreOptions()
@@ -73,9 +100,11 @@ struct StoreCommandOptions: ParsableArguments {
     }
 
     /// Tiers and a KVTC store for `model` (building its default profile if needed).
-    func makeStore(model: any LanguageModel) throws -> (CacheStore, [any CacheTier]) {
+    func makeStore(model: any LanguageModel) async throws -> (CacheStore, [any CacheTier]) {
+        var options = storeOptions
+        options.redis = try await makeRedisTier()
         defer { Progress.shared.done() }
-        return try StoreFactory.store(storeOptions, model: model) { Progress.shared.status($0) }
+        return try StoreFactory.store(options, model: model) { Progress.shared.status($0) }
     }
 }
 
@@ -169,7 +198,7 @@ struct ServeCommand: AsyncParsableCommand {
     func run() async throws {
         let security = try security()
         let model = try modelOptions.load()
-        let (store, tiers) = try storeOptions.makeStore(model: model)
+        let (store, tiers) = try await storeOptions.makeStore(model: model)
         let metrics = ServerMetrics()
         let engine = InferenceEngine(model: model, store: store, observer: { metrics.record($0) })
         // Responses name the model as the user named it (a catalog name, or the GGUF file's name).

@@ -30,7 +30,7 @@ struct StoreImportCommand: AsyncParsableCommand {
         abstract: "Store the conversations of llama.cpp state files under their token prefixes.",
         discussion: """
         Use the --profile, --ratio and --chunk-tokens the server will use: `kvtc serve --disk DIR` \
-        then continues each conversation with its tokens counted as cached.
+        (or `--redis URL`) then continues each conversation with its tokens counted as cached.
         """)
 
     @OptionGroup var modelOptions: ModelCommandOptions
@@ -41,13 +41,15 @@ struct StoreImportCommand: AsyncParsableCommand {
     var states: [String]
 
     func validate() throws {
-        guard storeOptions.disk != nil else { throw ValidationError("give the store directory with --disk") }
+        guard storeOptions.disk != nil || storeOptions.redis != nil else {
+            throw ValidationError("give the store directory with --disk, or a shared tier with --redis")
+        }
         guard !states.isEmpty else { throw ValidationError("give at least one state file") }
     }
 
     func run() async throws {
         let model = try modelOptions.load()
-        let (store, _) = try storeOptions.makeStore(model: model)
+        let (store, _) = try await storeOptions.makeStore(model: model)
         for path in states {
             let state: LlamaSequenceState
             do { state = try LlamaSequenceState(bytes: try readFile(path)) } catch let e as LlamaStateError { throw CommandError(path, e) }
@@ -57,6 +59,8 @@ struct StoreImportCommand: AsyncParsableCommand {
                              r.chunksWritten, r.chunksReused, formatBytes(r.bytesWritten)))
             } catch { throw CommandError(path, error) }
         }
+        // A Redis tier writes in the background: wait for it before exiting.
+        await store.tier.flush()
     }
 }
 
@@ -85,7 +89,9 @@ struct StoreExportCommand: AsyncParsableCommand {
     var output: String
 
     func validate() throws {
-        guard storeOptions.disk != nil else { throw ValidationError("give the store directory with --disk") }
+        guard storeOptions.disk != nil || storeOptions.redis != nil else {
+            throw ValidationError("give the store directory with --disk, or a shared tier with --redis")
+        }
         guard (tokensOf == nil) != (tokens == nil) else { throw ValidationError("give exactly one of --tokens-of and --tokens") }
         guard ["f16", "bf16", "f32", "q8_0"].contains(type) else { throw ValidationError("--type must be f16, bf16, f32 or q8_0") }
     }
@@ -103,7 +109,7 @@ struct StoreExportCommand: AsyncParsableCommand {
             }
         }
         let model = try modelOptions.load()
-        let (store, _) = try storeOptions.makeStore(model: model)
+        let (store, _) = try await storeOptions.makeStore(model: model)
         let ggml: GGMLType = ["f16": .f16, "bf16": .bf16, "f32": .f32, "q8_0": .q8_0][type]!
         do {
             let state = try await LlamaStateTransfer.exportState(tokens: ids, store: store, namespace: namespaceOptions.namespace,

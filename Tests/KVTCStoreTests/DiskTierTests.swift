@@ -5,7 +5,7 @@ import KVTCTestSupport
 @testable import KVTCStore
 
 @Suite struct DiskTierTests {
-    let header = DiskEntryFile.headerSize
+    let header = SealedEntry.headerSize
 
     func file(_ dir: URL, _ key: StoreKey) -> URL { DiskTier.entriesDirectory(in: dir).appendingPathComponent(DiskTier.fileName(key)) }
 
@@ -84,7 +84,7 @@ import KVTCTestSupport
             try await tier.put(Fixtures.key(1), value)
         }
         // A writer died before its rename: a temporary file is left behind.
-        let full = DiskEntryFile.encode(key: Fixtures.key(2), value: value)
+        let full = SealedEntry.encode(key: Fixtures.key(2), value: value)
         let temp = DiskTier.entriesDirectory(in: dir).appendingPathComponent(".\(Fixtures.key(2).hex).123.tmp")
         try Data(full.prefix(2000)).write(to: temp)
         // A non-atomic writer died mid-write under the final name: a partial file.
@@ -159,7 +159,7 @@ import KVTCTestSupport
         let value = [UInt8](repeating: 9, count: 3000)
         try await tier.put(Fixtures.key(1), value)
         // Simulate a crash of a second, non-atomic writer rewriting the entry in place.
-        let full = DiskEntryFile.encode(key: Fixtures.key(1), value: value)
+        let full = SealedEntry.encode(key: Fixtures.key(1), value: value)
         try Data(full.prefix(1500)).write(to: file(dir, Fixtures.key(1)))
         #expect(try await tier.get(Fixtures.key(1)) == nil)
     }

@@ -1,12 +1,13 @@
 import KVTCNumerics
 import Crypto
 
-/// The on-disk form of one entry: a fixed header, then the value.
+/// An entry as tiers outside the process hold it (a disk tier's file, a Redis tier's
+/// value): a fixed header, then the value.
 ///
 /// Layout: magic `KVTCDSK1` (8) | key (32) | value length u64 | SHA-256 over key, length
-/// and value (32) | value. A file is served only if its magic, key, length and checksum
-/// all verify.
-enum DiskEntryFile {
+/// and value (32) | value. It is served only if its magic, key, length and checksum all
+/// verify, so bytes stored under another key, truncated or altered are never returned.
+enum SealedEntry {
     static let magic = Array("KVTCDSK1".utf8)
     static let headerSize = 80
 
@@ -28,7 +29,7 @@ enum DiskEntryFile {
         return s.bytes
     }
 
-    /// Why a file was rejected.
+    /// Why sealed bytes were rejected.
     enum Rejection: Error, Equatable {
         case header
         case wrongKey
@@ -36,7 +37,7 @@ enum DiskEntryFile {
         case checksum
     }
 
-    /// Checks a header (the first ``headerSize`` bytes) against the file's key and size.
+    /// Checks a header (the first ``headerSize`` bytes) against the key and the total size.
     static func checkHeader(_ header: [UInt8], key: StoreKey, fileSize: Int) throws(Rejection) {
         guard header.count >= headerSize, Array(header[0..<8]) == magic else { throw .header }
         guard Array(header[8..<40]) == key.bytes else { throw .wrongKey }
@@ -47,7 +48,7 @@ enum DiskEntryFile {
         }
     }
 
-    /// Verifies a whole file and returns its value.
+    /// Verifies sealed bytes and returns the value.
     static func decode(_ bytes: [UInt8], key: StoreKey) throws(Rejection) -> [UInt8] {
         try checkHeader(bytes, key: key, fileSize: bytes.count)
         let value = Array(bytes[headerSize...])
