@@ -126,6 +126,7 @@ let package = Package(
         .testTarget(name: "KVTCRuntimeEmbeddedTests", dependencies: ["KVTCRuntime", "KVTCStore", "KVTCEmbeddedModel", "KVTCLlamaState", "KVTCCache"]),
         .testTarget(name: "KVTCServerEmbeddedTests", dependencies: ["KVTCServer", "KVTCRuntime", "KVTCTokenizers", "KVTCEmbeddedModel",
                                                                    "KVTCBenchmarks", "KVTCCache", "KVTCStore", "KVTCLlamaState",
+                                                                   "KVTCRedis", "KVTCTestSupport",
                                                                    .product(name: "HummingbirdTesting", package: "hummingbird")]),
     ]
 )

@@ -13,13 +13,15 @@ enum SharedModel {
 }
 
 enum ServerFixtures {
-    /// A service over a fresh memory tier (plus a disk tier when `disk` is given) storing
-    /// exact f32 chunks, so that restored caches are bit-exact.
-    static func service(model: any LanguageModel, chunkTokens: Int = 64, disk: URL? = nil,
+    /// A service over a fresh memory tier (plus a disk tier when `disk` is given, and a
+    /// shared Redis tier when `redis` is) storing exact f32 chunks, so that restored caches
+    /// are bit-exact.
+    static func service(model: any LanguageModel, chunkTokens: Int = 64, disk: URL? = nil, redis: RedisTier? = nil,
                         security: ServerSecurity = ServerSecurity(), limits: ServerLimits = ServerLimits(),
                         maxTokensLimit: Int = 64) throws -> KVTCService {
         var tiers: [any CacheTier] = [MemoryTier(budget: 1 << 30)]
         if let disk { tiers.append(try DiskTier(directory: disk, quota: 1 << 30)) }
+        if let redis { tiers.append(redis) }
         let store = try CacheStore(identity: ProducerIdentity(modelHash: model.identity, profileHash: "", codecFormatVersion: 1, codec: "exact f32"),
                                    codec: ExactCompressor(precision: .fp32),
                                    tier: tiers.count == 1 ? tiers[0] : TieredStore(tiers),
