@@ -78,7 +78,7 @@ let package = Package(
         .target(name: "KVTCStore", dependencies: ["KVTCCodec", "KVTCCache", "KVTCRedis", crypto], swiftSettings: checked),
         // The serving runtime: the inference engine over a model and a store, store wiring and
         // profile resolution.
-        .target(name: "KVTCRuntime", dependencies: ["KVTCModels", "KVTCStore", "KVTCCodec", "KVTCCalibration", "KVTCLlamaState", "KVTCGGUF"],
+        .target(name: "KVTCRuntime", dependencies: ["KVTCModels", "KVTCStore", "KVTCRedis", "KVTCCodec", "KVTCCalibration", "KVTCLlamaState", "KVTCGGUF"],
                 swiftSettings: checked),
         // HTTP only: OpenAI-compatible routes, API types, errors and HTTP metrics.
         .target(name: "KVTCServer", dependencies: ["KVTCRuntime", crypto,
@@ -89,12 +89,13 @@ let package = Package(
                                                    .product(name: "Logging", package: "swift-log")],
                 swiftSettings: checked),
         // Benchmark workloads: codec, model and serving.
-        .target(name: "KVTCBenchmarks", dependencies: ["KVTCCodec", "KVTCModels", "KVTCRuntime", "KVTCCalibration", "KVTCStore", "KVTCGGUF"],
+        .target(name: "KVTCBenchmarks", dependencies: ["KVTCCodec", "KVTCModels", "KVTCRuntime", "KVTCCalibration", "KVTCStore", "KVTCGGUF",
+                                                       "KVTCCache", "KVTCRedis"],
                 swiftSettings: checked),
 
         .executableTarget(name: "kvtc", dependencies: [
             "KVTCCodec", "KVTCModels", "KVTCCalibration", "KVTCEvaluation", "KVTCStore", "KVTCRuntime", "KVTCServer",
-            "KVTCBenchmarks", "KVTCLlamaState",
+            "KVTCBenchmarks", "KVTCLlamaState", "KVTCRedis",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: checked),

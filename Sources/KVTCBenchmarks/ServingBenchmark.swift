@@ -1,7 +1,9 @@
 import Foundation
+import KVTCCache
 import KVTCCalibration
 import KVTCCodec
 import KVTCModels
+import KVTCRedis
 import KVTCRuntime
 import KVTCStore
 import KVTCTokenizers
@@ -14,8 +16,14 @@ public enum CachePolicy: String, Sendable, Codable, CaseIterable, CustomStringCo
     case exact
     /// KVTC-compressed chunks in the store.
     case kvtc
+    /// KVTC-compressed chunks in a shared Redis tier under a tiny local memory budget: the
+    /// cluster holds the conversations (needs a Redis deployment).
+    case kvtcRedis = "kvtc-redis"
 
     public var description: String { rawValue }
+
+    /// The policies that need nothing but this process.
+    public static let local: [CachePolicy] = [.recompute, .exact, .kvtc]
 }
 
 /// The multi-turn chat workload of `kvtc bench serve` and its settings.
@@ -67,7 +75,7 @@ public struct PolicyRecord: Sendable, Codable {
     public var hitRate: Double
     /// Fraction of all prompt tokens that were restored instead of recomputed.
     public var cachedTokenFraction: Double
-    /// Bytes the store's tiers held at the end.
+    /// Bytes the store's tiers held at the end (for a Redis tier: the bytes written to it).
     public var bytesHeld: Int
     /// The memory budget the policy had.
     public var memoryBudgetBytes: Int
@@ -98,6 +106,27 @@ public struct RestoreRecord: Sendable, Codable {
     /// Bytes each store wrote for it.
     public var kvtcStoredBytes: Int
     public var exactStoredBytes: Int
+    /// With a Redis deployment: median seconds to restore it from Redis alone (KVTC store,
+    /// the tier's default timeout; exact fp16 store, a 10 s timeout), and the entry bytes
+    /// each restore fetched.
+    public var redis: RedisRestoreRecord?
+}
+
+/// Restoring the long context through a Redis tier (no local tier in front).
+public struct RedisRestoreRecord: Sendable, Codable {
+    /// What the client found (standalone node or cluster masters).
+    public var topology: String
+    public var kvtcSeconds: Double
+    public var exactSeconds: Double
+    /// Entry bytes fetched per restore.
+    public var kvtcBytesFetched: Int
+    public var exactBytesFetched: Int
+
+    enum CodingKeys: String, CodingKey {
+        case topology
+        case kvtcSeconds = "kvtc_seconds", exactSeconds = "exact_fp16_seconds"
+        case kvtcBytesFetched = "kvtc_bytes_fetched", exactBytesFetched = "exact_fp16_bytes_fetched"
+    }
 }
 
 /// The JSON report of `kvtc bench serve` (field names as committed under docs/).
@@ -116,6 +145,8 @@ public struct ServingReport: Sendable, Codable {
     public var restoreExact4096Seconds: Double
     public var kvtcStoredBytes4096: Int
     public var exactStoredBytes4096: Int
+    /// Restoring the same context from Redis, when a deployment was given.
+    public var redisRestore4096: RedisRestoreRecord?
 
     /// The report of `policies` measured over `workload`, with the restore measurement `restore`.
     public init(model: String, profile: String, ratio: Double, workload: ServingWorkload, policies: [PolicyRecord],
@@ -133,6 +164,7 @@ public struct ServingReport: Sendable, Codable {
         restoreExact4096Seconds = restore.exactSeconds
         kvtcStoredBytes4096 = restore.kvtcStoredBytes
         exactStoredBytes4096 = restore.exactStoredBytes
+        redisRestore4096 = restore.redis
     }
 
     enum CodingKeys: String, CodingKey {
@@ -141,6 +173,7 @@ public struct ServingReport: Sendable, Codable {
         case restoreTokens = "restore_tokens", restore4096Seconds = "restore_4096_seconds"
         case recompute4096Seconds = "recompute_4096_seconds", restoreExact4096Seconds = "restore_exact_4096_seconds"
         case kvtcStoredBytes4096 = "kvtc_stored_bytes_4096", exactStoredBytes4096 = "exact_stored_bytes_4096"
+        case redisRestore4096 = "redis_restore_4096"
     }
 }
 
@@ -148,10 +181,13 @@ public struct ServingReport: Sendable, Codable {
 public enum ServingBenchmarkError: Error, CustomStringConvertible {
     /// The KVTC store did not give back the context it had just stored.
     case restoreFailed(tokens: Int)
+    /// A policy needs a Redis deployment and none was given.
+    case noRedis(CachePolicy)
 
     public var description: String {
         switch self {
         case .restoreFailed(let n): return "the KVTC store did not restore the \(n)-token context it had stored"
+        case .noRedis(let p): return "policy \(p) needs a Redis deployment (--redis URL)"
         }
     }
 }
@@ -166,21 +202,39 @@ public struct ServingBenchmark: Sendable {
     public let ratio: Double
     /// The conversations replayed.
     public let workload: ServingWorkload
-    /// The memory budget every policy gets.
+    /// The memory budget every policy gets (but ``CachePolicy/kvtcRedis``, which gets
+    /// ``redisLocalBudget``).
     public let memoryBudget: Int
+    /// The Redis deployment of the ``CachePolicy/kvtcRedis`` policy and the Redis restore.
+    public let redis: RedisConfiguration?
+    /// The local memory budget of the ``CachePolicy/kvtcRedis`` policy.
+    public let redisLocalBudget = 4 << 20
     let progress: @Sendable (String) -> Void
+    /// Keys of this run (entries expire after an hour).
+    let redisPrefix = "kvtc-bench:\(UInt32.random(in: 0...UInt32.max)):"
 
     /// - Parameter memoryBudget: defaults to the exact fp16 caches of a tenth of the
     ///   conversations at full context.
     public init(model: any LanguageModel, profile: Profile, ratio: Double, workload: ServingWorkload,
-                memoryBudget: Int? = nil, progress: @escaping @Sendable (String) -> Void = { _ in }) {
+                memoryBudget: Int? = nil, redis: RedisConfiguration? = nil,
+                progress: @escaping @Sendable (String) -> Void = { _ in }) {
         self.model = model
+        self.redis = redis
         self.profile = profile
         self.ratio = ratio
         self.workload = workload
         let fp16PerToken = 4 * model.geometry.featuresPerToken
         self.memoryBudget = memoryBudget ?? fp16PerToken * workload.context * max(1, workload.conversations / 10)
         self.progress = progress
+    }
+
+    /// A Redis tier of this run for `label`'s entries, with `timeout` (default: the
+    /// deployment's).
+    func redisTier(_ label: String, timeout: Double? = nil) throws -> RedisTier {
+        guard var configuration = redis else { throw ServingBenchmarkError.noRedis(.kvtcRedis) }
+        if let timeout { configuration.timeout = timeout }
+        return RedisTier(client: RedisClient(configuration: configuration),
+                         options: RedisTierOptions(keyPrefix: redisPrefix + label + ":", ttl: 3600))
     }
 
     /// Linear-interpolated percentile `p` (0...1) of `values`.
@@ -221,20 +275,58 @@ public struct ServingBenchmark: Sendable {
         }
         let exact = await Self.median(3) { await exactStore.restore(tokens: ids)?.seconds ?? .nan }
         let recompute = try await Self.median(2) { try await recomputeEngine.recomputeSeconds(tokens: ids) }
-        return RestoreRecord(tokens: ids.count, kvtcSeconds: kvtc, exactSeconds: exact, recomputeSeconds: recompute,
-                             kvtcStoredBytes: kvtcReceipt.bytesWritten, exactStoredBytes: exactReceipt.bytesWritten)
+        var record = RestoreRecord(tokens: ids.count, kvtcSeconds: kvtc, exactSeconds: exact, recomputeSeconds: recompute,
+                                   kvtcStoredBytes: kvtcReceipt.bytesWritten, exactStoredBytes: exactReceipt.bytesWritten)
+        if redis != nil { record.redis = try await restoreFromRedis(ids: ids, cache: cache, configuration: configuration) }
+        return record
+    }
+
+    /// Stores the context into Redis alone, once as KVTC chunks and once as exact fp16
+    /// ones, and restores each three times: median seconds and bytes fetched per restore.
+    func restoreFromRedis(ids: [Int], cache: KVCache, configuration: StoreConfiguration) async throws -> RedisRestoreRecord {
+        progress("restore of \(ids.count) tokens from Redis")
+        let kvtcTier = try redisTier("restore-kvtc")
+        let topology = try await kvtcTier.client.connect()
+        // The exact entries of a long context are ~100 MB: give them time the product's
+        // 50 ms default would not.
+        let exactTier = try redisTier("restore-exact", timeout: 10)
+        let kvtcStore = try StoreFactory.kvtcStore(model: model, profile: profile, ratio: ratio, tiers: [kvtcTier],
+                                                   configuration: configuration)
+        let exactStore = try StoreFactory.exactStore(model: model, tiers: [exactTier], configuration: configuration)
+        func measure(_ store: CacheStore, _ tier: RedisTier) async throws -> (Double, Int) {
+            _ = try await store.store(tokens: ids, cache: cache)
+            await tier.flush()
+            let before = await tier.stats().bytesRead
+            let seconds = try await Self.median(3) {
+                guard let r = await store.restore(tokens: ids), r.matchedTokens == ids.count else {
+                    throw ServingBenchmarkError.restoreFailed(tokens: ids.count)
+                }
+                return r.seconds
+            }
+            return (seconds, (await tier.stats().bytesRead - before) / 3)
+        }
+        let (kvtcSeconds, kvtcBytes) = try await measure(kvtcStore, kvtcTier)
+        let (exactSeconds, exactBytes) = try await measure(exactStore, exactTier)
+        return RedisRestoreRecord(topology: "\(topology)", kvtcSeconds: kvtcSeconds, exactSeconds: exactSeconds,
+                                  kvtcBytesFetched: kvtcBytes, exactBytesFetched: exactBytes)
     }
 
     /// Replays `messages` (per conversation, per turn) under `policy`.
     public func run(_ policy: CachePolicy, messages: [[String]]) async throws -> PolicyRecord {
         let configuration = StoreConfiguration(tailPrecision: .fp16)
-        let tiers: [any CacheTier] = policy == .recompute ? [] : [MemoryTier(budget: memoryBudget)]
+        let remote: RedisTier? = policy == .kvtcRedis ? try redisTier("policy") : nil
+        let tiers: [any CacheTier] = switch policy {
+        case .recompute: []
+        case .exact, .kvtc: [MemoryTier(budget: memoryBudget)]
+        case .kvtcRedis: [MemoryTier(budget: redisLocalBudget), remote!]
+        }
         let store: CacheStore? = switch policy {
         case .exact: try StoreFactory.exactStore(model: model, tiers: tiers, configuration: configuration)
-        case .kvtc: try StoreFactory.kvtcStore(model: model, profile: profile, ratio: ratio, tiers: tiers,
-                                               configuration: configuration)
+        case .kvtc, .kvtcRedis: try StoreFactory.kvtcStore(model: model, profile: profile, ratio: ratio, tiers: tiers,
+                                                           configuration: configuration)
         case .recompute: nil
         }
+        if let remote { _ = try await remote.client.connect() }
         let engine = InferenceEngine(model: model, store: store)
         var histories = [[ChatMessage]](repeating: [], count: messages.count)
         var ttft: [Double] = [], restore: [Double] = [], prefill: [Double] = []
@@ -247,6 +339,8 @@ public struct ServingBenchmark: Sendable {
                 let tokens = model.tokenizer.encode(model.chatTemplate.prompt(histories[c], addGenerationPrompt: true))
                 let o = try await engine.generate(GenerationRequest(promptTokens: tokens, maxTokens: workload.replyTokens))
                 histories[c].append(ChatMessage(role: .assistant, content: o.text))
+                // Redis writes are off the request path; let them land before the next turn.
+                await remote?.flush()
                 ttft.append(o.timeToFirstTokenSeconds)
                 restore.append(o.restoreSeconds)
                 prefill.append(o.prefillSeconds)
@@ -260,6 +354,7 @@ public struct ServingBenchmark: Sendable {
         }
         var held = 0
         for tier in tiers { held += await tier.byteCount }
+        if let remote { held += await remote.stats().bytesWritten }
         let n = Double(max(1, ttft.count))
         return PolicyRecord(policy: policy, turns: ttft.count, ttftMeanSeconds: ttft.reduce(0, +) / n,
                             ttftP50Seconds: Self.percentile(ttft, 0.5), ttftP95Seconds: Self.percentile(ttft, 0.95),

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import KVTCBenchmarks
 import KVTCCalibration
+import KVTCRedis
 import KVTCRuntime
 
 /// A comma-separated list of cache policies, e.g. `exact,kvtc`.
@@ -57,8 +58,14 @@ struct BenchServeCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Tokens of the restore-vs-recompute measurement.")
     var restoreTokens = 4096
 
-    @Option(name: .long, help: "Policies to run, comma-separated (\(CachePolicy.allCases.map(\.rawValue).joined(separator: ", "))).")
-    var policies = PolicyList(CachePolicy.allCases)
+    @Option(name: .long, help: "Policies to run, comma-separated (\(CachePolicy.allCases.map(\.rawValue).joined(separator: ", "))); kvtc-redis is added with --redis.")
+    var policies = PolicyList(CachePolicy.local)
+
+    @Option(name: .long, help: "A Redis deployment (redis://host:port[,host:port...]): adds the kvtc-redis policy and the restore from Redis.")
+    var redis: String?
+
+    @Option(name: .long, help: "Milliseconds a Redis read may take before it counts as a miss.")
+    var redisTimeoutMs = 50.0
 
     @Option(name: .long, help: "Write the JSON report here.")
     var json: String?
@@ -76,8 +83,11 @@ struct BenchServeCommand: AsyncParsableCommand {
         workload.turns = turns
         workload.context = context
         workload.replyTokens = replyTokens
+        let redisConfiguration = try redis.map { try RedisConfiguration(url: $0, timeout: redisTimeoutMs / 1000) }
+        var selected = policies.policies
+        if redisConfiguration != nil, !selected.contains(.kvtcRedis) { selected.append(.kvtcRedis) }
         let bench = ServingBenchmark(model: model, profile: profile, ratio: ratio, workload: workload,
-                                     memoryBudget: memoryBudget?.bytes) { Progress.shared.status($0) }
+                                     memoryBudget: memoryBudget?.bytes, redis: redisConfiguration) { Progress.shared.status($0) }
         let corpus = try Corpus.bundled()
 
         let r = try await bench.restoreVersusRecompute(tokens: restoreTokens, corpus: corpus)
@@ -85,10 +95,18 @@ struct BenchServeCommand: AsyncParsableCommand {
         print(String(format: "restore %d tokens: kvtc %.3f s (%.1f MiB stored), exact fp16 %.3f s (%.1f MiB); recompute %.3f s; kvtc restore is %.1fx faster than recompute",
                      r.tokens, r.kvtcSeconds, Double(r.kvtcStoredBytes) / 1048576, r.exactSeconds,
                      Double(r.exactStoredBytes) / 1048576, r.recomputeSeconds, r.recomputeSeconds / r.kvtcSeconds))
+        if let x = r.redis {
+            print("from \(x.topology):")
+            print(String(format: "  kvtc from Redis %.3f s (%.2fx the local memory restore, floor <= 1.5x; %.1fx faster than recompute, floor >= 8x)",
+                         x.kvtcSeconds, x.kvtcSeconds / r.kvtcSeconds, r.recomputeSeconds / x.kvtcSeconds))
+            print(String(format: "  bytes fetched per restore: kvtc %.2f MiB, exact fp16 %.2f MiB (%.1fx fewer, floor >= 15x); exact fp16 from Redis %.3f s",
+                         Double(x.kvtcBytesFetched) / 1048576, Double(x.exactBytesFetched) / 1048576,
+                         Double(x.exactBytesFetched) / Double(max(1, x.kvtcBytesFetched)), x.exactSeconds))
+        }
 
         let messages = workload.messages(tokenizer: model.tokenizer, corpus: corpus)
         var records: [PolicyRecord] = []
-        for policy in CachePolicy.allCases where policies.policies.contains(policy) {
+        for policy in CachePolicy.allCases where selected.contains(policy) {
             records.append(try await bench.run(policy, messages: messages))
             Progress.shared.done()
         }
@@ -96,7 +114,7 @@ struct BenchServeCommand: AsyncParsableCommand {
                      conversations, turns, context, Double(bench.memoryBudget) / 1048576))
         print("policy      TTFT mean   p50      p95      hit rate  cached   bytes held")
         for r in records {
-            print(r.policy.rawValue.padding(toLength: 10, withPad: " ", startingAt: 0) + String(format: " %7.3f s %7.3f s %7.3f s  %6.1f%%  %6.1f%%  %8.1f MiB",
+            print(r.policy.rawValue.padding(toLength: 11, withPad: " ", startingAt: 0) + String(format: " %7.3f s %7.3f s %7.3f s  %6.1f%%  %6.1f%%  %8.1f MiB",
                          r.ttftMeanSeconds, r.ttftP50Seconds, r.ttftP95Seconds, 100 * r.hitRate, 100 * r.cachedTokenFraction,
                          Double(r.bytesHeld) / 1048576))
         }

@@ -23,6 +23,7 @@ struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Measure speed on this machine.",
-        subcommands: [BenchCodecCommand.self, BenchModelCommand.self, BenchServeCommand.self, BenchFaultsCommand.self]
+        subcommands: [BenchCodecCommand.self, BenchModelCommand.self, BenchServeCommand.self, BenchFaultsCommand.self,
+                      BenchSharedTierCommand.self]
     )
 }
