@@ -28,8 +28,8 @@ public enum RedisTopology: Sendable, Equatable, CustomStringConvertible {
 ///   cluster support makes the client a standalone one. `MOVED` updates the map (and
 ///   refreshes it in the background); `ASK` retries once at the importing node after
 ///   `ASKING`.
-/// - Every batch has one deadline (``RedisConfiguration/timeout``) for connecting and
-///   replying; a node that fails is backed off (exponentially, up to
+/// - Every node's part of a batch has one time limit (``RedisConfiguration/timeout``) for
+///   connecting and replying, counted from when it is sent; a node that fails is backed off (exponentially, up to
 ///   ``RedisConfiguration/maxBackoff``) and its keys fail at once meanwhile; a failure
 ///   also refreshes the topology, so a failover is followed.
 public final class RedisClient: Sendable {
@@ -69,14 +69,12 @@ public final class RedisClient: Sendable {
         }
     }
 
-    private var deadline: NIODeadline { .now() + RedisNode.amount(configuration.timeout) }
-
     // MARK: Topology
 
     /// Finds the topology now (with a longer deadline than a command's: this is start-up).
     @discardableResult
     public func connect(timeout: Double = 2) async throws(RedisError) -> RedisTopology {
-        try await refresh(deadline: .now() + RedisNode.amount(timeout))
+        try await refresh(timeout: timeout)
         return topology
     }
 
@@ -95,14 +93,14 @@ public final class RedisClient: Sendable {
     }
 
     /// Asks the seeds (then every known node) for the slot map, first answer wins.
-    private func refresh(deadline: NIODeadline) async throws(RedisError) {
+    private func refresh(timeout: Double) async throws(RedisError) {
         let known = state.withLockedValue { Array($0.nodes.keys) }
         var candidates = configuration.seeds
         for a in known where !candidates.contains(a) { candidates.append(a) }
         var lastError = RedisError.connection("no seed nodes")
         for address in candidates {
             do {
-                let reply = try await node(address).send([RedisCommand(["CLUSTER", "SLOTS"])], deadline: deadline)
+                let reply = try await node(address).send([RedisCommand(["CLUSTER", "SLOTS"])], timeout: timeout)
                 let mode = try Self.mode(from: reply.first, asked: address)
                 state.withLockedValue {
                     $0.mode = mode
@@ -147,7 +145,7 @@ public final class RedisClient: Sendable {
         }
         guard start else { return }
         Task {
-            try? await self.refresh(deadline: .now() + RedisNode.amount(max(0.5, self.configuration.timeout)))
+            try? await self.refresh(timeout: max(0.5, self.configuration.timeout))
             self.state.withLockedValue { $0.refreshing = false }
         }
     }
@@ -178,10 +176,10 @@ public final class RedisClient: Sendable {
     /// (``RedisError/server(_:)``); nothing here throws as a whole.
     public func execute(_ commands: [RedisCommand], timeout: Double? = nil) async -> [Result<RESPValue, RedisError>] {
         guard !commands.isEmpty else { return [] }
-        let deadline = timeout.map { .now() + RedisNode.amount($0) } ?? self.deadline
+        let timeout = timeout ?? configuration.timeout
         var results = [Result<RESPValue, RedisError>?](repeating: nil, count: commands.count)
         if case .unknown = state.withLockedValue({ $0.mode }) {
-            do { try await refresh(deadline: deadline) } catch {
+            do { try await refresh(timeout: timeout) } catch {
                 refreshInBackground(interval: configuration.initialBackoff)
                 return Array(repeating: .failure(error), count: commands.count)
             }
@@ -210,7 +208,7 @@ public final class RedisClient: Sendable {
                         if p.asking { batch.append(RedisCommand(["ASKING"])) }
                         batch.append(commands[p.index])
                     }
-                    group.addTask { [batch] in (n, await target.result(batch, deadline: deadline)) }
+                    group.addTask { [batch] in (n, await target.result(batch, timeout: timeout)) }
                 }
                 var all = [Result<[RESPValue], RedisError>](repeating: .failure(.connection("not sent")), count: targets.count)
                 for await (n, r) in group { all[n] = r }
@@ -262,13 +260,13 @@ public final class RedisClient: Sendable {
     }
 
     /// Runs one keyed command.
-    public func execute(_ command: RedisCommand) async -> Result<RESPValue, RedisError> {
-        await execute([command])[0]
+    public func execute(_ command: RedisCommand, timeout: Double? = nil) async -> Result<RESPValue, RedisError> {
+        await execute([command], timeout: timeout)[0]
     }
 
     /// Sends a command to one node, unrouted (administration: `PING`, `INFO`, `FLUSHALL`).
     public func send(_ command: RedisCommand, to address: RedisAddress, timeout: Double? = nil) async throws(RedisError) -> RESPValue {
-        let replies = try await node(address).send([command], deadline: .now() + RedisNode.amount(timeout ?? configuration.timeout))
+        let replies = try await node(address).send([command], timeout: timeout ?? configuration.timeout)
         guard let r = replies.first else { throw .protocolViolation("no reply") }
         if let e = r.errorMessage { throw .server(e) }
         return r

@@ -29,20 +29,22 @@ final class RedisNode: Sendable {
     /// Whether the node is in its back-off.
     var isBackingOff: Bool { state.withLockedValue { $0.retryAt > .now() } }
 
-    /// ``send(_:deadline:)`` as a result.
-    func result(_ commands: [RedisCommand], deadline: NIODeadline) async -> Result<[RESPValue], RedisError> {
-        do { return .success(try await send(commands, deadline: deadline)) } catch { return .failure(error) }
+    /// ``send(_:timeout:)`` as a result.
+    func result(_ commands: [RedisCommand], timeout: Double) async -> Result<[RESPValue], RedisError> {
+        do { return .success(try await send(commands, timeout: timeout)) } catch { return .failure(error) }
     }
 
-    /// Sends `commands` as one pipeline and returns their replies in order.
-    func send(_ commands: [RedisCommand], deadline: NIODeadline) async throws(RedisError) -> [RESPValue] {
+    /// Sends `commands` as one pipeline and returns their replies in order, within `timeout`
+    /// seconds (connecting included) counted from now: the time the node takes, not the
+    /// time the caller's task waited to run.
+    func send(_ commands: [RedisCommand], timeout: Double) async throws(RedisError) -> [RESPValue] {
+        let deadline = NIODeadline.now() + Self.amount(timeout)
         let picked = state.withLockedValue { s -> (Int, EventLoopFuture<RedisConnection>)? in
             guard s.retryAt <= .now() else { return nil }
             let i = s.next
             s.next = (s.next + 1) % s.connections.count
             if let f = s.connections[i] { return (i, f) }
-            let f = RedisConnection.connect(to: address, configuration: configuration, group: group,
-                                            deadline: .now() + Self.amount(configuration.timeout))
+            let f = RedisConnection.connect(to: address, configuration: configuration, group: group, deadline: deadline)
             s.connections[i] = f
             return (i, f)
         }
@@ -51,7 +53,7 @@ final class RedisNode: Sendable {
             var connection = try await future.value(before: deadline, "connecting to \(address)")
             if !connection.isActive {
                 // Closed since (timeout, server restart): one fresh connection within the deadline.
-                let f = replace(slot, broken: future)
+                let f = replace(slot, broken: future, deadline: deadline)
                 connection = try await f.value(before: deadline, "connecting to \(address)")
             }
             let replies = try await connection.send(commands, deadline: deadline).value(before: deadline, "\(address)")
@@ -63,11 +65,10 @@ final class RedisNode: Sendable {
         }
     }
 
-    private func replace(_ slot: Int, broken: EventLoopFuture<RedisConnection>) -> EventLoopFuture<RedisConnection> {
+    private func replace(_ slot: Int, broken: EventLoopFuture<RedisConnection>, deadline: NIODeadline) -> EventLoopFuture<RedisConnection> {
         state.withLockedValue { s in
             if let current = s.connections[slot], current !== broken { return current }
-            let f = RedisConnection.connect(to: address, configuration: configuration, group: group,
-                                            deadline: .now() + Self.amount(configuration.timeout))
+            let f = RedisConnection.connect(to: address, configuration: configuration, group: group, deadline: deadline)
             s.connections[slot] = f
             return f
         }
