@@ -74,11 +74,13 @@ let package = Package(
                                                   .product(name: "NIOPosix", package: "swift-nio"),
                                                   .product(name: "NIOConcurrencyHelpers", package: "swift-nio")],
                 swiftSettings: checked),
-        // Chunked, prefix-keyed compressed cache store with memory, disk and Redis tiers.
-        .target(name: "KVTCStore", dependencies: ["KVTCCodec", "KVTCCache", "KVTCRedis", crypto], swiftSettings: checked),
+        // Chunked, prefix-keyed compressed cache store with memory and disk tiers.
+        .target(name: "KVTCStore", dependencies: ["KVTCCodec", "KVTCCache", crypto], swiftSettings: checked),
+        // The store's tier on a standalone Redis or a Redis Cluster (the protocol is KVTCRedis's).
+        .target(name: "KVTCRedisTier", dependencies: ["KVTCStore", "KVTCRedis", "KVTCNumerics"], swiftSettings: checked),
         // The serving runtime: the inference engine over a model and a store, store wiring and
         // profile resolution.
-        .target(name: "KVTCRuntime", dependencies: ["KVTCModels", "KVTCStore", "KVTCRedis", "KVTCCodec", "KVTCCalibration", "KVTCLlamaState", "KVTCGGUF"],
+        .target(name: "KVTCRuntime", dependencies: ["KVTCModels", "KVTCStore", "KVTCRedis", "KVTCRedisTier", "KVTCCodec", "KVTCCalibration", "KVTCLlamaState", "KVTCGGUF"],
                 swiftSettings: checked),
         // HTTP only: OpenAI-compatible routes, API types, errors and HTTP metrics.
         .target(name: "KVTCServer", dependencies: ["KVTCRuntime", crypto,
@@ -90,12 +92,12 @@ let package = Package(
                 swiftSettings: checked),
         // Benchmark workloads: codec, model and serving.
         .target(name: "KVTCBenchmarks", dependencies: ["KVTCCodec", "KVTCModels", "KVTCRuntime", "KVTCCalibration", "KVTCStore", "KVTCGGUF",
-                                                       "KVTCCache", "KVTCRedis"],
+                                                       "KVTCCache", "KVTCRedis", "KVTCRedisTier"],
                 swiftSettings: checked),
 
         .executableTarget(name: "kvtc", dependencies: [
             "KVTCCodec", "KVTCModels", "KVTCCalibration", "KVTCEvaluation", "KVTCStore", "KVTCRuntime", "KVTCServer",
-            "KVTCBenchmarks", "KVTCLlamaState", "KVTCRedis",
+            "KVTCBenchmarks", "KVTCLlamaState", "KVTCRedis", "KVTCRedisTier",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: checked),
@@ -114,7 +116,8 @@ let package = Package(
         .executableTarget(name: "KVTCDiskWriter", dependencies: ["KVTCStore"], path: "Tests/KVTCDiskWriter"),
         .testTarget(name: "KVTCRedisTests", dependencies: ["KVTCRedis", "KVTCTestSupport",
                                                          .product(name: "NIOCore", package: "swift-nio")]),
-        .testTarget(name: "KVTCStoreTests", dependencies: ["KVTCStore", "KVTCRedis", "KVTCTestSupport"]),
+        // The Redis tier's tests share the store tests' fixtures (a profile, keys, a store).
+        .testTarget(name: "KVTCStoreTests", dependencies: ["KVTCStore", "KVTCRedis", "KVTCRedisTier", "KVTCTestSupport"]),
         .testTarget(name: "KVTCLlamaStateTests", dependencies: ["KVTCLlamaState", "KVTCCache", "KVTCGGUF", "KVTCNumerics"],
                     exclude: ["Fixtures"]),
 
@@ -127,7 +130,7 @@ let package = Package(
         .testTarget(name: "KVTCRuntimeEmbeddedTests", dependencies: ["KVTCRuntime", "KVTCStore", "KVTCEmbeddedModel", "KVTCLlamaState", "KVTCCache"]),
         .testTarget(name: "KVTCServerEmbeddedTests", dependencies: ["KVTCServer", "KVTCRuntime", "KVTCTokenizers", "KVTCEmbeddedModel",
                                                                    "KVTCBenchmarks", "KVTCCache", "KVTCStore", "KVTCLlamaState",
-                                                                   "KVTCRedis", "KVTCTestSupport",
+                                                                   "KVTCRedis", "KVTCRedisTier", "KVTCTestSupport",
                                                                    .product(name: "HummingbirdTesting", package: "hummingbird")]),
     ]
 )

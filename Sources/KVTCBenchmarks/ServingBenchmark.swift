@@ -4,6 +4,7 @@ import KVTCCalibration
 import KVTCCodec
 import KVTCModels
 import KVTCRedis
+import KVTCRedisTier
 import KVTCRuntime
 import KVTCStore
 import KVTCTokenizers
@@ -116,15 +117,24 @@ public struct RestoreRecord: Sendable, Codable {
 public struct RedisRestoreRecord: Sendable, Codable {
     /// What the client found (standalone node or cluster masters).
     public var topology: String
+    /// Median seconds of the KVTC restore from Redis, and from local memory in alternation
+    /// with it.
     public var kvtcSeconds: Double
+    public var localSeconds: Double
     public var exactSeconds: Double
     /// Entry bytes fetched per restore.
     public var kvtcBytesFetched: Int
     public var exactBytesFetched: Int
+    /// Tier errors (timeouts, failed nodes) during the KVTC restores: each made a restore
+    /// retry or fall back to a shorter prefix.
+    public var kvtcErrors: Int
+    /// Mean round trip of the KVTC restores' Redis batches (seconds).
+    public var kvtcRoundTripSeconds: Double
 
     enum CodingKeys: String, CodingKey {
+        case kvtcErrors = "kvtc_errors", kvtcRoundTripSeconds = "kvtc_round_trip_seconds"
         case topology
-        case kvtcSeconds = "kvtc_seconds", exactSeconds = "exact_fp16_seconds"
+        case kvtcSeconds = "kvtc_seconds", localSeconds = "kvtc_local_memory_seconds", exactSeconds = "exact_fp16_seconds"
         case kvtcBytesFetched = "kvtc_bytes_fetched", exactBytesFetched = "exact_fp16_bytes_fetched"
     }
 }
@@ -277,13 +287,17 @@ public struct ServingBenchmark: Sendable {
         let recompute = try await Self.median(2) { try await recomputeEngine.recomputeSeconds(tokens: ids) }
         var record = RestoreRecord(tokens: ids.count, kvtcSeconds: kvtc, exactSeconds: exact, recomputeSeconds: recompute,
                                    kvtcStoredBytes: kvtcReceipt.bytesWritten, exactStoredBytes: exactReceipt.bytesWritten)
-        if redis != nil { record.redis = try await restoreFromRedis(ids: ids, cache: cache, configuration: configuration) }
+        if redis != nil {
+            record.redis = try await restoreFromRedis(ids: ids, cache: cache, local: kvtcStore, configuration: configuration)
+        }
         return record
     }
 
     /// Stores the context into Redis alone, once as KVTC chunks and once as exact fp16
-    /// ones, and restores each three times: median seconds and bytes fetched per restore.
-    func restoreFromRedis(ids: [Int], cache: KVCache, configuration: StoreConfiguration) async throws -> RedisRestoreRecord {
+    /// ones, and restores each five times (the KVTC restores alternating with restores from
+    /// `local`, the same store in memory, so that both see the same machine): median
+    /// seconds and bytes fetched per restore.
+    func restoreFromRedis(ids: [Int], cache: KVCache, local: CacheStore, configuration: StoreConfiguration) async throws -> RedisRestoreRecord {
         progress("restore of \(ids.count) tokens from Redis")
         let kvtcTier = try redisTier("restore-kvtc")
         let topology = try await kvtcTier.client.connect()
@@ -293,22 +307,34 @@ public struct ServingBenchmark: Sendable {
         let kvtcStore = try StoreFactory.kvtcStore(model: model, profile: profile, ratio: ratio, tiers: [kvtcTier],
                                                    configuration: configuration)
         let exactStore = try StoreFactory.exactStore(model: model, tiers: [exactTier], configuration: configuration)
-        func measure(_ store: CacheStore, _ tier: RedisTier) async throws -> (Double, Int) {
+        func restore(_ store: CacheStore) async throws -> Double {
+            guard let r = await store.restore(tokens: ids), r.matchedTokens == ids.count else {
+                throw ServingBenchmarkError.restoreFailed(tokens: ids.count)
+            }
+            return r.seconds
+        }
+        let runs = 5
+        func measure(_ store: CacheStore, _ tier: RedisTier, alternatingWith other: CacheStore? = nil) async throws
+            -> (seconds: Double, other: Double, bytes: Int, errors: Int, roundTrip: Double) {
             _ = try await store.store(tokens: ids, cache: cache)
             await tier.flush()
-            let before = await tier.stats().bytesRead
-            let seconds = try await Self.median(3) {
-                guard let r = await store.restore(tokens: ids), r.matchedTokens == ids.count else {
-                    throw ServingBenchmarkError.restoreFailed(tokens: ids.count)
-                }
-                return r.seconds
+            let before = await tier.stats()
+            var times: [Double] = [], others: [Double] = []
+            for _ in 0..<runs {
+                if let other { others.append(try await restore(other)) }
+                times.append(try await restore(store))
             }
-            return (seconds, (await tier.stats().bytesRead - before) / 3)
+            let after = await tier.stats()
+            let trips = (after.roundTrips?.count ?? 0) - (before.roundTrips?.count ?? 0)
+            let tripSeconds = (after.roundTrips?.sum ?? 0) - (before.roundTrips?.sum ?? 0)
+            return (Self.percentile(times, 0.5), Self.percentile(others, 0.5), (after.bytesRead - before.bytesRead) / runs,
+                    after.errors - before.errors, trips > 0 ? tripSeconds / Double(trips) : 0)
         }
-        let (kvtcSeconds, kvtcBytes) = try await measure(kvtcStore, kvtcTier)
-        let (exactSeconds, exactBytes) = try await measure(exactStore, exactTier)
-        return RedisRestoreRecord(topology: "\(topology)", kvtcSeconds: kvtcSeconds, exactSeconds: exactSeconds,
-                                  kvtcBytesFetched: kvtcBytes, exactBytesFetched: exactBytes)
+        let k = try await measure(kvtcStore, kvtcTier, alternatingWith: local)
+        let e = try await measure(exactStore, exactTier)
+        return RedisRestoreRecord(topology: "\(topology)", kvtcSeconds: k.seconds, localSeconds: k.other, exactSeconds: e.seconds,
+                                  kvtcBytesFetched: k.bytes, exactBytesFetched: e.bytes, kvtcErrors: k.errors,
+                                  kvtcRoundTripSeconds: k.roundTrip)
     }
 
     /// Replays `messages` (per conversation, per turn) under `policy`.

@@ -3,6 +3,7 @@ import KVTCCalibration
 import KVTCCodec
 import KVTCModels
 import KVTCRedis
+import KVTCRedisTier
 import KVTCStore
 
 /// Builds the store the server and the tools use: a memory tier with a byte budget,
@@ -27,10 +28,10 @@ public enum StoreFactory {
     /// An unreachable deployment is not an error: the tier starts, its reads miss and it
     /// connects when the nodes come up. The returned text says which it was.
     /// - Throws: ``RedisError/invalidURL(_:)`` for a malformed URL.
-    public static func redisTier(url: String, options: RedisTierOptions = RedisTierOptions(), timeout: Double = 0.05,
-                                 connectTimeout: Double = 2) async throws(RedisError) -> (RedisTier, String) {
+    public static func redisTier(url: String, options: RedisTierOptions = RedisTierOptions(), signer: EntrySigner? = nil,
+                                 timeout: Double = 0.05, connectTimeout: Double = 2) async throws(RedisError) -> (RedisTier, String) {
         let client = RedisClient(configuration: try RedisConfiguration(url: url, timeout: timeout))
-        let tier = RedisTier(client: client, options: options)
+        let tier = RedisTier(client: client, options: options, signer: signer)
         do {
             let topology = try await client.connect(timeout: connectTimeout)
             return (tier, "\(topology)")
@@ -82,7 +83,7 @@ public struct StoreOptions: Sendable {
     public var diskDurable = false
     /// How chunks are stored.
     public var codec: StoreCodec = .kvtc
-    /// A shared Redis tier below memory and disk, if any (see ``StoreFactory/redisTier(url:options:timeout:connectTimeout:)``).
+    /// A shared Redis tier below memory and disk, if any (see ``StoreFactory/redisTier(url:options:signer:timeout:connectTimeout:)``).
     public var redis: RedisTier?
 
     public init() {}

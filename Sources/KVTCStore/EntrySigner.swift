@@ -24,16 +24,25 @@ public struct EntrySigner: Sendable {
 
     private func message(_ key: StoreKey, _ entry: [UInt8]) -> [UInt8] { Array("kvtc.entry.v1".utf8) + key.bytes + entry }
 
+    /// The 32-byte authentication code of `entry` under `key`.
+    public func code(_ key: StoreKey, _ entry: [UInt8]) -> [UInt8] {
+        Array(HMAC<SHA256>.authenticationCode(for: message(key, entry), using: self.key))
+    }
+
+    /// Whether `code` authenticates `entry` under `key` (constant time).
+    public func isValid(code: [UInt8], _ key: StoreKey, _ entry: [UInt8]) -> Bool {
+        code.count == SHA256.byteCount && HMAC<SHA256>.isValidAuthenticationCode(code, authenticating: message(key, entry), using: self.key)
+    }
+
     /// The signature header value for `entry` under `key`.
     public func sign(_ key: StoreKey, _ entry: [UInt8]) -> String {
-        let mac = HMAC<SHA256>.authenticationCode(for: message(key, entry), using: self.key)
-        return "sha256=" + Array(mac).map { String(format: "%02x", $0) }.joined()
+        "sha256=" + code(key, entry).map { String(format: "%02x", $0) }.joined()
     }
 
     /// Whether `signature` (a header value) signs `entry` under `key` (constant time).
     public func verify(_ signature: String?, _ key: StoreKey, _ entry: [UInt8]) -> Bool {
         // A MAC is 32 bytes, written like a key.
         guard let signature, signature.hasPrefix("sha256="), let mac = StoreKey(hex: String(signature.dropFirst(7))) else { return false }
-        return HMAC<SHA256>.isValidAuthenticationCode(mac.bytes, authenticating: message(key, entry), using: self.key)
+        return isValid(code: mac.bytes, key, entry)
     }
 }

@@ -7,9 +7,10 @@ import Crypto
 /// Layout: magic `KVTCDSK1` (8) | key (32) | value length u64 | SHA-256 over key, length
 /// and value (32) | value. It is served only if its magic, key, length and checksum all
 /// verify, so bytes stored under another key, truncated or altered are never returned.
-enum SealedEntry {
-    static let magic = Array("KVTCDSK1".utf8)
-    static let headerSize = 80
+public enum SealedEntry {
+    public static let magic = Array("KVTCDSK1".utf8)
+    /// Bytes before the value.
+    public static let headerSize = 80
 
     static func checksum(key: StoreKey, value: [UInt8]) -> [UInt8] {
         var h = SHA256()
@@ -19,7 +20,8 @@ enum SealedEntry {
         return Array(h.finalize())
     }
 
-    static func encode(key: StoreKey, value: [UInt8]) -> [UInt8] {
+    /// `value` sealed under `key`.
+    public static func encode(key: StoreKey, value: [UInt8]) -> [UInt8] {
         var s = ByteWriter(capacity: headerSize + value.count)
         s.raw(magic)
         s.raw(key.bytes)
@@ -30,7 +32,7 @@ enum SealedEntry {
     }
 
     /// Why sealed bytes were rejected.
-    enum Rejection: Error, Equatable {
+    public enum Rejection: Error, Equatable {
         case header
         case wrongKey
         case length(expected: Int, actual: Int)
@@ -49,7 +51,7 @@ enum SealedEntry {
     }
 
     /// Verifies sealed bytes and returns the value.
-    static func decode(_ bytes: [UInt8], key: StoreKey) throws(Rejection) -> [UInt8] {
+    public static func decode(_ bytes: [UInt8], key: StoreKey) throws(Rejection) -> [UInt8] {
         try checkHeader(bytes, key: key, fileSize: bytes.count)
         let value = Array(bytes[headerSize...])
         guard Array(bytes[48..<80]) == checksum(key: key, value: value) else { throw .checksum }

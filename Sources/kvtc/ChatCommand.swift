@@ -63,5 +63,7 @@ struct ChatCommand: AsyncParsableCommand {
                 warn("\nkvtc: \(error)")
             }
         }
+        // A Redis tier writes in the background: let the last turn's entries land.
+        await store?.tier.flush()
     }
 }

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import KVTCCodec
 import KVTCModels
+import KVTCRedisTier
 import KVTCRuntime
 import KVTCServer
 import KVTCStore
@@ -70,6 +71,9 @@ struct StoreCommandOptions: ParsableArguments {
     @Option(name: .long, help: "Prefix of the Redis keys this server reads and writes.")
     var redisPrefix = "kvtc:"
 
+    @Option(name: .long, help: "Secret file (>= 32 bytes) shared by the servers on the Redis deployment: values are authenticated with HMAC-SHA256, so writers without it cannot plant entries.")
+    var redisSecret: String?
+
     func validateRedis() throws {
         if let redisTTL { guard redisTTL > 0 else { throw ValidationError("--redis-ttl must be positive") } }
         guard redisTimeoutMs > 0 else { throw ValidationError("--redis-timeout-ms must be positive") }
@@ -79,8 +83,10 @@ struct StoreCommandOptions: ParsableArguments {
     func makeRedisTier() async throws -> RedisTier? {
         guard let redis else { return nil }
         try validateRedis()
+        let signer = try redisSecret.map { try EntrySigner(contentsOf: $0) }
         let (tier, status) = try await StoreFactory.redisTier(
-            url: redis, options: RedisTierOptions(keyPrefix: redisPrefix, ttl: redisTTL), timeout: redisTimeoutMs / 1000)
+            url: redis, options: RedisTierOptions(keyPrefix: redisPrefix, ttl: redisTTL), signer: signer,
+            timeout: redisTimeoutMs / 1000)
         warn("kvtc: \(status)")
         return tier
     }
@@ -215,6 +221,8 @@ struct ServeCommand: AsyncParsableCommand {
             warn("kvtc: serving \(model.identity.prefix(12)) on http://\(host):\(port) (store: \(store.chain.identity))")
         }
         try await app.runService()
+        // Shut down: entries queued for a Redis tier are written before the process exits.
+        await store.tier.flush()
     }
 }
 

@@ -3,6 +3,7 @@ import Hummingbird
 import HummingbirdTesting
 import KVTCEmbeddedModel
 import KVTCModels
+import KVTCRedisTier
 import KVTCRuntime
 import KVTCStore
 @testable import KVTCServer

@@ -3,6 +3,7 @@ import Hummingbird
 import HummingbirdTesting
 import KVTCBenchmarks
 import KVTCRedis
+import KVTCRedisTier
 import KVTCStore
 import KVTCTestSupport
 import Testing
@@ -18,8 +19,10 @@ import Testing
         ["role": "user", "content": "Which river flows through Paris, and into which sea does it finally flow? Name one other city on the same river."],
     ]
 
+    /// A tier on `cluster` with a deadline generous enough for a loaded CI machine (the
+    /// deadline's cost is the Redis tests' subject, not this one's).
     static func tier(_ cluster: RedisClusterServers) throws -> RedisTier {
-        RedisTier(client: RedisClient(configuration: try RedisConfiguration(url: cluster.url, timeout: 0.05)),
+        RedisTier(client: RedisClient(configuration: try RedisConfiguration(url: cluster.url, timeout: 2)),
                   options: RedisTierOptions(keyPrefix: "kvtc-test:"))
     }
 

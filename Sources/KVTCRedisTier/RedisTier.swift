@@ -1,6 +1,7 @@
 import Foundation
 import KVTCNumerics
 import KVTCRedis
+import KVTCStore
 
 /// Settings of a ``RedisTier``.
 public struct RedisTierOptions: Sendable, Equatable {
@@ -30,8 +31,10 @@ public struct RedisTierOptions: Sendable, Equatable {
 ///   (tenant and `cache_salt`) and the tokens, so servers of another model or profile, and
 ///   other tenants, never address each other's entries.
 /// - **Values** are sealed like the disk tier's files (``SealedEntry``: key, length,
-///   SHA-256): a value that fails verification is deleted, counted in
-///   ``TierStats/corruptDropped`` and never returned.
+///   SHA-256) and, with a signer (`--kv-secret`), followed by the HMAC-SHA256 of the sealed
+///   bytes, so that whoever can write to Redis but lacks the secret cannot plant entries.
+///   A value that fails verification is deleted, counted in ``TierStats/corruptDropped``
+///   and never returned.
 /// - **Reads** are batched: ``get(_:)-([StoreKey])`` and ``contains(_:)-([StoreKey])`` send
 ///   one pipeline per node, all nodes at once. Every failure (a node down, slow or
 ///   flapping, a timeout) is a miss counted in ``TierStats/errors``, never an error for
@@ -44,6 +47,8 @@ public final class RedisTier: CacheTier {
     public let client: RedisClient
     /// The settings.
     public let options: RedisTierOptions
+    /// Authenticates values, if the servers sharing the deployment share a secret.
+    public let signer: EntrySigner?
 
     private struct Queue {
         var items: [(StoreKey, [UInt8])] = []
@@ -54,11 +59,13 @@ public final class RedisTier: CacheTier {
     private let counters: Locked<TierStats>
     private let queue = Locked(Queue())
 
-    /// A tier over `client`'s deployment.
-    public init(client: RedisClient, options: RedisTierOptions = RedisTierOptions(), name: String = "redis") {
+    /// A tier over `client`'s deployment, its values authenticated with `signer` if given.
+    public init(client: RedisClient, options: RedisTierOptions = RedisTierOptions(), signer: EntrySigner? = nil,
+                name: String = "redis") {
         self.name = name
         self.client = client
         self.options = options
+        self.signer = signer
         var stats = TierStats(name: name)
         stats.roundTrips = LatencyHistogram(bounds: LatencyHistogram.roundTripBounds)
         counters = Locked(stats)
@@ -66,6 +73,24 @@ public final class RedisTier: CacheTier {
 
     /// The Redis key of `key`.
     public func redisKey(_ key: StoreKey) -> [UInt8] { Array((options.keyPrefix + key.hex).utf8) }
+
+    /// What is stored in Redis for `value` under `key`.
+    func seal(_ key: StoreKey, _ value: [UInt8]) -> [UInt8] {
+        let sealed = SealedEntry.encode(key: key, value: value)
+        guard let signer else { return sealed }
+        return sealed + signer.code(key, sealed)
+    }
+
+    /// The value in what Redis returned for `key`, or `nil` when it fails verification.
+    func unseal(_ key: StoreKey, _ stored: [UInt8]) -> [UInt8]? {
+        var sealed = stored[...]
+        if let signer {
+            guard stored.count > 32 else { return nil }
+            sealed = stored.dropLast(32)
+            guard signer.isValid(code: Array(stored.suffix(32)), key, Array(sealed)) else { return nil }
+        }
+        return try? SealedEntry.decode(Array(sealed), key: key)
+    }
 
     private func timed(_ commands: [RedisCommand], timeout: Double? = nil) async -> [Result<RESPValue, RedisError>] {
         let clock = Date()
@@ -85,13 +110,12 @@ public final class RedisTier: CacheTier {
         var stats = (hits: 0, misses: 0, errors: 0, bytes: 0)
         for (i, reply) in replies.enumerated() {
             switch reply {
-            case .success(.bulkString(let sealed?)):
-                do {
-                    let value = try SealedEntry.decode(sealed, key: keys[i])
+            case .success(.bulkString(let stored?)):
+                if let value = unseal(keys[i], stored) {
                     values[i] = value
                     stats.hits += 1
                     stats.bytes += value.count
-                } catch {
+                } else {
                     corrupt.append(keys[i])
                     stats.misses += 1
                 }
@@ -124,7 +148,7 @@ public final class RedisTier: CacheTier {
     /// Queues `value` for writing; returns at once. When the queue is full the write is
     /// dropped (counted in ``TierStats/writesDropped``): the entry stays in the faster tiers.
     public func put(_ key: StoreKey, _ value: [UInt8]) async throws(TierError) {
-        let sealed = SealedEntry.encode(key: key, value: value)
+        let sealed = seal(key, value)
         let start = queue.withLock { q -> Bool? in
             guard q.bytes + sealed.count <= options.writeQueueBytes else { return nil }
             q.items.append((key, sealed))
@@ -162,7 +186,7 @@ public final class RedisTier: CacheTier {
             for (i, r) in replies.enumerated() {
                 if case .success(.simpleString) = r {
                     written += 1
-                    bytes += batch[i].1.count - SealedEntry.headerSize
+                    bytes += batch[i].1.count - SealedEntry.headerSize - (signer == nil ? 0 : 32)
                 } else {
                     failed += 1
                 }
