@@ -6,4 +6,8 @@ source scripts/lib.sh
 ensure_debian_packages
 swift build --build-tests
 select_openblas_core
+# As the kvtc tool does for itself (Sources/kvtc/OpenBLASTuning.swift): OpenBLAS's idle
+# workers would otherwise spin after every call and take the cores from the tests that run
+# beside it (the Redis and server tests' event loops among them).
+export OPENBLAS_THREAD_TIMEOUT=${OPENBLAS_THREAD_TIMEOUT:-18}
 exec swift test --skip-build

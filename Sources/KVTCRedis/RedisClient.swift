@@ -53,9 +53,13 @@ public final class RedisClient: Sendable {
 
     private let state = NIOLockedValueBox(State())
 
+    /// The event loop of Redis connections unless another is given: a thread of its own, so
+    /// that the cache's I/O never waits behind an HTTP server's event loops.
+    public static let defaultEventLoopGroup: MultiThreadedEventLoopGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+
     /// A client for `configuration`'s nodes (nothing is connected until first use or
     /// ``connect()``).
-    public init(configuration: RedisConfiguration, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
+    public init(configuration: RedisConfiguration, group: any EventLoopGroup = RedisClient.defaultEventLoopGroup) {
         self.configuration = configuration
         self.group = group
     }

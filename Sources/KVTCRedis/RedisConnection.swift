@@ -83,7 +83,7 @@ final class RedisConnection: Sendable {
                         deadline: NIODeadline) -> EventLoopFuture<RedisConnection> {
         let limits = configuration.limits
         let remaining = max(deadline - .now(), .milliseconds(1))
-        let connected = ClientBootstrap(group: group)
+        let bootstrap = ClientBootstrap(group: group)
             .connectTimeout(remaining)
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
@@ -92,8 +92,16 @@ final class RedisConnection: Sendable {
                     try channel.pipeline.syncOperations.addHandler(RedisPipelineHandler())
                 }
             }
-            .connect(host: address.host, port: address.port)
-            .map { RedisConnection(channel: $0, address: address) }
+        // An address literal (what CLUSTER SLOTS returns) is connected to directly: NIO's
+        // resolver runs getaddrinfo on Dispatch's global queue, where a busy process can keep
+        // it waiting past any deadline. Host names go through the resolver.
+        let channel: EventLoopFuture<any Channel>
+        if let literal = try? SocketAddress(ipAddress: address.host, port: address.port) {
+            channel = bootstrap.connect(to: literal)
+        } else {
+            channel = bootstrap.connect(host: address.host, port: address.port)
+        }
+        let connected = channel.map { RedisConnection(channel: $0, address: address) }
         guard let password = configuration.password else { return connected }
         let user = configuration.user
         return connected.flatMap { connection in
@@ -102,7 +110,7 @@ final class RedisConnection: Sendable {
             auth.append(Array(password.utf8))
             var command = RedisCommand([])
             command.arguments = auth
-            return connection.send([command], deadline: deadline).flatMapThrowing { replies in
+            return connection.send([command], timeout: max(deadline - .now(), .milliseconds(1))).flatMapThrowing { replies in
                 if let e = replies.first?.errorMessage {
                     connection.channel.close(promise: nil)
                     throw RedisError.authentication(e)
@@ -112,21 +120,24 @@ final class RedisConnection: Sendable {
         }
     }
 
-    /// Writes `commands` as one pipeline; the replies arrive in order. Past `deadline` the
-    /// future fails with ``RedisError/timeout(_:)`` and the connection is closed (its
-    /// replies could no longer be matched to requests).
-    func send(_ commands: [RedisCommand], deadline: NIODeadline) -> EventLoopFuture<[RESPValue]> {
+    /// Writes `commands` as one pipeline; the replies arrive in order. When they have not all
+    /// arrived `timeout` after the write reached the event loop, the future fails with
+    /// ``RedisError/timeout(_:)`` and the connection is closed (its replies could no longer
+    /// be matched to requests).
+    func send(_ commands: [RedisCommand], timeout: TimeAmount) -> EventLoopFuture<[RESPValue]> {
         let loop = channel.eventLoop
         let promise = loop.makePromise(of: [RESPValue].self)
         let channel = self.channel
         let address = self.address
-        let timeout = loop.scheduleTask(deadline: deadline) {
-            promise.fail(RedisError.timeout("\(address) did not reply in time"))
-            channel.close(promise: nil)
-        }
-        promise.futureResult.whenComplete { _ in timeout.cancel() }
-        channel.writeAndFlush(PipelineRequest(commands: commands, promise: promise)).whenFailure { error in
-            promise.fail(error as? RedisError ?? .connection("\(address): \(error)"))
+        loop.execute {
+            let timer = loop.scheduleTask(in: timeout) {
+                promise.fail(RedisError.timeout("\(address) did not reply in time"))
+                channel.close(promise: nil)
+            }
+            promise.futureResult.whenComplete { _ in timer.cancel() }
+            channel.writeAndFlush(PipelineRequest(commands: commands, promise: promise)).whenFailure { error in
+                promise.fail(error as? RedisError ?? .connection("\(address): \(error)"))
+            }
         }
         return promise.futureResult
     }

@@ -34,29 +34,30 @@ final class RedisNode: Sendable {
         do { return .success(try await send(commands, timeout: timeout)) } catch { return .failure(error) }
     }
 
-    /// Sends `commands` as one pipeline and returns their replies in order, within `timeout`
-    /// seconds (connecting included) counted from now: the time the node takes, not the
-    /// time the caller's task waited to run.
+    /// Sends `commands` as one pipeline and returns their replies in order. Connecting (when
+    /// the slot has no connection) and the exchange each get `timeout` seconds, counted from
+    /// when each starts on the event loop's side: the time the node takes, not the time the
+    /// caller's task waited to run between the two.
     func send(_ commands: [RedisCommand], timeout: Double) async throws(RedisError) -> [RESPValue] {
-        let deadline = NIODeadline.now() + Self.amount(timeout)
+        let limit = Self.amount(timeout)
         let picked = state.withLockedValue { s -> (Int, EventLoopFuture<RedisConnection>)? in
             guard s.retryAt <= .now() else { return nil }
             let i = s.next
             s.next = (s.next + 1) % s.connections.count
             if let f = s.connections[i] { return (i, f) }
-            let f = RedisConnection.connect(to: address, configuration: configuration, group: group, deadline: deadline)
+            let f = RedisConnection.connect(to: address, configuration: configuration, group: group, deadline: .now() + limit)
             s.connections[i] = f
             return (i, f)
         }
         guard let (slot, future) = picked else { throw .unavailable("\(address)") }
         do {
-            var connection = try await future.value(before: deadline, "connecting to \(address)")
+            var connection = try await future.value(before: .now() + limit, "connecting to \(address)")
             if !connection.isActive {
-                // Closed since (timeout, server restart): one fresh connection within the deadline.
-                let f = replace(slot, broken: future, deadline: deadline)
-                connection = try await f.value(before: deadline, "connecting to \(address)")
+                // Closed since (timeout, server restart): one fresh connection.
+                let f = replace(slot, broken: future, deadline: .now() + limit)
+                connection = try await f.value(before: .now() + limit, "connecting to \(address)")
             }
-            let replies = try await connection.send(commands, deadline: deadline).value(before: deadline, "\(address)")
+            let replies = try await connection.send(commands, timeout: limit).value(before: .now() + limit + limit, "\(address)")
             state.withLockedValue { $0.failures = 0 }
             return replies
         } catch {

@@ -11,8 +11,10 @@ struct BenchSharedTierCommand: AsyncParsableCommand {
         Each client's conversations alternate between the two servers turn by turn (each repetition \
         under a fresh cache_salt), so every turn after a conversation's first can only restore what \
         the other server stored, through Redis. Floor: 0 failed requests with a master shut down. \
-        The master is shut down with SHUTDOWN NOSAVE and not restarted (restart it by hand; the \
-        servers use it again without being restarted).
+        First one master stalls (CLIENT PAUSE: it accepts commands and answers none) for a few \
+        seconds, then another is shut down with SHUTDOWN NOSAVE and not restarted (restart it by \
+        hand; the servers use it again without being restarted). Each phase's restore times show \
+        what a slow or dead node costs a request (the servers' Redis deadline is 50 ms).
         """)
 
     @OptionGroup var modelOptions: ModelCommandOptions
@@ -26,7 +28,13 @@ struct BenchSharedTierCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Concurrent clients.")
     var clients = 4
 
-    @Option(name: .long, help: "Seconds into the run at which one master is shut down (negative: never).")
+    @Option(name: .long, help: "Seconds into the run at which one master stalls (negative: never).")
+    var stallAfter = 20.0
+
+    @Option(name: .long, help: "Seconds the stalled master answers nothing.")
+    var stallSeconds = 5.0
+
+    @Option(name: .long, help: "Seconds into the run at which another master is shut down (negative: never).")
     var killAfter = 40.0
 
     @Option(name: .long, help: "Memory budget of each server.")
@@ -51,21 +59,28 @@ struct BenchSharedTierCommand: AsyncParsableCommand {
         configuration.duration = duration
         configuration.clients = clients
         configuration.killAfter = killAfter < 0 ? nil : killAfter
+        configuration.stallAfter = stallAfter < 0 ? nil : stallAfter
+        configuration.stallSeconds = stallSeconds
         configuration.memoryBudget = memoryBudget.bytes
         let report = try await SharedTierRun(configuration) { warn("kvtc: \($0)") }.run()
         print("shared tier: \(report.topology); work directory \(work.path)")
         print(String(format: "%.0f s, %d clients over 2 servers: %d requests, %d failed %@", report.seconds, clients,
                      report.requests, report.failed, report.failed == 0 ? "(floor: 0) ok" : "(floor: 0) MISSED \(report.failures)"))
+        if let node = report.stalledNode, let at = report.stalledAtSeconds {
+            print(String(format: "master %@ stalled at %.0f s for %.0f s", node, at, stallSeconds))
+        }
         if let node = report.killedNode, let at = report.killedAtSeconds {
             print(String(format: "master %@ shut down at %.0f s", node, at))
         }
         print(String(format: "turns served by the other server than their previous turn: %d, of which %d restored its tokens (%.1f%%)",
                      report.crossServerTurns, report.crossServerRestores,
                      100 * Double(report.crossServerRestores) / Double(max(1, report.crossServerTurns))))
-        print(String(format: "prompt tokens of those turns restored: %.1f%% before the kill, %.1f%% after",
-                     100 * report.cachedFractionBeforeKill, 100 * report.cachedFractionAfterKill))
-        print(String(format: "request latency: p50 %.3f s, p95 %.3f s before the kill, %.3f s after",
-                     report.p50Seconds, report.p95Seconds, report.p95AfterKillSeconds))
+        print("phase     requests  tokens restored  restore p50   p95       max       latency p50  p95")
+        for p in report.phases {
+            print(p.phase.rawValue.padding(toLength: 9, withPad: " ", startingAt: 0)
+                  + String(format: " %8d  %14.1f%%  %7.3f s  %7.3f s  %7.3f s  %7.3f s  %7.3f s", p.requests, 100 * p.cachedFraction,
+                           p.restoreP50Seconds, p.restoreP95Seconds, p.restoreMaxSeconds, p.latencyP50Seconds, p.latencyP95Seconds))
+        }
         if let json {
             try writeFile(json, Array(jsonString(report).utf8))
             warn("kvtc: wrote \(json)")

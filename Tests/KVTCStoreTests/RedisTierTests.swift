@@ -114,7 +114,8 @@ import Testing
         let storeC = Fixtures.store(tier: TieredStore([MemoryTier(budget: 1 << 24), dead]))
         let clock = Date()
         #expect(await storeC.restore(tokens: tokens, namespace: alice) == nil)
-        #expect(Date().timeIntervalSince(clock) < 1)
+        // Refused connections fail at once; the bound leaves room for a busy CI machine.
+        #expect(Date().timeIntervalSince(clock) < 10)
         _ = try await storeC.store(tokens: tokens, cache: cache, namespace: alice)
         await storeC.tier.flush()
         #expect(await storeC.restore(tokens: tokens, namespace: alice)?.matchedTokens == 200)

@@ -17,7 +17,11 @@ public struct SharedTierConfiguration: Sendable {
     public var duration: Double = 120
     /// Concurrent clients.
     public var clients = 4
-    /// Seconds into the run at which one master is shut down (`SHUTDOWN NOSAVE`); nil: never.
+    /// Seconds into the run at which one master stops answering for ``stallSeconds``
+    /// (`CLIENT PAUSE`: it accepts commands and holds them); nil: never.
+    public var stallAfter: Double? = 20
+    public var stallSeconds: Double = 5
+    /// Seconds into the run at which another master is shut down (`SHUTDOWN NOSAVE`); nil: never.
     public var killAfter: Double? = 40
     /// Conversations, their turns, and tokens per reply.
     public var conversations = 8
@@ -35,6 +39,35 @@ public struct SharedTierConfiguration: Sendable {
     }
 }
 
+/// A phase of the run: the nodes healthy, one stalled, one shut down.
+public enum SharedTierPhase: String, Sendable, Codable, CaseIterable {
+    case healthy, stalled, killed
+
+    var severity: Int { SharedTierPhase.allCases.firstIndex(of: self)! }
+}
+
+/// What the requests of one phase saw.
+public struct SharedTierPhaseRecord: Sendable, Codable {
+    public var phase: SharedTierPhase
+    public var requests: Int
+    /// Of the prompt tokens of turns after a conversation's first, the fraction restored.
+    public var cachedFraction: Double
+    /// Seconds the server spent looking up and restoring (its `kvtc.restore_seconds`).
+    public var restoreP50Seconds: Double
+    public var restoreP95Seconds: Double
+    public var restoreMaxSeconds: Double
+    /// Request latency percentiles.
+    public var latencyP50Seconds: Double
+    public var latencyP95Seconds: Double
+
+    enum CodingKeys: String, CodingKey {
+        case phase, requests
+        case cachedFraction = "cached_fraction", restoreP50Seconds = "restore_p50_seconds"
+        case restoreP95Seconds = "restore_p95_seconds", restoreMaxSeconds = "restore_max_seconds"
+        case latencyP50Seconds = "latency_p50_seconds", latencyP95Seconds = "latency_p95_seconds"
+    }
+}
+
 /// What `kvtc bench shared-tier` measured.
 public struct SharedTierReport: Sendable, Codable {
     public var seconds: Double
@@ -47,23 +80,22 @@ public struct SharedTierReport: Sendable, Codable {
     /// previous turn), and those of them that restored tokens the other server had stored.
     public var crossServerTurns: Int
     public var crossServerRestores: Int
-    /// Of the prompt tokens of those turns, the fraction restored; before and after the kill.
-    public var cachedFractionBeforeKill: Double
-    public var cachedFractionAfterKill: Double
-    /// The master shut down, and when (seconds into the run).
+    /// The requests of each phase.
+    public var phases: [SharedTierPhaseRecord]
+    /// The master stalled and when (seconds into the run), and the one shut down.
+    public var stalledNode: String?
+    public var stalledAtSeconds: Double?
     public var killedNode: String?
     public var killedAtSeconds: Double?
-    /// Request latency percentiles (seconds), before and after the kill.
-    public var p50Seconds: Double
-    public var p95Seconds: Double
-    public var p95AfterKillSeconds: Double
+    /// The servers' Redis read deadline.
+    public var redisTimeoutSeconds: Double
 
     enum CodingKeys: String, CodingKey {
-        case seconds, topology, requests, failed, failures
+        case seconds, topology, requests, failed, failures, phases
         case crossServerTurns = "cross_server_turns", crossServerRestores = "cross_server_restores"
-        case cachedFractionBeforeKill = "cached_fraction_before_kill", cachedFractionAfterKill = "cached_fraction_after_kill"
+        case stalledNode = "stalled_node", stalledAtSeconds = "stalled_at_seconds"
         case killedNode = "killed_node", killedAtSeconds = "killed_at_seconds"
-        case p50Seconds = "p50_seconds", p95Seconds = "p95_seconds", p95AfterKillSeconds = "p95_after_kill_seconds"
+        case redisTimeoutSeconds = "redis_timeout_seconds"
     }
 }
 
@@ -90,7 +122,8 @@ public final class SharedTierRun: @unchecked Sendable {
 
     private struct Sample {
         var seconds: Double
-        var afterKill: Bool
+        var restoreSeconds: Double
+        var phase: SharedTierPhase
         var crossServer: Bool
         var prompt: Int
         var cached: Int
@@ -99,8 +132,11 @@ public final class SharedTierRun: @unchecked Sendable {
     private struct Stats {
         var samples: [Sample] = []
         var failures: [String: Int] = [:]
-        var killed = false
+        var phase = SharedTierPhase.healthy
     }
+
+    /// The servers' Redis read deadline (their default).
+    static let redisTimeout = 0.05
 
     private let stats = Locked(Stats())
 
@@ -147,7 +183,7 @@ public final class SharedTierRun: @unchecked Sendable {
                     let port = ports[(c + t + repetition) % 2]
                     let body: [String: Any] = ["messages": history, "max_tokens": configuration.replyTokens, "temperature": 0,
                                                "cache_salt": salt]
-                    let afterKill = stats.withLock { $0.killed }
+                    let phase = stats.withLock { $0.phase }
                     let clock = Date()
                     var reply = ""
                     do {
@@ -161,8 +197,12 @@ public final class SharedTierRun: @unchecked Sendable {
                         let prompt = usage?["prompt_tokens"] as? Int ?? 0
                         let cached = (usage?["prompt_tokens_details"] as? [String: Any])?["cached_tokens"] as? Int ?? 0
                         reply = ((r.json?["choices"] as? [[String: Any]])?.first?["message"] as? [String: Any])?["content"] as? String ?? ""
+                        let restore = (r.json?["kvtc"] as? [String: Any])?["restore_seconds"] as? Double ?? 0
                         stats.withLock {
-                            $0.samples.append(Sample(seconds: seconds, afterKill: afterKill, crossServer: t > 0, prompt: prompt, cached: cached))
+                            // A request that saw a fault, at its start or its end, counts in that phase.
+                            let seen = [phase, $0.phase].max { $0.severity < $1.severity }!
+                            $0.samples.append(Sample(seconds: seconds, restoreSeconds: restore, phase: seen,
+                                                     crossServer: t > 0, prompt: prompt, cached: cached))
                         }
                     } catch {
                         stats.withLock { $0.failures["connection", default: 0] += 1 }
@@ -206,36 +246,53 @@ public final class SharedTierRun: @unchecked Sendable {
                 group.leave()
             }
         }
-        var killed: (String, Double)?
+        var killed: (String, Double)?, stalled: (String, Double)?
+        let masters = redis.masters
         while Date() < end {
-            try await Task.sleep(nanoseconds: 500_000_000)
-            if killed == nil, let after = configuration.killAfter, Date().timeIntervalSince(start) >= after,
-               let victim = redis.masters.first {
+            try await Task.sleep(nanoseconds: 250_000_000)
+            let now = Date().timeIntervalSince(start)
+            if stalled == nil, let after = configuration.stallAfter, now >= after, let victim = masters.last {
+                // The node keeps its connections and accepts commands but answers none.
+                let ms = String(Int(configuration.stallSeconds * 1000))
+                _ = try? await redis.send(RedisCommand(["CLIENT", "PAUSE", ms, "ALL"]), to: victim, timeout: 2)
+                stalled = (victim.description, now)
+                stats.withLock { $0.phase = .stalled }
+                log("master \(victim) stalled for \(configuration.stallSeconds) s at \(Int(now)) s")
+            }
+            if let s = stalled, now >= s.1 + configuration.stallSeconds, stats.withLock({ $0.phase == .stalled }) {
+                stats.withLock { $0.phase = .healthy }
+            }
+            if killed == nil, let after = configuration.killAfter, now >= after, let victim = masters.first {
                 _ = try? await redis.send(RedisCommand(["SHUTDOWN", "NOSAVE"]), to: victim, timeout: 2)
-                killed = (victim.description, Date().timeIntervalSince(start))
-                stats.withLock { $0.killed = true }
-                log("shut down master \(victim) at \(Int(killed!.1)) s")
+                killed = (victim.description, now)
+                stats.withLock { $0.phase = .killed }
+                log("shut down master \(victim) at \(Int(now)) s")
             }
             let n = stats.withLock { $0.samples.count }
             log(String(format: "%.0f s: %d requests answered", Date().timeIntervalSince(start), n))
         }
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in group.notify(queue: .global()) { c.resume() } }
         let s = stats.withLock { $0 }
-        func fraction(_ samples: [Sample]) -> Double {
+        func record(_ phase: SharedTierPhase) -> SharedTierPhaseRecord {
+            let samples = s.samples.filter { $0.phase == phase }
             let cross = samples.filter(\.crossServer)
             let prompt = cross.reduce(0) { $0 + $1.prompt }
-            return prompt == 0 ? 0 : Double(cross.reduce(0) { $0 + $1.cached }) / Double(prompt)
+            let restores = samples.map(\.restoreSeconds), latencies = samples.map(\.seconds)
+            return SharedTierPhaseRecord(phase: phase, requests: samples.count,
+                                         cachedFraction: prompt == 0 ? 0 : Double(cross.reduce(0) { $0 + $1.cached }) / Double(prompt),
+                                         restoreP50Seconds: ServingBenchmark.percentile(restores, 0.5),
+                                         restoreP95Seconds: ServingBenchmark.percentile(restores, 0.95),
+                                         restoreMaxSeconds: restores.max() ?? 0,
+                                         latencyP50Seconds: ServingBenchmark.percentile(latencies, 0.5),
+                                         latencyP95Seconds: ServingBenchmark.percentile(latencies, 0.95))
         }
-        let before = s.samples.filter { !$0.afterKill }, after = s.samples.filter(\.afterKill)
         let failed = s.failures.values.reduce(0, +)
         return SharedTierReport(seconds: Date().timeIntervalSince(start), topology: "\(topology)",
                                 requests: s.samples.count + failed, failed: failed, failures: s.failures,
                                 crossServerTurns: s.samples.filter(\.crossServer).count,
                                 crossServerRestores: s.samples.filter { $0.crossServer && $0.cached > 0 }.count,
-                                cachedFractionBeforeKill: fraction(before), cachedFractionAfterKill: fraction(after),
-                                killedNode: killed?.0, killedAtSeconds: killed?.1,
-                                p50Seconds: ServingBenchmark.percentile(s.samples.map(\.seconds), 0.5),
-                                p95Seconds: ServingBenchmark.percentile(before.map(\.seconds), 0.95),
-                                p95AfterKillSeconds: ServingBenchmark.percentile(after.map(\.seconds), 0.95))
+                                phases: SharedTierPhase.allCases.map(record),
+                                stalledNode: stalled?.0, stalledAtSeconds: stalled?.1,
+                                killedNode: killed?.0, killedAtSeconds: killed?.1, redisTimeoutSeconds: Self.redisTimeout)
     }
 }
