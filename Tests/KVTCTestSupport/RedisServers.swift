@@ -17,7 +17,9 @@ public final class RedisServer: @unchecked Sendable {
     /// Its working directory (cluster state, logs).
     public let directory: URL
     private let arguments: [String]
+    /// The `timeout` process the server runs under, and the server's own pid (signals go to it).
     private var process: Process?
+    private var serverPID: Int32?
 
     /// Finds `name` on PATH (and in /usr/bin, /usr/sbin).
     public static func executable(_ name: String) throws -> String {
@@ -58,16 +60,21 @@ public final class RedisServer: @unchecked Sendable {
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("kvtc-redis-\(self.port)-\(UUID().uuidString.prefix(8))")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         arguments = ["--port", String(self.port), "--bind", "127.0.0.1", "--dir", directory.path, "--save", "",
-                     "--appendonly", "no", "--daemonize", "no", "--logfile", "redis.log"] + configuration
+                     "--appendonly", "no", "--daemonize", "no", "--logfile", "redis.log",
+                     "--pidfile", directory.appendingPathComponent("redis.pid").path] + configuration
         try start()
     }
 
+    /// Seconds after which a server is killed even if the test process that started it died
+    /// without stopping it (a crash skips `deinit`).
+    public static let lifetime = 900
+
     /// Starts (or restarts, with the same directory and port) the process and waits until it
-    /// answers `PING`.
+    /// answers `PING`. It runs under `timeout`, so an orphan does not outlive ``lifetime``.
     public func start() throws {
         let p = Process()
-        p.executableURL = URL(fileURLWithPath: try Self.executable("redis-server"))
-        p.arguments = arguments
+        p.executableURL = URL(fileURLWithPath: try Self.executable("timeout"))
+        p.arguments = ["-s", "KILL", String(Self.lifetime), try Self.executable("redis-server")] + arguments
         p.currentDirectoryURL = directory
         p.standardOutput = FileHandle.nullDevice
         p.standardError = FileHandle.nullDevice
@@ -76,7 +83,11 @@ public final class RedisServer: @unchecked Sendable {
         let deadline = Date().addingTimeInterval(10)
         while Date() < deadline {
             // PONG, or a refusal to an unauthenticated client: either way it is up.
-            if let reply = try? cli(["ping"]), ["PONG", "NOAUTH", "NOPERM"].contains(where: reply.contains) { return }
+            if let reply = try? cli(["ping"]), ["PONG", "NOAUTH", "NOPERM"].contains(where: reply.contains) {
+                serverPID = (try? String(contentsOf: directory.appendingPathComponent("redis.pid"), encoding: .utf8))
+                    .flatMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+                return
+            }
             Thread.sleep(forTimeInterval: 0.05)
         }
         throw RedisServerError("redis-server on port \(port) did not start; see \(directory.path)/redis.log")
@@ -102,27 +113,31 @@ public final class RedisServer: @unchecked Sendable {
         return String(decoding: data, as: UTF8.self)
     }
 
-    /// The process id, while it runs.
-    public var pid: Int32? { process.map { $0.processIdentifier } }
+    /// The server's process id, while it runs.
+    public var pid: Int32? { process == nil ? nil : serverPID }
 
-    /// Kills the process (SIGKILL) and waits for it to go.
+    /// Kills the server (SIGKILL) and waits for it to go.
     public func kill() {
         guard let p = process, p.isRunning else { return }
-        Glibc.kill(p.processIdentifier, SIGKILL)
+        if let serverPID { Glibc.kill(serverPID, SIGKILL) }
         p.waitUntilExit()
         process = nil
+        serverPID = nil
     }
 
-    /// Stops (SIGSTOP) or resumes (SIGCONT) the process: a node that accepts connections but
+    /// Stops (SIGSTOP) or resumes (SIGCONT) the server: a node that accepts connections but
     /// never answers.
     public func pause(_ paused: Bool) {
-        guard let p = process else { return }
-        Glibc.kill(p.processIdentifier, paused ? SIGSTOP : SIGCONT)
+        guard process != nil, let serverPID else { return }
+        Glibc.kill(serverPID, paused ? SIGSTOP : SIGCONT)
     }
 
     deinit {
         if let p = process, p.isRunning {
-            Glibc.kill(p.processIdentifier, SIGCONT)
+            if let serverPID {
+                Glibc.kill(serverPID, SIGCONT)
+                Glibc.kill(serverPID, SIGKILL)
+            }
             Glibc.kill(p.processIdentifier, SIGKILL)
             p.waitUntilExit()
         }
