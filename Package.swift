@@ -33,6 +33,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.81.0"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
         .package(url: "https://github.com/apple/swift-http-types", from: "1.0.0"),
     ],
     targets: [
@@ -72,7 +73,8 @@ let package = Package(
         // time limits and back-off): the protocol only, nothing of kvtc's.
         .target(name: "KVTCRedis", dependencies: [.product(name: "NIOCore", package: "swift-nio"),
                                                   .product(name: "NIOPosix", package: "swift-nio"),
-                                                  .product(name: "NIOConcurrencyHelpers", package: "swift-nio")],
+                                                  .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                                                  .product(name: "NIOSSL", package: "swift-nio-ssl")],
                 swiftSettings: checked),
         // Chunked, prefix-keyed compressed cache store with memory and disk tiers.
         .target(name: "KVTCStore", dependencies: ["KVTCCodec", "KVTCCache", crypto], swiftSettings: checked),

@@ -243,7 +243,7 @@ public struct ServingBenchmark: Sendable {
     func redisTier(_ label: String, timeout: Double? = nil) throws -> RedisTier {
         guard var configuration = redis else { throw ServingBenchmarkError.noRedis(.kvtcRedis) }
         if let timeout { configuration.timeout = timeout }
-        return RedisTier(client: RedisClient(configuration: configuration),
+        return RedisTier(client: try RedisClient(configuration: configuration),
                          options: RedisTierOptions(keyPrefix: redisPrefix + label + ":", ttl: 3600))
     }
 

@@ -1,6 +1,7 @@
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import NIOSSL
 
 /// What the client found at its seeds.
 public enum RedisTopology: Sendable, Equatable, CustomStringConvertible {
@@ -35,6 +36,7 @@ public enum RedisTopology: Sendable, Equatable, CustomStringConvertible {
 public final class RedisClient: Sendable {
     public let configuration: RedisConfiguration
     private let group: any EventLoopGroup
+    private let tls: NIOSSLContext?
 
     private enum Mode {
         case unknown
@@ -59,15 +61,28 @@ public final class RedisClient: Sendable {
 
     /// A client for `configuration`'s nodes (nothing is connected until first use or
     /// ``connect()``).
-    public init(configuration: RedisConfiguration, group: any EventLoopGroup = RedisClient.defaultEventLoopGroup) {
+    ///
+    /// - Throws: ``RedisError/tls(_:)`` when TLS is asked for and its CA file cannot be used.
+    public init(configuration: RedisConfiguration, group: any EventLoopGroup = RedisClient.defaultEventLoopGroup) throws(RedisError) {
         self.configuration = configuration
         self.group = group
+        guard configuration.tls else { tls = nil; return }
+        var settings = TLSConfiguration.makeClientConfiguration()
+        settings.minimumTLSVersion = .tlsv12
+        do {
+            if let ca = configuration.tlsCAFile {
+                settings.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(ca))
+            }
+            tls = try NIOSSLContext(configuration: settings)
+        } catch {
+            throw .tls("cannot use \(configuration.tlsCAFile ?? "the system's trust roots"): \(error)")
+        }
     }
 
     private func node(_ address: RedisAddress) -> RedisNode {
         state.withLockedValue { s in
             if let n = s.nodes[address] { return n }
-            let n = RedisNode(address: address, configuration: configuration, group: group)
+            let n = RedisNode(address: address, configuration: configuration, tls: tls, group: group)
             s.nodes[address] = n
             return n
         }

@@ -16,6 +16,8 @@ public struct RedisAddress: Sendable, Hashable, CustomStringConvertible {
 /// Parsed from `redis://[user:password@]host:port[,host:port...]`: one address is a
 /// standalone node or a cluster seed (the client finds out which), several are cluster
 /// seeds. A password alone (`redis://:password@host`) authenticates as the default user.
+/// `rediss://` connects with TLS, verifying the server's certificate against ``tlsCAFile``
+/// (PEM) or the system's roots, and its name or IP address.
 public struct RedisConfiguration: Sendable, Equatable {
     /// The nodes first asked for the topology (or the one standalone node).
     public var seeds: [RedisAddress]
@@ -33,10 +35,16 @@ public struct RedisConfiguration: Sendable, Equatable {
     public var maxBackoff: Double
     /// Limits on replies.
     public var limits: RESPLimits
+    /// Whether connections use TLS (`rediss://`).
+    public var tls: Bool
+    /// Certificate authorities (PEM) trusted for TLS; `nil`: the system's.
+    public var tlsCAFile: String?
 
     public init(seeds: [RedisAddress], user: String? = nil, password: String? = nil, timeout: Double = 0.05,
                 connectionsPerNode: Int = 2, initialBackoff: Double = 0.1, maxBackoff: Double = 2,
-                limits: RESPLimits = RESPLimits()) {
+                limits: RESPLimits = RESPLimits(), tls: Bool = false, tlsCAFile: String? = nil) {
+        self.tls = tls
+        self.tlsCAFile = tlsCAFile
         self.seeds = seeds
         self.user = user
         self.password = password
@@ -47,13 +55,12 @@ public struct RedisConfiguration: Sendable, Equatable {
         self.limits = limits
     }
 
-    /// Parses `redis://[user:password@]host[:port][,host[:port]...]` (port 6379 by default).
-    public init(url: String, timeout: Double = 0.05) throws(RedisError) {
-        let scheme = "redis://"
-        if url.hasPrefix("rediss://") {
-            throw .invalidURL("rediss:// (TLS) is not supported by this build; reach the nodes over a TLS tunnel and use redis://")
-        }
-        guard url.hasPrefix(scheme) else { throw .invalidURL("\(url) does not start with \(scheme)") }
+    /// Parses `redis[s]://[user:password@]host[:port][,host[:port]...]` (port 6379 by default).
+    public init(url: String, timeout: Double = 0.05, tlsCAFile: String? = nil) throws(RedisError) {
+        let tls = url.hasPrefix("rediss://")
+        let scheme = tls ? "rediss://" : "redis://"
+        guard url.hasPrefix(scheme) else { throw .invalidURL("\(url) does not start with redis:// or rediss://") }
+        if tlsCAFile != nil && !tls { throw .invalidURL("a TLS CA file was given for \(url), which is not rediss://") }
         var rest = Substring(url.dropFirst(scheme.count))
         if let slash = rest.firstIndex(of: "/") {
             let path = rest[rest.index(after: slash)...]
@@ -79,7 +86,7 @@ public struct RedisConfiguration: Sendable, Equatable {
             seeds.append(try Self.address(String(part)))
         }
         guard !seeds.isEmpty else { throw .invalidURL("no host in \(url)") }
-        self.init(seeds: seeds, user: user, password: password, timeout: timeout)
+        self.init(seeds: seeds, user: user, password: password, timeout: timeout, tls: tls, tlsCAFile: tlsCAFile)
     }
 
     static func address(_ text: String) throws(RedisError) -> RedisAddress {

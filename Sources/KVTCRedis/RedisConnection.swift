@@ -1,5 +1,6 @@
 import NIOCore
 import NIOPosix
+import NIOSSL
 
 /// Commands written together and the promise of their replies, in order.
 struct PipelineRequest: Sendable {
@@ -79,15 +80,21 @@ final class RedisConnection: Sendable {
     var isActive: Bool { channel.isActive }
 
     /// Connects to `address` and authenticates (when credentials are configured).
-    static func connect(to address: RedisAddress, configuration: RedisConfiguration, group: any EventLoopGroup,
-                        deadline: NIODeadline) -> EventLoopFuture<RedisConnection> {
+    static func connect(to address: RedisAddress, configuration: RedisConfiguration, tls: NIOSSLContext?,
+                        group: any EventLoopGroup, deadline: NIODeadline) -> EventLoopFuture<RedisConnection> {
         let limits = configuration.limits
+        // SNI and name verification use the host name; an address literal is verified
+        // against the certificate's IP addresses instead.
+        let serverName = (try? SocketAddress(ipAddress: address.host, port: address.port)) == nil ? address.host : nil
         let remaining = max(deadline - .now(), .milliseconds(1))
         let bootstrap = ClientBootstrap(group: group)
             .connectTimeout(remaining)
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    if let tls {
+                        try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: tls, serverHostname: serverName))
+                    }
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(RESPDecoder(limits: limits)))
                     try channel.pipeline.syncOperations.addHandler(RedisPipelineHandler())
                 }

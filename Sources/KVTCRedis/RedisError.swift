@@ -16,6 +16,8 @@ public enum RedisError: Error, Equatable, CustomStringConvertible {
     case protocolViolation(String)
     /// Redirections did not settle on a node (MOVED or ASK loops, or slots with no node).
     case redirection(String)
+    /// The TLS settings could not be used (an unreadable CA file).
+    case tls(String)
 
     public var description: String {
         switch self {
@@ -27,6 +29,7 @@ public enum RedisError: Error, Equatable, CustomStringConvertible {
         case .server(let m): return "Redis error: \(m)"
         case .protocolViolation(let m): return "Redis protocol violation: \(m)"
         case .redirection(let m): return "Redis cluster redirection failed: \(m)"
+        case .tls(let m): return "Redis TLS: \(m)"
         }
     }
 }

@@ -1,5 +1,6 @@
 import NIOConcurrencyHelpers
 import NIOCore
+import NIOSSL
 
 /// A node's connections (opened on first use, replaced when they break) and its back-off:
 /// after a failure the node is not tried again until the back-off passes, so a node that is
@@ -8,6 +9,7 @@ import NIOCore
 final class RedisNode: Sendable {
     let address: RedisAddress
     private let configuration: RedisConfiguration
+    private let tls: NIOSSLContext?
     private let group: any EventLoopGroup
 
     private struct State {
@@ -19,9 +21,10 @@ final class RedisNode: Sendable {
 
     private let state: NIOLockedValueBox<State>
 
-    init(address: RedisAddress, configuration: RedisConfiguration, group: any EventLoopGroup) {
+    init(address: RedisAddress, configuration: RedisConfiguration, tls: NIOSSLContext?, group: any EventLoopGroup) {
         self.address = address
         self.configuration = configuration
+        self.tls = tls
         self.group = group
         state = NIOLockedValueBox(State(connections: Array(repeating: nil, count: configuration.connectionsPerNode)))
     }
@@ -45,7 +48,7 @@ final class RedisNode: Sendable {
             let i = s.next
             s.next = (s.next + 1) % s.connections.count
             if let f = s.connections[i] { return (i, f) }
-            let f = RedisConnection.connect(to: address, configuration: configuration, group: group, deadline: .now() + limit)
+            let f = RedisConnection.connect(to: address, configuration: configuration, tls: tls, group: group, deadline: .now() + limit)
             s.connections[i] = f
             return (i, f)
         }
@@ -69,7 +72,7 @@ final class RedisNode: Sendable {
     private func replace(_ slot: Int, broken: EventLoopFuture<RedisConnection>, deadline: NIODeadline) -> EventLoopFuture<RedisConnection> {
         state.withLockedValue { s in
             if let current = s.connections[slot], current !== broken { return current }
-            let f = RedisConnection.connect(to: address, configuration: configuration, group: group, deadline: deadline)
+            let f = RedisConnection.connect(to: address, configuration: configuration, tls: tls, group: group, deadline: deadline)
             s.connections[slot] = f
             return f
         }

@@ -22,15 +22,16 @@ public enum StoreFactory {
         return tiers
     }
 
-    /// A Redis tier for `url` (`redis://[user:password@]host:port[,host:port...]`), its
+    /// A Redis tier for `url` (`redis[s]://[user:password@]host:port[,host:port...]`), its
     /// topology found now when the deployment answers within `connectTimeout` seconds.
     ///
     /// An unreachable deployment is not an error: the tier starts, its reads miss and it
     /// connects when the nodes come up. The returned text says which it was.
     /// - Throws: ``RedisError/invalidURL(_:)`` for a malformed URL.
     public static func redisTier(url: String, options: RedisTierOptions = RedisTierOptions(), signer: EntrySigner? = nil,
-                                 timeout: Double = 0.05, connectTimeout: Double = 2) async throws(RedisError) -> (RedisTier, String) {
-        let client = RedisClient(configuration: try RedisConfiguration(url: url, timeout: timeout))
+                                 timeout: Double = 0.05, tlsCAFile: String? = nil,
+                                 connectTimeout: Double = 2) async throws(RedisError) -> (RedisTier, String) {
+        let client = try RedisClient(configuration: try RedisConfiguration(url: url, timeout: timeout, tlsCAFile: tlsCAFile))
         let tier = RedisTier(client: client, options: options, signer: signer)
         do {
             let topology = try await client.connect(timeout: connectTimeout)
@@ -83,7 +84,7 @@ public struct StoreOptions: Sendable {
     public var diskDurable = false
     /// How chunks are stored.
     public var codec: StoreCodec = .kvtc
-    /// A shared Redis tier below memory and disk, if any (see ``StoreFactory/redisTier(url:options:signer:timeout:connectTimeout:)``).
+    /// A shared Redis tier below memory and disk, if any (see ``StoreFactory/redisTier(url:options:signer:timeout:tlsCAFile:connectTimeout:)``).
     public var redis: RedisTier?
 
     public init() {}

@@ -59,8 +59,11 @@ struct StoreCommandOptions: ParsableArguments {
     @Option(name: .long, help: "How chunks are stored: kvtc (compressed) or exact (f32, bit-identical restores; a reference).")
     var cacheCodec: StoreCodec = .kvtc
 
-    @Option(name: .long, help: "A shared Redis tier below memory and disk: redis://[user:password@]host:port[,host:port...] (cluster seeds or one standalone node).")
+    @Option(name: .long, help: "A shared Redis tier below memory and disk: redis[s]://[user:password@]host:port[,host:port...] (cluster seeds or one standalone node; rediss: TLS).")
     var redis: String?
+
+    @Option(name: .long, help: "Certificate authorities (PEM) trusted for rediss:// (default: the system's).")
+    var redisCA: String?
 
     @Option(name: .long, help: "Expiry of entries written to Redis, in seconds (default: none; let Redis's maxmemory policy evict).")
     var redisTTL: Double?
@@ -86,7 +89,7 @@ struct StoreCommandOptions: ParsableArguments {
         let signer = try redisSecret.map { try EntrySigner(contentsOf: $0) }
         let (tier, status) = try await StoreFactory.redisTier(
             url: redis, options: RedisTierOptions(keyPrefix: redisPrefix, ttl: redisTTL), signer: signer,
-            timeout: redisTimeoutMs / 1000)
+            timeout: redisTimeoutMs / 1000, tlsCAFile: redisCA)
         warn("kvtc: \(status)")
         return tier
     }

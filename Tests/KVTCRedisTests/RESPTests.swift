@@ -94,7 +94,14 @@ import Testing
         #expect(password.user == nil && password.password == "pw")
     }
 
-    @Test(arguments: ["http://h:1", "rediss://h:6379", "redis://", "redis://h:0", "redis://h:99999", "redis://h:x",
+    @Test func rediss() throws {
+        let tls = try RedisConfiguration(url: "rediss://u:p@cache.example:6380", tlsCAFile: "/etc/ca.pem")
+        #expect(tls.tls && tls.tlsCAFile == "/etc/ca.pem" && tls.seeds == [RedisAddress(host: "cache.example", port: 6380)])
+        #expect(try !RedisConfiguration(url: "redis://h").tls)
+        #expect(throws: RedisError.self) { _ = try RedisConfiguration(url: "redis://h", tlsCAFile: "/etc/ca.pem") }
+    }
+
+    @Test(arguments: ["http://h:1", "rediss://", "redis+tls://h:6379", "redis://", "redis://h:0", "redis://h:99999", "redis://h:x",
                       "redis://h:1/3", "redis://a:%zz@h", "redis://[::1:6379", "redis://h:1,"])
     func refusesBadURLs(_ url: String) {
         #expect(throws: RedisError.self) { _ = try RedisConfiguration(url: url) }

@@ -29,7 +29,7 @@ private func roundTrip(_ client: RedisClient, _ range: Range<Int>) async throws 
 @Suite(.serialized) struct StandaloneRedisTests {
     @Test func pipelinesAuthenticatesAndExpires() async throws {
         let server = try RedisServer(configuration: ["--user", "default", "off", "--user", "kvtc", "on", ">secret-pw", "~*", "+@all"])
-        let client = RedisClient(configuration: try RedisConfiguration(url: "redis://kvtc:secret-pw@127.0.0.1:\(server.port)", timeout: generous))
+        let client = try RedisClient(configuration: try RedisConfiguration(url: "redis://kvtc:secret-pw@127.0.0.1:\(server.port)", timeout: generous))
         #expect(try await client.connect(timeout: generous) == .standalone(RedisAddress(host: "127.0.0.1", port: server.port)))
         try await roundTrip(client, 0..<200)
         let exists = await client.execute([.exists(key(3)), .exists(key(999)), .del(key(3)), .exists(key(3)), .get(key(3))])
@@ -49,18 +49,37 @@ private func roundTrip(_ client: RedisClient, _ range: Range<Int>) async throws 
 
     @Test func refusedCredentialsAreTyped() async throws {
         let server = try RedisServer(configuration: ["--requirepass", "right"])
-        let wrong = RedisClient(configuration: try RedisConfiguration(url: "redis://:wrong@127.0.0.1:\(server.port)", timeout: 1))
+        let wrong = try RedisClient(configuration: try RedisConfiguration(url: "redis://:wrong@127.0.0.1:\(server.port)", timeout: 1))
         await #expect {
             try await wrong.connect(timeout: generous)
         } throws: { error in
             guard case RedisError.authentication = error else { return false }
             return true
         }
-        let none = RedisClient(configuration: try RedisConfiguration(url: "redis://127.0.0.1:\(server.port)", timeout: 1))
+        let none = try RedisClient(configuration: try RedisConfiguration(url: "redis://127.0.0.1:\(server.port)", timeout: 1))
         await #expect(throws: RedisError.self) { try await none.connect(timeout: generous) }
-        let right = RedisClient(configuration: try RedisConfiguration(url: "redis://:right@127.0.0.1:\(server.port)", timeout: generous))
+        let right = try RedisClient(configuration: try RedisConfiguration(url: "redis://:right@127.0.0.1:\(server.port)", timeout: generous))
         try await right.connect(timeout: generous)
         try await roundTrip(right, 0..<10)
+    }
+
+    @Test func speaksTLSAndVerifiesTheServer() async throws {
+        let files = try RedisServer.TLSFiles.make(in: FileManager.default.temporaryDirectory
+            .appendingPathComponent("kvtc-tls-\(UUID().uuidString.prefix(8))"))
+        let server = try RedisServer(configuration: ["--requirepass", "over-tls"], tls: files)
+        let url = "rediss://:over-tls@127.0.0.1:\(server.port)"
+        let client = try RedisClient(configuration: try RedisConfiguration(url: url, timeout: generous, tlsCAFile: files.caCertificate))
+        #expect(try await client.connect(timeout: generous) == .standalone(RedisAddress(host: "127.0.0.1", port: server.port)))
+        try await roundTrip(client, 0..<50)
+        // The system's roots do not know the test CA: the handshake fails, typed.
+        let unverified = try RedisClient(configuration: try RedisConfiguration(url: url, timeout: generous))
+        await #expect(throws: RedisError.self) { try await unverified.connect(timeout: generous) }
+        // Plain RESP to a TLS port gets no answer it can parse; an unreadable CA is refused up front.
+        let plain = try RedisClient(configuration: try RedisConfiguration(url: "redis://:over-tls@127.0.0.1:\(server.port)", timeout: 1))
+        await #expect(throws: RedisError.self) { try await plain.connect(timeout: 1) }
+        #expect(throws: RedisError.self) {
+            _ = try RedisClient(configuration: try RedisConfiguration(url: url, tlsCAFile: files.caCertificate + ".missing"))
+        }
     }
 
     @Test func aDownOrStalledNodeCostsAtMostTheTimeoutAndRecovers() async throws {
@@ -69,7 +88,7 @@ private func roundTrip(_ client: RedisClient, _ range: Range<Int>) async throws 
         var configuration = try RedisConfiguration(url: "redis://127.0.0.1:\(server.port)", timeout: timeout)
         configuration.initialBackoff = 0.05
         configuration.maxBackoff = 0.2
-        let client = RedisClient(configuration: configuration)
+        let client = try RedisClient(configuration: configuration)
         try await client.connect(timeout: generous)
         try await roundTrip(client, 0..<20)
 
@@ -113,7 +132,7 @@ func eventually(_ seconds: Double = 10, _ condition: () async throws -> Bool) as
     @Test func routesBySlotAndFollowsMovedSlots() async throws {
         let cluster = try RedisClusterServers(masters: 3)
         // One seed is enough: the client learns every master from it.
-        let client = RedisClient(configuration: try RedisConfiguration(url: "redis://127.0.0.1:\(cluster.nodes[1].port)", timeout: generous))
+        let client = try RedisClient(configuration: try RedisConfiguration(url: "redis://127.0.0.1:\(cluster.nodes[1].port)", timeout: generous))
         guard case .cluster(let masters) = try await client.connect(timeout: generous) else { Issue.record("not a cluster"); return }
         #expect(masters.count == 3 && masters.values.reduce(0, +) == HashSlot.count)
         try await roundTrip(client, 0..<300)
@@ -148,7 +167,7 @@ func eventually(_ seconds: Double = 10, _ condition: () async throws -> Bool) as
         var configuration = try RedisConfiguration(url: cluster.url, timeout: timeout)
         configuration.initialBackoff = 0.05
         configuration.maxBackoff = 0.2
-        let client = RedisClient(configuration: configuration)
+        let client = try RedisClient(configuration: configuration)
         try await client.connect(timeout: generous)
         let keys = 0..<300
         _ = await client.execute(keys.map { .set(key($0), value($0)) }, timeout: generous)

@@ -23,7 +23,7 @@ extension ServerTests {
     /// A tier on `cluster` with a deadline generous enough for a loaded CI machine (the
     /// deadline's cost is the Redis tests' subject, not this one's).
     static func sharedTier(_ cluster: RedisClusterServers) throws -> RedisTier {
-        RedisTier(client: RedisClient(configuration: try RedisConfiguration(url: cluster.url, timeout: 2)),
+        RedisTier(client: try RedisClient(configuration: try RedisConfiguration(url: cluster.url, timeout: 2)),
                   options: RedisTierOptions(keyPrefix: "kvtc-test:"))
     }
 

@@ -10,7 +10,7 @@ import Testing
     /// A tier for `url`; the default deadline is generous because CI runs these tests beside
     /// the model's on two busy cores.
     static func tier(_ url: String, timeout: Double = 5, prefix: String = "kvtc-test:") throws -> RedisTier {
-        RedisTier(client: RedisClient(configuration: try RedisConfiguration(url: url, timeout: timeout)),
+        RedisTier(client: try RedisClient(configuration: try RedisConfiguration(url: url, timeout: timeout)),
                   options: RedisTierOptions(keyPrefix: prefix))
     }
 
@@ -64,7 +64,7 @@ import Testing
     @Test func withASecretOnlyItsHoldersCanPlantEntries() async throws {
         let server = try RedisServer()
         let url = "redis://127.0.0.1:\(server.port)"
-        let client = RedisClient(configuration: try RedisConfiguration(url: url, timeout: 5))
+        let client = try RedisClient(configuration: try RedisConfiguration(url: url, timeout: 5))
         let secret = EntrySigner(secret: Array(repeating: 7, count: 32))
         let signed = RedisTier(client: client, options: RedisTierOptions(keyPrefix: "kvtc-test:"), signer: secret)
         let forger = try Self.tier(url)

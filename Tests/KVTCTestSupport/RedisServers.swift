@@ -53,13 +53,53 @@ public final class RedisServer: @unchecked Sendable {
         }
     }
 
+    /// Files of a test certificate authority and a server certificate for 127.0.0.1 signed
+    /// by it (made with the `openssl` command).
+    public struct TLSFiles: Sendable {
+        public var caCertificate: String
+        public var certificate: String
+        public var key: String
+
+        /// Makes a CA and a server certificate (IP 127.0.0.1, DNS localhost) in `directory`.
+        public static func make(in directory: URL) throws -> TLSFiles {
+            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+            let openssl = try RedisServer.executable("openssl")
+            func path(_ name: String) -> String { directory.appendingPathComponent(name).path }
+            try Data("subjectAltName=IP:127.0.0.1,DNS:localhost\n".utf8).write(to: directory.appendingPathComponent("san.cnf"))
+            for args in [["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", path("ca.key"), "-out", path("ca.crt"),
+                          "-days", "2", "-subj", "/CN=kvtc test CA"],
+                         ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", path("server.key"), "-out", path("server.csr"),
+                          "-subj", "/CN=localhost"],
+                         ["x509", "-req", "-in", path("server.csr"), "-CA", path("ca.crt"), "-CAkey", path("ca.key"),
+                          "-CAcreateserial", "-out", path("server.crt"), "-days", "2", "-extfile", path("san.cnf")]] {
+                _ = try RedisServer.run(openssl, args)
+            }
+            guard FileManager.default.fileExists(atPath: path("server.crt")) else {
+                throw RedisServerError("openssl did not make the test certificates in \(directory.path)")
+            }
+            return TLSFiles(caCertificate: path("ca.crt"), certificate: path("server.crt"), key: path("server.key"))
+        }
+    }
+
+    /// How `redis-cli` reaches the server (TLS options included).
+    private let cliOptions: [String]
+
     /// Starts a server on a free port with `configuration` (`redis-server` flags without
-    /// the dashes' values quoted, e.g. `["cluster-enabled", "yes"]` pairs).
-    public init(configuration: [String] = [], port: Int? = nil) throws {
+    /// the dashes' values quoted, e.g. `["cluster-enabled", "yes"]` pairs); with `tls`, the
+    /// port speaks TLS only.
+    public init(configuration: [String] = [], port: Int? = nil, tls: TLSFiles? = nil) throws {
         self.port = port ?? Self.freePort()
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("kvtc-redis-\(self.port)-\(UUID().uuidString.prefix(8))")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        arguments = ["--port", String(self.port), "--bind", "127.0.0.1", "--dir", directory.path, "--save", "",
+        var listen = ["--port", String(self.port)]
+        var cli = ["-h", "127.0.0.1", "-p", String(self.port)]
+        if let tls {
+            listen = ["--port", "0", "--tls-port", String(self.port), "--tls-cert-file", tls.certificate,
+                      "--tls-key-file", tls.key, "--tls-ca-cert-file", tls.caCertificate, "--tls-auth-clients", "no"]
+            cli += ["--tls", "--cacert", tls.caCertificate]
+        }
+        cliOptions = cli
+        arguments = listen + ["--bind", "127.0.0.1", "--dir", directory.path, "--save", "",
                      "--appendonly", "no", "--daemonize", "no", "--logfile", "redis.log",
                      "--pidfile", directory.appendingPathComponent("redis.pid").path] + configuration
         try start()
@@ -96,7 +136,7 @@ public final class RedisServer: @unchecked Sendable {
     /// Runs `redis-cli -p PORT args...` and returns what it printed.
     @discardableResult
     public func cli(_ args: [String]) throws -> String {
-        try Self.run(try Self.executable("redis-cli"), ["-h", "127.0.0.1", "-p", String(port)] + args)
+        try Self.run(try Self.executable("redis-cli"), cliOptions + args)
     }
 
     /// Runs `executable` with `args` and returns what it printed (stdout and stderr).

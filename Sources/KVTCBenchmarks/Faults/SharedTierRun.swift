@@ -216,7 +216,7 @@ public final class SharedTierRun: @unchecked Sendable {
 
     static func connect(_ url: String) async throws(SharedTierError) -> (RedisClient, RedisTopology) {
         do throws(RedisError) {
-            let redis = RedisClient(configuration: try RedisConfiguration(url: url, timeout: 1))
+            let redis = try RedisClient(configuration: try RedisConfiguration(url: url, timeout: 1))
             return (redis, try await redis.connect())
         } catch {
             throw .redis(error)
