@@ -67,6 +67,9 @@ struct BenchServeCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Milliseconds a Redis read may take before it counts as a miss.")
     var redisTimeoutMs = 50.0
 
+    @Option(name: .long, help: "Certificate authorities (PEM) trusted for rediss:// (default: the system's).")
+    var redisCA: String?
+
     @Option(name: .long, help: "Write the JSON report here.")
     var json: String?
 
@@ -83,7 +86,7 @@ struct BenchServeCommand: AsyncParsableCommand {
         workload.turns = turns
         workload.context = context
         workload.replyTokens = replyTokens
-        let redisConfiguration = try redis.map { try RedisConfiguration(url: $0, timeout: redisTimeoutMs / 1000) }
+        let redisConfiguration = try redis.map { try RedisConfiguration(url: $0, timeout: redisTimeoutMs / 1000, tlsCAFile: redisCA) }
         var selected = policies.policies
         if redisConfiguration != nil, !selected.contains(.kvtcRedis) { selected.append(.kvtcRedis) }
         let bench = ServingBenchmark(model: model, profile: profile, ratio: ratio, workload: workload,

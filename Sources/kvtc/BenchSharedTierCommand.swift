@@ -22,6 +22,9 @@ struct BenchSharedTierCommand: AsyncParsableCommand {
     @Option(name: .long, help: "The Redis deployment: redis://host:port[,host:port...].")
     var redis: String
 
+    @Option(name: .long, help: "Certificate authorities (PEM) trusted for rediss:// (default: the system's).")
+    var redisCA: String?
+
     @Option(name: .long, help: "Seconds of traffic.")
     var duration = 120.0
 
@@ -56,6 +59,7 @@ struct BenchSharedTierCommand: AsyncParsableCommand {
             ?? FileManager.default.temporaryDirectory.appendingPathComponent("kvtc-shared-tier-\(UUID().uuidString)")
         var configuration = SharedTierConfiguration(executable: executable, redisURL: redis, workDirectory: work)
         configuration.model = modelOptions.model
+        configuration.redisCA = redisCA
         configuration.duration = duration
         configuration.clients = clients
         configuration.killAfter = killAfter < 0 ? nil : killAfter

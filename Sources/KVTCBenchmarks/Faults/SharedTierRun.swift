@@ -11,8 +11,9 @@ public struct SharedTierConfiguration: Sendable {
     public var executable: URL
     /// `--model` for the servers (nil: the default).
     public var model: String?
-    /// The Redis deployment both servers share.
+    /// The Redis deployment both servers share, and the CA trusted for `rediss://`.
     public var redisURL: String
+    public var redisCA: String?
     /// Seconds of traffic.
     public var duration: Double = 120
     /// Concurrent clients.
@@ -152,6 +153,7 @@ public final class SharedTierRun: @unchecked Sendable {
                          "--memory-budget", String(configuration.memoryBudget), "--chunk-tokens", "64",
                          "--max-concurrent", "2", "--max-queue", "32", "--max-tokens-limit", "64"]
         if let m = configuration.model { arguments += ["--model", m] }
+        if let ca = configuration.redisCA { arguments += ["--redis-ca", ca] }
         p.arguments = arguments
         let logURL = configuration.workDirectory.appendingPathComponent("server-\(index).log")
         FileManager.default.createFile(atPath: logURL.path, contents: nil)
@@ -214,9 +216,9 @@ public final class SharedTierRun: @unchecked Sendable {
         }
     }
 
-    static func connect(_ url: String) async throws(SharedTierError) -> (RedisClient, RedisTopology) {
+    static func connect(_ url: String, ca: String?) async throws(SharedTierError) -> (RedisClient, RedisTopology) {
         do throws(RedisError) {
-            let redis = try RedisClient(configuration: try RedisConfiguration(url: url, timeout: 1))
+            let redis = try RedisClient(configuration: try RedisConfiguration(url: url, timeout: 1, tlsCAFile: ca))
             return (redis, try await redis.connect())
         } catch {
             throw .redis(error)
@@ -225,7 +227,7 @@ public final class SharedTierRun: @unchecked Sendable {
 
     public func run() async throws -> SharedTierReport {
         try FileManager.default.createDirectory(at: configuration.workDirectory, withIntermediateDirectories: true)
-        let (redis, topology) = try await Self.connect(configuration.redisURL)
+        let (redis, topology) = try await Self.connect(configuration.redisURL, ca: configuration.redisCA)
         log("shared tier: \(topology)")
         let ports = [FaultHarness.freePort(), FaultHarness.freePort()]
         var servers: [Process] = []
