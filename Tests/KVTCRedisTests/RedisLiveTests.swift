@@ -161,6 +161,28 @@ func eventually(_ seconds: Double = 10, _ condition: () async throws -> Bool) as
         }
     }
 
+    @Test func followsAskDuringASlotMigration() async throws {
+        let cluster = try RedisClusterServers(masters: 3)
+        let client = try RedisClient(configuration: try RedisConfiguration(url: cluster.url, timeout: generous))
+        guard case .cluster(let before) = try await client.connect(timeout: generous) else { Issue.record("not a cluster"); return }
+        // A key whose slot the first master serves, being migrated to the second: the source
+        // answers ASK for keys it no longer holds, the target serves them after ASKING.
+        let slot = HashSlot.of(key(7))
+        // The node that serves the slot answers a GET itself; the others redirect with MOVED.
+        let source = try #require(cluster.nodes.first { node in
+            (try? node.cli(["get", String(decoding: key(7), as: UTF8.self)]))?.contains("MOVED") == false
+        })
+        let target = try #require(cluster.nodes.first { $0 !== source })
+        #expect(try target.cli(["cluster", "setslot", String(slot), "importing", cluster.id(of: source)]).contains("OK"))
+        #expect(try source.cli(["cluster", "setslot", String(slot), "migrating", cluster.id(of: target)]).contains("OK"))
+        #expect(try await client.execute(.set(key(7), value(7)), timeout: generous).get() == .simpleString("OK"))
+        #expect(try await client.execute(.get(key(7)), timeout: generous).get() == .bulkString(value(7)))
+        // The key went to the importing node, and ASK did not change the client's map.
+        #expect(try target.cli(["cluster", "countkeysinslot", String(slot)]).trimmingCharacters(in: .whitespacesAndNewlines) == "1")
+        #expect(try source.cli(["cluster", "countkeysinslot", String(slot)]).trimmingCharacters(in: .whitespacesAndNewlines) == "0")
+        #expect(client.topology == .cluster(masters: before))
+    }
+
     @Test func aKilledMasterCostsOnlyItsKeysAndReturns() async throws {
         let cluster = try RedisClusterServers(masters: 3)
         let timeout = 0.25
