@@ -104,6 +104,7 @@ public final class ServerMetrics: Sendable {
         metric("kvtc_tier_misses_total", "counter", "Reads that found nothing, by tier.", byTier { $0.misses })
         metric("kvtc_tier_evictions_total", "counter", "Entries evicted for the budget, by tier.", byTier { $0.evictions })
         metric("kvtc_tier_corrupt_dropped_total", "counter", "Entries dropped on failed verification, by tier.", byTier { $0.corruptDropped })
+        metric("kvtc_tier_writes_total", "counter", "Entries written, by tier (a Redis tier counts them when Redis acknowledged them).", byTier { $0.writes })
         metric("kvtc_tier_errors_total", "counter", "Tier operations that failed (I/O, network, timeouts); failed reads are misses.", byTier { $0.errors })
         metric("kvtc_tier_read_bytes_total", "counter", "Entry bytes read, by tier.", byTier { $0.bytesRead })
         metric("kvtc_tier_written_bytes_total", "counter", "Entry bytes written, by tier.", byTier { $0.bytesWritten })

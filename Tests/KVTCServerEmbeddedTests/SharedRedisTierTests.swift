@@ -62,6 +62,9 @@ extension ServerTests {
                 let metrics = try await offPool { try H.exchange(port: portB, method: "GET", path: "/metrics").text }
                 #expect(metric(metrics, "kvtc_tier_hits_total{tier=\"redis\"}") > 0)
                 #expect(metric(metrics, "kvtc_tier_read_bytes_total{tier=\"redis\"}") > 0)
+                let written = try await offPool { try H.exchange(port: portA, method: "GET", path: "/metrics").text }
+                #expect(metric(written, "kvtc_tier_writes_total{tier=\"redis\"}") > 0)
+                #expect(metric(written, "kvtc_tier_written_bytes_total{tier=\"redis\"}") > 0)
                 #expect(metrics.contains("kvtc_tier_round_trip_seconds_bucket{tier=\"redis\",le=\"0.001\"}"))
 
                 // A master dies mid-run: two servers, four clients, every request answered.
