@@ -183,6 +183,33 @@ func eventually(_ seconds: Double = 10, _ condition: () async throws -> Bool) as
         #expect(client.topology == .cluster(masters: before))
     }
 
+    @Test func followsAFailoverToTheReplica() async throws {
+        let cluster = try RedisClusterServers(masters: 3, replicas: 1)
+        let client = try RedisClient(configuration: try RedisConfiguration(url: cluster.url, timeout: generous))
+        guard case .cluster(let masters) = try await client.connect(timeout: generous), masters.count == 3 else {
+            Issue.record("not a cluster of 3 masters")
+            return
+        }
+        let keys = 0..<200
+        _ = await client.execute(keys.map { .set(key($0), value($0)) }, timeout: generous)
+        // Every write has reached the replicas before the master goes.
+        for node in cluster.nodes where (try? node.cli(["role"]))?.hasPrefix("master") == true {
+            _ = try node.cli(["wait", "1", "5000"])
+        }
+        let victim = try #require(cluster.nodes.first { node in
+            masters.keys.contains(RedisAddress(host: "127.0.0.1", port: node.port))
+        })
+        victim.kill()
+        // The replica is promoted after the node timeout; the client, whose map still names
+        // the dead master, finds it through a refreshed slot map and serves every key again.
+        try await eventually(30) {
+            let got = await client.execute(keys.map { .get(key($0)) })
+            return got.enumerated().allSatisfy { i, r in (try? r.get()) == .bulkString(value(i)) }
+        }
+        #expect(!client.masters.contains(RedisAddress(host: "127.0.0.1", port: victim.port)))
+        #expect(client.masters.count == 3)
+    }
+
     @Test func aKilledMasterCostsOnlyItsKeysAndReturns() async throws {
         let cluster = try RedisClusterServers(masters: 3)
         let timeout = 0.25

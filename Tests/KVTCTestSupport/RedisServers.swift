@@ -185,8 +185,8 @@ public final class RedisServer: @unchecked Sendable {
     }
 }
 
-/// A Redis Cluster of `masters` masters (no replicas) on loopback, made with
-/// `redis-cli --cluster create`.
+/// A Redis Cluster of `masters` masters (and `replicas` replicas of each) on loopback, made
+/// with `redis-cli --cluster create`.
 public final class RedisClusterServers: @unchecked Sendable {
     /// The nodes, in the order their slots were assigned.
     public let nodes: [RedisServer]
@@ -194,9 +194,9 @@ public final class RedisClusterServers: @unchecked Sendable {
     /// Starts the nodes and joins them; returns when every node reports `cluster_state:ok`.
     /// A master that goes down does not stop the others serving their slots
     /// (`cluster-require-full-coverage no`).
-    public init(masters: Int = 3, nodeTimeoutMilliseconds: Int = 1000) throws {
+    public init(masters: Int = 3, replicas: Int = 0, nodeTimeoutMilliseconds: Int = 1000) throws {
         var nodes: [RedisServer] = []
-        for _ in 0..<masters {
+        for _ in 0..<(masters * (1 + replicas)) {
             nodes.append(try RedisServer(configuration: ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                                                          "--cluster-node-timeout", String(nodeTimeoutMilliseconds),
                                                          "--cluster-require-full-coverage", "no"]))
@@ -204,7 +204,7 @@ public final class RedisClusterServers: @unchecked Sendable {
         self.nodes = nodes
         let output = try RedisServer.run(try RedisServer.executable("redis-cli"),
                                          ["--cluster", "create"] + nodes.map { "127.0.0.1:\($0.port)" }
-                                             + ["--cluster-replicas", "0", "--cluster-yes"])
+                                             + ["--cluster-replicas", String(replicas), "--cluster-yes"])
         guard output.contains("All 16384 slots covered") else {
             throw RedisServerError("redis-cli --cluster create failed:\n\(output)")
         }
