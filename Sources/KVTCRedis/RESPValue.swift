@@ -69,6 +69,10 @@ public struct RedisCommand: Sendable, Equatable {
     public static func del(_ key: [UInt8]) -> RedisCommand { RedisCommand("DEL", [key]) }
     /// `EXISTS key`
     public static func exists(_ key: [UInt8]) -> RedisCommand { RedisCommand("EXISTS", [key]) }
+    /// `AUTH [user] password`
+    public static func auth(user: String?, password: String) -> RedisCommand {
+        RedisCommand("AUTH", (user.map { [Array($0.utf8)] } ?? []) + [Array(password.utf8)])
+    }
 
     /// The command's name in upper case.
     public var name: String { String(decoding: arguments.first ?? [], as: UTF8.self).uppercased() }

@@ -112,11 +112,7 @@ final class RedisConnection: Sendable {
         guard let password = configuration.password else { return connected }
         let user = configuration.user
         return connected.flatMap { connection in
-            var auth = [Array("AUTH".utf8)]
-            if let user { auth.append(Array(user.utf8)) }
-            auth.append(Array(password.utf8))
-            var command = RedisCommand([])
-            command.arguments = auth
+            let command = RedisCommand.auth(user: user, password: password)
             return connection.send([command], timeout: max(deadline - .now(), .milliseconds(1))).flatMapThrowing { replies in
                 if let e = replies.first?.errorMessage {
                     connection.channel.close(promise: nil)
