@@ -5,6 +5,8 @@ import NIOSSL
 
 /// What the client found at its seeds.
 public enum RedisTopology: Sendable, Equatable, CustomStringConvertible {
+    /// Not found yet: no seed has answered.
+    case unknown
     /// One node without cluster support.
     case standalone(RedisAddress)
     /// A cluster: its masters and how many of the 16384 slots each serves.
@@ -12,6 +14,7 @@ public enum RedisTopology: Sendable, Equatable, CustomStringConvertible {
 
     public var description: String {
         switch self {
+        case .unknown: return "Redis not reached yet"
         case .standalone(let a): return "standalone Redis at \(a)"
         case .cluster(let m):
             let covered = m.values.reduce(0, +)
@@ -101,7 +104,7 @@ public final class RedisClient: Sendable {
     public var topology: RedisTopology {
         state.withLockedValue { s in
             switch s.mode {
-            case .unknown: return .cluster(masters: [:])
+            case .unknown: return .unknown
             case .standalone(let a): return .standalone(a)
             case .cluster(let slots):
                 var masters: [RedisAddress: Int] = [:]

@@ -40,7 +40,11 @@ public struct RedisConfiguration: Sendable, Equatable {
     /// Certificate authorities (PEM) trusted for TLS; `nil`: the system's.
     public var tlsCAFile: String?
 
-    public init(seeds: [RedisAddress], user: String? = nil, password: String? = nil, timeout: Double = 0.05,
+    /// The default time limit of a step (connecting, an exchange): small, so that a node
+    /// that is down or slow costs a request little.
+    public static let defaultTimeout = 0.05
+
+    public init(seeds: [RedisAddress], user: String? = nil, password: String? = nil, timeout: Double = defaultTimeout,
                 connectionsPerNode: Int = 2, initialBackoff: Double = 0.1, maxBackoff: Double = 2,
                 limits: RESPLimits = RESPLimits(), tls: Bool = false, tlsCAFile: String? = nil) {
         self.tls = tls
@@ -56,7 +60,7 @@ public struct RedisConfiguration: Sendable, Equatable {
     }
 
     /// Parses `redis[s]://[user:password@]host[:port][,host[:port]...]` (port 6379 by default).
-    public init(url: String, timeout: Double = 0.05, tlsCAFile: String? = nil) throws(RedisError) {
+    public init(url: String, timeout: Double = defaultTimeout, tlsCAFile: String? = nil) throws(RedisError) {
         let tls = url.hasPrefix("rediss://")
         let scheme = tls ? "rediss://" : "redis://"
         guard url.hasPrefix(scheme) else { throw .invalidURL("\(url) does not start with redis:// or rediss://") }

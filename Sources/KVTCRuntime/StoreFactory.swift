@@ -29,7 +29,7 @@ public enum StoreFactory {
     /// connects when the nodes come up. The returned text says which it was.
     /// - Throws: ``RedisError/invalidURL(_:)`` for a malformed URL.
     public static func redisTier(url: String, options: RedisTierOptions = RedisTierOptions(), signer: EntrySigner? = nil,
-                                 timeout: Double = 0.05, tlsCAFile: String? = nil,
+                                 timeout: Double = RedisConfiguration.defaultTimeout, tlsCAFile: String? = nil,
                                  connectTimeout: Double = 2) async throws(RedisError) -> (RedisTier, String) {
         let client = try RedisClient(configuration: try RedisConfiguration(url: url, timeout: timeout, tlsCAFile: tlsCAFile))
         let tier = RedisTier(client: client, options: options, signer: signer)

@@ -65,7 +65,7 @@ struct BenchServeCommand: AsyncParsableCommand {
     var redis: String?
 
     @Option(name: .long, help: "Milliseconds a Redis read may take before it counts as a miss.")
-    var redisTimeoutMs = 50.0
+    var redisTimeoutMs = RedisConfiguration.defaultTimeout * 1000
 
     @Option(name: .long, help: "Certificate authorities (PEM) trusted for rediss:// (default: the system's).")
     var redisCA: String?

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import KVTCCodec
 import KVTCModels
+import KVTCRedis
 import KVTCRedisTier
 import KVTCRuntime
 import KVTCServer
@@ -69,7 +70,7 @@ struct StoreCommandOptions: ParsableArguments {
     var redisTTL: Double?
 
     @Option(name: .long, help: "Milliseconds a Redis read may take (connecting included) before it counts as a miss.")
-    var redisTimeoutMs = 50.0
+    var redisTimeoutMs = RedisConfiguration.defaultTimeout * 1000
 
     @Option(name: .long, help: "Prefix of the Redis keys this server reads and writes.")
     var redisPrefix = "kvtc:"

@@ -137,7 +137,7 @@ public final class SharedTierRun: @unchecked Sendable {
     }
 
     /// The servers' Redis read deadline (their default).
-    static let redisTimeout = 0.05
+    static let redisTimeout = RedisConfiguration.defaultTimeout
 
     private let stats = Locked(Stats())
 
