@@ -39,8 +39,8 @@ public struct CodecBenchmark: Sendable {
     public var ratio: Double = 16
     /// Calibration rows of the synthetic profile (when no profile is given).
     public var calibrationRows = 16384
-    /// DEFLATE level.
-    public var deflateLevel = KVTCCompressor.defaultDeflateLevel
+    /// The lossless coder of the blob's chunks.
+    public var coder = KVTCCompressor.defaultCoder
     /// Timed repetitions; the best is reported.
     public var repeats = 3
 
@@ -80,7 +80,7 @@ public struct CodecBenchmark: Sendable {
             progress("generating a \(tokens)-token synthetic cache")
             input = SyntheticCaches.cache(geometry: prof.geometry, rope: prof.rope, tokens: tokens, seed: 2)
         }
-        let compressor = try KVTCCompressor(profile: prof, ratio: ratio, deflateLevel: deflateLevel)
+        let compressor = try KVTCCompressor(profile: prof, ratio: ratio, coder: coder)
         var best = (c: Double.infinity, d: Double.infinity)
         var blob: CompressedCache?
         var restored: KVCache?

@@ -12,7 +12,7 @@ public enum BlobError: Error, Equatable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .notABlob: return "not a kvtc blob (bad magic)"
-        case .unsupportedVersion(let v): return "blob format version \(v) is not supported (this build reads version \(Blob.formatVersion))"
+        case .unsupportedVersion(let v): return "blob format version \(v) is not supported (this build reads versions 1 to \(Blob.formatVersion))"
         case .truncated(let m): return "blob is truncated: \(m)"
         case .corrupt(let m): return "blob is corrupt: \(m)"
         case .profileMismatch(let b, let p): return "blob was made with profile \(b.prefix(16))…, not with the given profile \(p.prefix(16))…"
@@ -51,7 +51,8 @@ struct SectionChunk: Equatable {
     var kind: SectionKind
     var rawLength: Int
     var storedLength: Int
-    var deflated: Bool
+    /// 0: stored as they are; otherwise a ``LosslessCoder/identifier``.
+    var coding: UInt8
     var crc: UInt32
 }
 
@@ -59,12 +60,16 @@ struct SectionChunk: Equatable {
 ///
 ///     magic "KVTCBLOB" | version u32 | header length u32 | header | header CRC-32 u32 | chunks
 ///
+/// Version 2 adds coders other than DEFLATE (a chunk's coding byte may be 2, Zstandard); a
+/// blob whose chunks are all stored or DEFLATE-coded is written as version 1, which it is
+/// byte for byte, so earlier readers still read it.
+///
 /// The header holds the profile hash, geometry, RoPE, token counts, both bit plans, how
 /// protected tokens and positions are stored, and the chunk table (kind, raw and stored
 /// lengths, coding, CRC-32 of the stored bytes). Sections are split into chunks of at most
 /// ``chunkLimit`` raw bytes so that DEFLATE runs on both cores in both directions.
 public enum Blob {
-    public static let formatVersion = 1
+    public static let formatVersion = 2
     static let magic = Array("KVTCBLOB".utf8)
     static let chunkLimit = 1 << 20
 
@@ -86,7 +91,7 @@ public enum Blob {
     }
 
     /// Assembles a blob from its header and raw sections, entropy-coding each chunk.
-    static func assemble(header h: BlobHeader, sections: [(SectionKind, [UInt8], Bool)], level: Int) -> (bytes: [UInt8], chunks: [SectionChunk]) {
+    static func assemble(header h: BlobHeader, sections: [(SectionKind, [UInt8], Bool)], coder: LosslessCoder) -> (bytes: [UInt8], chunks: [SectionChunk]) {
         // Split into chunks.
         var pieces: [(SectionKind, ArraySlice<UInt8>, Bool)] = []
         for (kind, raw, compress) in sections {
@@ -97,24 +102,24 @@ public enum Blob {
                 o = e
             } while o < raw.count
         }
-        var stored = [[UInt8]](repeating: [], count: pieces.count)
+        var stored = [(bytes: [UInt8], coding: UInt8)](repeating: ([], 0), count: pieces.count)
         stored.withUnsafeMutableBufferPointer { out in
             let box = UncheckedSendable(out.baseAddress!)
             let piecesBox = UncheckedSendable(pieces)
             Parallel.forEach(pieces.count) { i in
                 let (_, raw, compress) = piecesBox.value[i]
-                var bytes = Array(raw)
-                if compress, !raw.isEmpty, let d = try? raw.withUnsafeBytes({ try Deflate.compress($0, level: level) }), d.count < raw.count {
-                    bytes = d
+                // A chunk the coder does not shrink is stored as it is.
+                if compress, !raw.isEmpty, let d = raw.withUnsafeBytes({ coder.encode($0) }), d.count < raw.count {
+                    box.value[i] = (d, coder.identifier)
+                } else {
+                    box.value[i] = (Array(raw), 0)
                 }
-                box.value[i] = bytes
             }
         }
         var chunks: [SectionChunk] = []
         for (i, p) in pieces.enumerated() {
-            chunks.append(SectionChunk(kind: p.0, rawLength: p.1.count, storedLength: stored[i].count,
-                                       deflated: stored[i].count != p.1.count || !p.2 ? (stored[i].count != p.1.count) : false,
-                                       crc: Deflate.crc32(stored[i])))
+            chunks.append(SectionChunk(kind: p.0, rawLength: p.1.count, storedLength: stored[i].bytes.count,
+                                       coding: stored[i].coding, crc: Deflate.crc32(stored[i].bytes)))
         }
         var w = ByteWriter()
         w.raw(h.profileHash)
@@ -130,15 +135,15 @@ public enum Blob {
         w.string(h.model)
         w.u32(UInt32(chunks.count))
         for c in chunks {
-            w.u8(c.kind.rawValue); w.int(c.rawLength); w.int(c.storedLength); w.u8(c.deflated ? 1 : 0); w.u32(c.crc)
+            w.u8(c.kind.rawValue); w.int(c.rawLength); w.int(c.storedLength); w.u8(c.coding); w.u32(c.crc)
         }
         var out = ByteWriter()
         out.raw(magic)
-        out.u32(UInt32(formatVersion))
+        out.u32(chunks.allSatisfy { $0.coding <= 1 } ? 1 : UInt32(formatVersion))
         out.u32(UInt32(w.bytes.count))
         out.raw(w.bytes)
         out.u32(Deflate.crc32(out.bytes))
-        for s in stored { out.raw(s) }
+        for s in stored { out.raw(s.bytes) }
         return (out.bytes, chunks)
     }
 
@@ -151,7 +156,7 @@ public enum Blob {
         do {
             _ = try r.raw(8)
             let version = Int(try r.u32())
-            guard version == formatVersion else { throw BlobError.unsupportedVersion(version) }
+            guard version == 1 || version == formatVersion else { throw BlobError.unsupportedVersion(version) }
             let headerLength = Int(try r.u32())
             guard headerLength <= bytes.count - 20 else { throw BlobError.truncated("header needs \(headerLength) bytes") }
             let headerEnd = 16 + headerLength
@@ -181,10 +186,11 @@ public enum Blob {
             for _ in 0..<nChunks {
                 guard let kind = SectionKind(rawValue: try h.u8()) else { throw BlobError.corrupt("section kind") }
                 let raw = try h.int(max: 1 << 40), stored = try h.int(max: 1 << 40)
-                let deflated = try h.u8() == 1
+                let coding = try h.u8()
                 let c = try h.u32()
-                guard raw <= chunkLimit, deflated || raw == stored else { throw BlobError.corrupt("chunk lengths") }
-                chunks.append(SectionChunk(kind: kind, rawLength: raw, storedLength: stored, deflated: deflated, crc: c))
+                guard coding <= (version == 1 ? 1 : 2) else { throw BlobError.corrupt("chunk coder \(coding)") }
+                guard raw <= chunkLimit, coding != 0 || raw == stored else { throw BlobError.corrupt("chunk lengths") }
+                chunks.append(SectionChunk(kind: kind, rawLength: raw, storedLength: stored, coding: coding, crc: c))
             }
             guard h.remaining == 0 else { throw BlobError.corrupt("header has trailing bytes") }
             let header = BlobHeader(profileHash: hash, geometry: KVGeometry(layers: L, kvHeads: H, headDim: d), rope: rope,
@@ -227,9 +233,9 @@ public enum Blob {
                     let c = chunks[i]
                     let stored = UnsafeRawBufferPointer(rebasing: rawBox.value[starts[i]..<(starts[i] + c.storedLength)])
                     guard Deflate.crc32(stored) == c.crc else { failure.withLock { $0 = $0 ?? (i, false) }; return }
-                    if c.deflated {
+                    if c.coding != 0 {
                         var buf = [UInt8](repeating: 0, count: c.rawLength)
-                        let ok = buf.withUnsafeMutableBytes { Deflate.inflate(stored, into: $0) }
+                        let ok = buf.withUnsafeMutableBytes { LosslessCoder.decode(identifier: c.coding, stored, into: $0) }
                         guard ok else { failure.withLock { $0 = $0 ?? (i, true) }; return }
                         box.value[i] = buf
                     } else {
@@ -239,7 +245,7 @@ public enum Blob {
             }
         }
         if let f = failure.current {
-            throw .corrupt(f.inflated ? "chunk \(f.chunk) does not inflate to its length" : "checksum mismatch in chunk \(f.chunk)")
+            throw .corrupt(f.inflated ? "chunk \(f.chunk) does not decode to its length" : "checksum mismatch in chunk \(f.chunk)")
         }
         var result: [SectionKind: [UInt8]] = [:]
         for (i, c) in chunks.enumerated() { result[c.kind, default: []].append(contentsOf: out[i]) }
@@ -266,6 +272,8 @@ public struct BlobSummary: Codable, Sendable {
     public var chunks: Int
     public var rawBytesBySection: [String: Int]
     public var storedBytesBySection: [String: Int]
+    /// How the chunks are stored: `stored`, `deflate`, `zstd`.
+    public var coders: [String]
     public var totalBytes: Int
 }
 
@@ -278,13 +286,15 @@ extension Blob {
             raw["\(c.kind)", default: 0] += c.rawLength
             stored["\(c.kind)", default: 0] += c.storedLength
         }
-        return BlobSummary(formatVersion: formatVersion, profileHash: hexString(h.profileHash),
+        let version = Int(bytes[8]) | Int(bytes[9]) << 8 | Int(bytes[10]) << 16 | Int(bytes[11]) << 24
+        let coders = Set(chunks.map(\.coding)).sorted().map { $0 == 0 ? "stored" : $0 == 1 ? "deflate" : "zstd" }
+        return BlobSummary(formatVersion: version, profileHash: hexString(h.profileHash),
                            geometry: h.geometry, rope: h.rope, tokens: h.tokens, leadingExactTokens: h.leadingProtected,
                            trailingExactTokens: h.trailingProtected, nominalRatio: h.nominalRatio,
                            keyPlan: h.keyPlan.description, valuePlan: h.valuePlan.description,
                            keyBitsPerToken: h.keyPlan.bitsPerToken, valueBitsPerToken: h.valuePlan.bitsPerToken,
                            exactTokenPrecisionBits: h.protectedEncoding.bits, model: h.model, chunks: chunks.count,
-                           rawBytesBySection: raw, storedBytesBySection: stored, totalBytes: bytes.count)
+                           rawBytesBySection: raw, storedBytesBySection: stored, coders: coders, totalBytes: bytes.count)
     }
 
     /// Whether `bytes` start like a blob.

@@ -70,12 +70,13 @@ public struct KVTCCompressor: CacheCompressor {
     public let plan: RatioPlan
     /// Which tokens stay exact (defaults to the profile's).
     public var protection: Protection
-    /// libdeflate level (1 fastest ... 12 smallest).
-    public var deflateLevel: Int
+    /// The lossless coder of the blob's chunks.
+    public var coder: LosslessCoder
 
-    /// Level 1: on real caches of the embedded model it is both the fastest and smaller
-    /// than levels 6 and 9 (`kvtc bench codec --layouts`); 12 saves 1% more at 4x the time.
-    public static let defaultDeflateLevel = 1
+    /// DEFLATE level 1: on real caches of the embedded model it is both the fastest and
+    /// smaller than levels 6 and 9, and than Zstandard at every level tried
+    /// (`kvtc bench codec --layouts`; README).
+    public static let defaultCoder = LosslessCoder.deflate(level: 1)
 
     let keyTables: StreamTables
     let valueTables: StreamTables
@@ -86,11 +87,11 @@ public struct KVTCCompressor: CacheCompressor {
     public var method: String { methodName }
     public var setting: String { Profile.formatRatio(plan.ratio) }
 
-    public init(profile: Profile, ratio: Double, protection: Protection? = nil, deflateLevel: Int = KVTCCompressor.defaultDeflateLevel) throws(KVTCError) {
+    public init(profile: Profile, ratio: Double, protection: Protection? = nil, coder: LosslessCoder = KVTCCompressor.defaultCoder) throws(KVTCError) {
         self.profile = profile
         do { self.plan = try profile.plan(ratio: ratio) } catch { throw .profile(error) }
         self.protection = protection ?? profile.protection
-        self.deflateLevel = deflateLevel
+        self.coder = coder
         keyTables = StreamTables(profile.keys, rank: plan.keys.componentsUsed)
         valueTables = StreamTables(profile.values, rank: plan.values.componentsUsed)
     }
@@ -162,7 +163,7 @@ public struct KVTCCompressor: CacheCompressor {
                                 nominalRatio: plan.ratio, keyPlan: plan.keys, valuePlan: plan.values,
                                 protectedEncoding: exact, firstPosition: first,
                                 explicitPositions: !contiguous, model: cache.model)
-        let (bytes, chunks) = Blob.assemble(header: header, sections: sections, level: deflateLevel)
+        let (bytes, chunks) = Blob.assemble(header: header, sections: sections, coder: coder)
         let protectedStored = chunks.filter { $0.kind == .protectedKeys || $0.kind == .protectedValues }.reduce(0) { $0 + $1.storedLength }
         let codeStored = chunks.filter { [.keyCodes, .keyMeta, .valueCodes, .valueMeta].contains($0.kind) }.reduce(0) { $0 + $1.storedLength }
         let overhead = bytes.count - protectedStored - codeStored

@@ -1,19 +1,27 @@
 import KVTCNumerics
 
-/// Measures the byte layouts and DEFLATE levels one could use for a blob's codes, to
-/// justify the layout KVTC writes (group-major codes, byte-split shifts and scales,
-/// level 1). Used by `kvtc bench codec --layouts`.
+/// Measures the byte layouts and lossless coders one could use for a blob's codes, to
+/// justify what KVTC writes (group-major codes, byte-split shifts and scales, the default
+/// coder). Used by `kvtc bench codec --layouts`.
 public enum LayoutStudy {
     /// One alternative and its entropy-coded size (code and metadata sections only).
     public struct Row: Sendable, Codable {
         public var layout: String
-        public var level: Int
+        /// The lossless coder (`none` for the raw sections).
+        public var coder: String
         public var bytes: Int
+        /// Time to code the sections (one thread per chunk, as blobs are made).
         public var seconds: Double
+        /// Time to decode them again.
+        public var decodeSeconds: Double
     }
 
+    /// The coders the study tries on the default layout; other layouts get DEFLATE-6.
+    public static let coders: [LosslessCoder] = [.deflate(level: 1), .deflate(level: 6), .deflate(level: 9), .deflate(level: 12),
+                                                 .zstd(level: 1), .zstd(level: 3), .zstd(level: 9), .zstd(level: 19)]
+
     /// Re-encodes the code and metadata sections of `blob` (made by `compressor`) in each
-    /// alternative layout and DEFLATE level.
+    /// alternative layout and with each lossless coder.
     public static func run(blob: [UInt8], compressor: KVTCCompressor) throws(KVTCError) -> [Row] {
         let parsed: (BlobHeader, [SectionChunk], Int)
         do { parsed = try Blob.parseHeader(blob) } catch { throw .blob(error) }
@@ -38,22 +46,30 @@ public enum LayoutStudy {
                         [tokenMajor(s[.keyCodes]!, coder: kc), s[.keyMeta]!, tokenMajor(s[.valueCodes]!, coder: vc), s[.valueMeta]!]))
         var rows: [Row] = []
         for (name, sections) in layouts {
-            for level in name.hasSuffix("(default)") ? [1, 6, 9, 12] : [6] {
+            // Chunks as blobs cut them.
+            let pieces = sections.flatMap { sec in
+                stride(from: 0, to: sec.count, by: Blob.chunkLimit).map { Array(sec[$0..<min(sec.count, $0 + Blob.chunkLimit)]) }
+            }
+            for coder in name.hasSuffix("(default)") ? coders : [.deflate(level: 6)] {
+                var coded = [[UInt8]?](repeating: nil, count: pieces.count)
                 let sw = Stopwatch()
-                var total = 0
-                for sec in sections {
-                    var o = 0
-                    while o < sec.count {
-                        let e = min(sec.count, o + Blob.chunkLimit)
-                        let part = Array(sec[o..<e])
-                        total += min(part.count, (try? Deflate.compress(part, level: level).count) ?? part.count)
-                        o = e
-                    }
+                coded.withUnsafeMutableBufferPointer { out in
+                    let box = UncheckedSendable(out.baseAddress!)
+                    Parallel.forEach(pieces.count) { i in box.value[i] = pieces[i].withUnsafeBytes { coder.encode($0) } }
                 }
-                rows.append(Row(layout: name, level: level, bytes: total, seconds: sw.elapsed))
+                let codeSeconds = sw.elapsed
+                let decode = Stopwatch()
+                Parallel.forEach(pieces.count) { i in
+                    guard let c = coded[i] else { return }
+                    var buf = [UInt8](repeating: 0, count: pieces[i].count)
+                    let ok = c.withUnsafeBytes { src in buf.withUnsafeMutableBytes { LosslessCoder.decode(identifier: coder.identifier, src, into: $0) } }
+                    precondition(ok && buf == pieces[i], "\(coder) does not round-trip")
+                }
+                let total = zip(pieces, coded).reduce(0) { $0 + min($1.0.count, $1.1?.count ?? $1.0.count) }
+                rows.append(Row(layout: name, coder: coder.description, bytes: total, seconds: codeSeconds, decodeSeconds: decode.elapsed))
             }
         }
-        rows.append(Row(layout: "no entropy coding", level: 0, bytes: groupMajor.reduce(0) { $0 + $1.count }, seconds: 0))
+        rows.append(Row(layout: "no entropy coding", coder: "none", bytes: groupMajor.reduce(0) { $0 + $1.count }, seconds: 0, decodeSeconds: 0))
         return rows
     }
 

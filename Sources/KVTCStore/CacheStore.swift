@@ -185,10 +185,10 @@ public final class CacheStore: Sendable {
 
     /// A KVTC compressor for chunks: the profile's sink tokens exact (decided by absolute
     /// position, so only the first chunk has any) and no recent tokens (the tail keeps them).
-    public static func kvtcChunkCodec(profile: Profile, ratio: Double, deflateLevel: Int = KVTCCompressor.defaultDeflateLevel) throws(KVTCError) -> KVTCCompressor {
+    public static func kvtcChunkCodec(profile: Profile, ratio: Double, coder: LosslessCoder = KVTCCompressor.defaultCoder) throws(KVTCError) -> KVTCCompressor {
         try KVTCCompressor(profile: profile, ratio: ratio,
                            protection: Protection(sinkTokens: profile.protection.sinkTokens, recentTokens: 0),
-                           deflateLevel: deflateLevel)
+                           coder: coder)
     }
 
     /// Running totals.

@@ -20,10 +20,10 @@ struct BenchCodecCommand: AsyncParsableCommand {
     @Option(help: "Calibration rows for the synthetic profile.") var calibrationRows: Int = 16384
     @Option(help: "Use this profile instead of calibrating a synthetic one.") var profile: String?
     @Option(help: "Use this cache file (needs --profile).") var cache: String?
-    @Option(help: "DEFLATE level.") var level: Int = KVTCCompressor.defaultDeflateLevel
+    @Option(help: "Lossless coder of the chunks: deflate-1...12 or zstd-1...19.") var coder: LosslessCoder = KVTCCompressor.defaultCoder
     @Option(help: "Timed repetitions (best is reported).") var repeats: Int = 3
     @Option(help: "Write the figures as JSON to this file.") var json: String?
-    @Flag(help: "Also measure alternative code layouts and DEFLATE levels.") var layouts = false
+    @Flag(help: "Also measure alternative code layouts and lossless coders (DEFLATE and Zstandard levels).") var layouts = false
 
     func validate() throws {
         if cache != nil && profile == nil { throw ValidationError("--cache needs --profile") }
@@ -36,7 +36,7 @@ struct BenchCodecCommand: AsyncParsableCommand {
         bench.tokens = tokens
         bench.ratio = ratio
         bench.calibrationRows = calibrationRows
-        bench.deflateLevel = level
+        bench.coder = coder
         bench.repeats = repeats
         let prof = try profile.map(loadProfile)
         let input = try cache.map(loadCache)
@@ -59,10 +59,11 @@ struct BenchCodecCommand: AsyncParsableCommand {
         if layouts {
             let rows = try LayoutStudy.run(blob: outcome.blob.bytes, compressor: outcome.compressor)
             let fp16 = outcome.blob.report.compressedTokensFP16Bytes
-            print("\nlayout before DEFLATE                                  level      bytes    ratio   seconds")
+            print("\nlayout before the lossless coder                 coder          bytes    ratio   code s  decode s")
             for r in rows {
-                print(r.layout.padding(toLength: 54, withPad: " ", startingAt: 0)
-                      + String(format: " %5d %10d %7.2fx %9.3f", r.level, r.bytes, Double(fp16) / Double(r.bytes), r.seconds))
+                print(r.layout.padding(toLength: 48, withPad: " ", startingAt: 0)
+                      + String(format: " %-10@ %10d %7.2fx %8.3f %9.3f", r.coder, r.bytes, Double(fp16) / Double(r.bytes),
+                               r.seconds, r.decodeSeconds))
             }
         }
         if let json {

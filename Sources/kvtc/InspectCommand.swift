@@ -56,7 +56,7 @@ struct InspectCommand: AsyncParsableCommand {
             print("hash      \(p.contentHash)")
             print("geometry  \(p.geometry), RoPE \(p.rope.layout.rawValue) theta \(p.rope.theta) dims \(p.rope.rotaryDims)")
             print("exact     \(p.protection.sinkTokens) sink tokens, \(p.protection.recentTokens) recent tokens")
-            print("bases     keys rank \(p.keys.basis.rank), values rank \(p.values.basis.rank)\(s.featureScaling ? ", per-layer variance scaling" : "")")
+            print("bases     keys rank \(p.keys.basis.rank), values rank \(p.values.basis.rank); recipe \(p.provenance.recipe?.rawValue ?? (s.featureScaling ? "equalized (unrecorded)" : "paper (unrecorded)"))")
             print("rows      \(p.provenance.rows) from \(p.provenance.sources.count) sources; model \(p.provenance.model)")
             for plan in s.plans {
                 print(String(format: "%5.0fx keys   %5d bits/token: %@", plan.ratio, plan.keyBitsPerToken, plan.keys))
@@ -66,7 +66,7 @@ struct InspectCommand: AsyncParsableCommand {
             let s: BlobSummary
             do { s = try Blob.summary(of: bytes) } catch { throw CommandError(file, error) }
             if json { print(jsonString(s)); return }
-            print("blob      \(file) (\(formatBytes(bytes.count)), format v\(s.formatVersion))")
+            print("blob      \(file) (\(formatBytes(bytes.count)), format v\(s.formatVersion); chunks \(s.coders.joined(separator: ", ")))")
             print("profile   \(s.profileHash)")
             print("cache     \(s.tokens) tokens, \(s.geometry); model \(s.model.isEmpty ? "-" : s.model)")
             print("exact     \(s.leadingExactTokens) leading + \(s.trailingExactTokens) trailing tokens (\(s.exactTokenPrecisionBits)-bit)")

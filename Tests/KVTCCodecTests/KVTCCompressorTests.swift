@@ -1,5 +1,6 @@
 import Testing
 import KVTCCache
+import KVTCNumerics
 @testable import KVTCCodec
 
 @Suite struct KVTCCompressorTests {
@@ -152,6 +153,61 @@ import KVTCCache
         // Unknown ratio.
         #expect { try KVTCCompressor(profile: Self.profile, ratio: 3) } throws: { e in
             if case KVTCError.profile(.unknownRatio) = e { return true } else { return false }
+        }
+    }
+
+    /// The lossless stage changes bytes, never values: a Zstandard blob decodes to exactly the
+    /// DEFLATE blob's cache. DEFLATE-only blobs stay version 1 (earlier readers read them);
+    /// a blob with Zstandard chunks is version 2, and its coder byte is checked.
+    @Test func everyLosslessCoderDecodesToTheSameCache() throws {
+        let cache = Fixtures.cache(tokens: 600, seed: 7)
+        let deflate = try KVTCCompressor(profile: Self.profile, ratio: 8)
+        let reference = try deflate.compress(cache)
+        let decoded = try deflate.decompress(reference.bytes)
+        #expect(try Blob.summary(of: reference.bytes).formatVersion == 1)
+        #expect(try Blob.summary(of: reference.bytes).coders.contains("deflate"))
+        for coder in [LosslessCoder.zstd(level: 1), .zstd(level: 19), .deflate(level: 12)] {
+            let c = try KVTCCompressor(profile: Self.profile, ratio: 8, coder: coder)
+            let blob = try c.compress(cache)
+            let restored = try deflate.decompress(blob.bytes)
+            #expect(restored.keys == decoded.keys && restored.values == decoded.values, "\(coder)")
+            #expect(blob.report.compressedTokensBytesBeforeEntropy == reference.report.compressedTokensBytesBeforeEntropy)
+            let summary = try Blob.summary(of: blob.bytes)
+            if case .zstd = coder {
+                #expect(summary.formatVersion == 2 && summary.coders.contains("zstd"))
+            } else {
+                #expect(summary.formatVersion == 1)
+            }
+        }
+        #expect(LosslessCoder("zstd-3") == .zstd(level: 3) && LosslessCoder("deflate-13") == nil && LosslessCoder("lz4-1") == nil)
+    }
+
+    /// Chunks whose coder byte names no coder, or a coder a version-1 blob cannot hold, are
+    /// refused with a typed error rather than decoded.
+    @Test func unknownChunkCodersAreRefused() throws {
+        let c = try KVTCCompressor(profile: Self.profile, ratio: 8, coder: .zstd(level: 3))
+        let blob = try c.compress(Fixtures.cache(tokens: 300, seed: 4)).bytes
+        let (_, chunks, _) = try Blob.parseHeader(blob)
+        #expect(chunks.contains { $0.coding == 2 })
+        func patched(version: UInt32?, coding: UInt8) -> [UInt8] {
+            var b = blob
+            if let version { for i in 0..<4 { b[8 + i] = UInt8(truncatingIfNeeded: version >> (8 * UInt32(i))) } }
+            // Rewrite every zstd chunk's coder byte (kind u8, raw i64, stored i64, coding u8, crc u32).
+            let headerLength = Int(b[12]) | Int(b[13]) << 8 | Int(b[14]) << 16 | Int(b[15]) << 24
+            let tableEnd = 16 + headerLength
+            for (i, chunk) in chunks.enumerated() where chunk.coding == 2 {
+                b[tableEnd - (chunks.count - i) * 22 + 17] = coding
+            }
+            // Fix the header checksum so that only the coder byte is wrong.
+            let crc = Deflate.crc32(Array(b[0..<tableEnd]))
+            for i in 0..<4 { b[tableEnd + i] = UInt8(truncatingIfNeeded: crc >> (8 * UInt32(i))) }
+            return b
+        }
+        #expect(try c.decompress(patched(version: nil, coding: 2)).tokenCount == 300)
+        for bad in [patched(version: nil, coding: 7), patched(version: 1, coding: 2)] {
+            #expect { try c.decompress(bad) } throws: { e in
+                if case KVTCError.blob(.corrupt(let m)) = e { return m.contains("coder") } else { return false }
+            }
         }
     }
 }
