@@ -115,7 +115,7 @@ let package = Package(
         .testTarget(name: "KVTCTokenizersTests", dependencies: ["KVTCTokenizers"]),
         .testTarget(name: "KVTCModelsTests", dependencies: ["KVTCModels", "KVTCGGUF", "KVTCTestSupport"]),
         .testTarget(name: "KVTCBenchmarksTests", dependencies: ["KVTCBenchmarks", "KVTCModels"]),
-        .testTarget(name: "KVTCEvaluationTests", dependencies: ["KVTCEvaluation", "KVTCTestSupport"]),
+        .testTarget(name: "KVTCEvaluationTests", dependencies: ["KVTCEvaluation", "KVTCModels", "KVTCTestSupport"]),
         // A writer process the disk-tier tests start and kill mid-write (not a product).
         .executableTarget(name: "KVTCDiskWriter", dependencies: ["KVTCStore"], path: "Tests/KVTCDiskWriter"),
         .testTarget(name: "KVTCRedisTests", dependencies: ["KVTCRedis", "KVTCTestSupport",

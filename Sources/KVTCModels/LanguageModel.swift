@@ -109,6 +109,11 @@ public protocol LanguageModel: AnyObject, Sendable {
 
     /// Logits (`rows x vocabulary`) for final-norm hidden states.
     func logits(hidden: Matrix) -> Matrix
+
+    /// Per layer, the squared norm of each column of the attention output projection
+    /// (`heads * headDim` values): how strongly an error in each feature of a head's
+    /// attention output reaches the residual stream.
+    var attentionOutputEnergy: [[Float]] { get }
 }
 
 extension LanguageModel {

@@ -6,6 +6,7 @@ import Testing
 import KVTCCache
 import KVTCCodec
 @testable import KVTCEvaluation
+@testable import KVTCModels
 
 /// A small cache with smooth, bounded values (exactly representable in fp16 up to rounding).
 func smallCache(tokens: Int = 300, layers: Int = 2, heads: Int = 2, dim: Int = 8, firstPosition: Int = 0) -> KVCache {

@@ -48,6 +48,7 @@ extension LlamaModel {
                         Linear.apply(x: Hs, rows: n, weight: W.baseAddress!, outFeatures: qkvw,
                                      inFeatures: e, y: Q, accumulate: false)
                     }
+                    if let observer, observer.recordsQueries { observer.addQueries(layer: l, Q, rows: n, stride: qkvw) }
                     // Rotate queries and keys (adjacent heads in each row) in place.
                     rope.rotate(rows: Q, rowStride: qkvw, heads: c.heads + c.kvHeads, headDim: hd,
                                 table: rotation, inverse: false)

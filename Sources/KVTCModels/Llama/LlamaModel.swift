@@ -52,6 +52,15 @@ final class LlamaModel: LanguageModel {
                         contextLength: config.contextLength, blockMatrixParameters: config.blockMatrixParameters)
     }
 
+    var attentionOutputEnergy: [[Float]] {
+        let qd = config.heads * config.headDim, e = config.embedding
+        return weights.layers.map { w in
+            var energy = [Float](repeating: 0, count: qd)
+            for r in 0..<e { for j in 0..<qd { let x = w.output[r * qd + j]; energy[j] += x * x } }
+            return energy
+        }
+    }
+
     /// Every layer is global and rotated alike.
     var layerAttention: [LayerAttention] {
         Array(repeating: LayerAttention(rope: rope, window: nil), count: config.layers)
