@@ -12,6 +12,13 @@ public struct ByteWriter: Sendable {
     public mutating func f64(_ v: Double) { u64(v.bitPattern) }
     public mutating func f32(_ v: Float) { u32(v.bitPattern) }
     public mutating func raw<C: Collection>(_ v: C) where C.Element == UInt8 { bytes.append(contentsOf: v) }
+    /// A non-negative integer as an unsigned LEB128 varint (7 bits per byte, low first).
+    public mutating func varint(_ v: Int) {
+        precondition(v >= 0)
+        var x = UInt64(v)
+        while x >= 0x80 { bytes.append(UInt8(x & 0x7F) | 0x80); x >>= 7 }
+        bytes.append(UInt8(x))
+    }
     public mutating func string(_ s: String) {
         let u = Array(s.utf8)
         u32(UInt32(u.count))
@@ -82,6 +89,20 @@ public struct ByteReader<Bytes: RandomAccessCollection> where Bytes.Element == U
         let v = Int64(bitPattern: try u64())
         guard v >= 0, v <= Int64(limit) else { throw OutOfBounds() }
         return Int(v)
+    }
+
+    /// An unsigned LEB128 varint no larger than `limit` (at most 9 bytes, no padding bytes).
+    public mutating func varint(max limit: Int) throws(OutOfBounds) -> Int {
+        var v: UInt64 = 0
+        for i in 0..<9 {
+            let b = try u8()
+            v |= UInt64(b & 0x7F) << (7 * UInt64(i))
+            if b & 0x80 == 0 {
+                guard i == 0 || b != 0, v <= UInt64(limit) else { throw OutOfBounds() }
+                return Int(v)
+            }
+        }
+        throw OutOfBounds()
     }
 
     /// A string of `u32` length and UTF-8 bytes (invalid sequences replaced).
