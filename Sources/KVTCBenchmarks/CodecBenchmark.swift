@@ -41,6 +41,8 @@ public struct CodecBenchmark: Sendable {
     public var calibrationRows = 16384
     /// The lossless coder of the blob's chunks.
     public var coder = KVTCCompressor.defaultCoder
+    /// How the codes are stored.
+    public var codeCoding = KVTCCompressor.defaultCodeCoding
     /// Timed repetitions; the best is reported.
     public var repeats = 3
 
@@ -80,7 +82,8 @@ public struct CodecBenchmark: Sendable {
             progress("generating a \(tokens)-token synthetic cache")
             input = SyntheticCaches.cache(geometry: prof.geometry, rope: prof.rope, tokens: tokens, seed: 2)
         }
-        let compressor = try KVTCCompressor(profile: prof, ratio: ratio, coder: coder)
+        var compressor = try KVTCCompressor(profile: prof, ratio: ratio, coder: coder)
+        compressor.codeCoding = codeCoding
         var best = (c: Double.infinity, d: Double.infinity)
         var blob: CompressedCache?
         var restored: KVCache?

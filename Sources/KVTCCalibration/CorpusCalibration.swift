@@ -26,6 +26,22 @@ public enum CorpusCalibration {
     /// about `tokens` tokens are cached, and returns the caches.
     public static func caches(model: any LanguageModel, documents: [Corpus.Document], options: CorpusCalibrationOptions,
                               progress: (String) -> Void = { _ in }) throws -> [KVCache] {
+        try run(model: model, documents: documents, options: options, progress: progress).caches
+    }
+
+    /// What running the model over calibration text gives: the caches, and the model's
+    /// sensitivity to errors in each cached feature measured on the same queries.
+    public struct Run {
+        public var caches: [KVCache]
+        public var sensitivity: CacheSensitivity
+        /// The token windows the caches were made from (BOS first).
+        public var windows: [[Int]]
+    }
+
+    /// Runs the model over `documents` as ``caches(model:documents:options:progress:)``
+    /// does, also recording its queries.
+    public static func run(model: any LanguageModel, documents: [Corpus.Document], options: CorpusCalibrationOptions,
+                           progress: (String) -> Void = { _ in }) throws -> Run {
         var windows: [[Int]] = []
         var total = 0
         var short: [[Int]] = []
@@ -44,24 +60,49 @@ public enum CorpusCalibration {
             chosen.append(w)
             total += w.count + 1
         }
+        let d = model.dimensions
+        let observer = AttentionObserver(tokens: 0, queryLayers: d.layers, queryWidth: d.heads * d.headDim)
         var caches: [KVCache] = []
         var done = 0
         for w in chosen {
             progress("running the model over calibration text: \(done)/\(total) tokens")
             var cache = model.makeCache(reservingCapacity: w.count + 1)
-            _ = try model.prefill(tokens: [model.tokenizer.bosID ?? 1] + w, cache: &cache, logits: .none)
+            _ = try model.hiddenStates(tokens: [model.tokenizer.bosID ?? 1] + w, cache: &cache, startPosition: nil,
+                                       rows: .none, observer: observer)
             caches.append(cache)
             done += w.count + 1
         }
-        return caches
+        return Run(caches: caches, sensitivity: model.cacheSensitivity(queryMeanSquares: observer.queryMeanSquares),
+                   windows: chosen.map { [model.tokenizer.bosID ?? 1] + $0 })
     }
 
     /// Fits a profile from the corpus's calibration part.
     public static func calibrate(model: any LanguageModel, corpus: Corpus, options: CorpusCalibrationOptions,
                                  progress: @escaping (String) -> Void = { _ in }) throws -> Profile {
-        let caches = try caches(model: model, documents: corpus.calibration, options: options, progress: progress)
-        return try Calibrator.calibrate(caches: caches, options: options.calibration,
-                                        provenance: provenance(model: model, corpus: corpus, caches: caches, options: options),
+        let run = try run(model: model, documents: corpus.calibration, options: options, progress: progress)
+        return try calibrate(run, model: model, corpus: corpus, options: options, progress: progress)
+    }
+
+    /// Fits a profile from a calibration run (the model's sensitivity weighs features when the
+    /// recipe asks for it).
+    public static func calibrate(_ run: Run, model: any LanguageModel, corpus: Corpus, options: CorpusCalibrationOptions,
+                                 progress: @escaping (String) -> Void = { _ in }) throws -> Profile {
+        var o = options.calibration
+        switch o.recipe {
+        case .weighted: o.featureWeights = (run.sensitivity.keys, run.sensitivity.values)
+        case .measured:
+            // Three windows of 1024 context + 64 continuation tokens from the calibration text.
+            let windows = run.windows.filter { $0.count >= 1024 + 65 }.prefix(3).map {
+                LayerSensitivity.Window(context: Array($0[0..<1024]), continuation: Array($0[1024..<(1024 + 65)]))
+            }
+            guard !windows.isEmpty else { throw CalibrationError.noRows }
+            let layers = try LayerSensitivity.measure(model: model, windows: Array(windows), protection: o.protection,
+                                                      progress: progress)
+            o.featureWeights = layers.featureWeights(geometry: model.geometry, within: run.sensitivity)
+        case .paper, .equalized: break
+        }
+        return try Calibrator.calibrate(caches: run.caches, options: o,
+                                        provenance: provenance(model: model, corpus: corpus, caches: run.caches, options: options),
                                         progress: progress)
     }
 
@@ -79,7 +120,7 @@ public enum CorpusCalibration {
     public static func cacheKey(model: any LanguageModel, corpus: Corpus, variant: String, options: CorpusCalibrationOptions) -> String {
         let c = options.calibration
         let text = [model.identity, corpus.hash, variant, "\(options.tokens)", "\(options.windowTokens)",
-                    c.ratios.map { "\($0)" }.joined(separator: ","), "\(c.rankCap ?? 0)", "\(c.equalizeLayerVariance)",
+                    c.ratios.map { "\($0)" }.joined(separator: ","), "\(c.rankCap ?? 0)", c.recipe.rawValue, "keys \(c.keyShare)", "\(c.types ?? c.recipe.componentTypes)",
                     "\(c.protection.sinkTokens)", "\(c.groupSizes)", "v\(Profile.formatVersion)"].joined(separator: "|")
         return hexString(Array(SHA256.hash(data: Array(text.utf8)).prefix(12)))
     }
@@ -99,8 +140,8 @@ public enum CorpusCalibration {
         return p
     }
 
-    /// The default profile of a model: paper-faithful KVTC at 4, 8, 16, 32 and 64x from the
-    /// bundled corpus, built on first use and cached.
+    /// The default profile of a model: KVTC with the standard recipe at 4, 8, 16, 32 and 64x
+    /// from the bundled corpus, built on first use and cached.
     public static func defaultProfile(model: any LanguageModel, corpus: Corpus, options: CorpusCalibrationOptions = .standard,
                                       progress: @escaping (String) -> Void = { _ in }) throws -> Profile {
         let key = cacheKey(model: model, corpus: corpus, variant: "kvtc", options: options)

@@ -4,10 +4,17 @@ public enum ComponentType: Int, Codable, Sendable, CaseIterable, Comparable, Cus
     case dropped = 0
     /// 2-bit uniform codes.
     case int2 = 2
+    /// 3-bit uniform codes (beyond the paper).
+    case int3 = 3
     /// 4-bit uniform codes.
     case int4 = 4
+    /// 6-bit uniform codes (beyond the paper).
+    case int6 = 6
     /// 8-bit uniform codes.
     case int8 = 8
+
+    /// The paper's types: dropped, int2, int4 and 8-bit.
+    public static let paperTypes: [ComponentType] = [.dropped, .int2, .int4, .int8]
 
     /// Bits per component.
     public var bits: Int { rawValue }

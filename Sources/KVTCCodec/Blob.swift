@@ -42,6 +42,8 @@ struct BlobHeader: Equatable {
     var firstPosition: Int
     var explicitPositions: Bool
     var model: String
+    /// How the code sections are stored (version 2; version 1 is always packed).
+    var codeCoding: CodeCoding = .packed
 
     var compressedTokens: Int { tokens - leadingProtected - trailingProtected }
 }
@@ -60,9 +62,10 @@ struct SectionChunk: Equatable {
 ///
 ///     magic "KVTCBLOB" | version u32 | header length u32 | header | header CRC-32 u32 | chunks
 ///
-/// Version 2 adds coders other than DEFLATE (a chunk's coding byte may be 2, Zstandard); a
-/// blob whose chunks are all stored or DEFLATE-coded is written as version 1, which it is
-/// byte for byte, so earlier readers still read it.
+/// Version 2 adds coders other than DEFLATE (a chunk's coding byte may be 2, Zstandard),
+/// 3- and 6-bit groups in the plans, and rANS-coded code sections (a code-coding byte after
+/// the model name); a blob that uses none of them is written as version 1, which it is byte
+/// for byte, so earlier readers still read it.
 ///
 /// The header holds the profile hash, geometry, RoPE, token counts, both bit plans, how
 /// protected tokens and positions are stored, and the chunk table (kind, raw and stored
@@ -133,13 +136,16 @@ public enum Blob {
         w.int(h.firstPosition)
         w.u8(h.explicitPositions ? 1 : 0)
         w.string(h.model)
+        let paperTypesOnly = (h.keyPlan.groups + h.valuePlan.groups).allSatisfy { ComponentType.paperTypes.contains($0.type) }
+        let version = chunks.allSatisfy { $0.coding <= 1 } && paperTypesOnly && h.codeCoding == .packed ? 1 : formatVersion
+        if version >= 2 { w.u8(h.codeCoding.rawValue) }
         w.u32(UInt32(chunks.count))
         for c in chunks {
             w.u8(c.kind.rawValue); w.int(c.rawLength); w.int(c.storedLength); w.u8(c.coding); w.u32(c.crc)
         }
         var out = ByteWriter()
         out.raw(magic)
-        out.u32(chunks.allSatisfy { $0.coding <= 1 } ? 1 : UInt32(formatVersion))
+        out.u32(UInt32(version))
         out.u32(UInt32(w.bytes.count))
         out.raw(w.bytes)
         out.u32(Deflate.crc32(out.bytes))
@@ -180,6 +186,11 @@ public enum Blob {
             let first = try h.int(max: Int(Int32.max))
             let explicit = try h.u8() == 1
             let model = try h.string(maxLength: 1 << 16)
+            var codeCoding = CodeCoding.packed
+            if version >= 2 {
+                guard let c = CodeCoding(rawValue: try h.u8()) else { throw BlobError.corrupt("code coding") }
+                codeCoding = c
+            }
             let nChunks = Int(try h.u32())
             guard nChunks <= bytes.count else { throw BlobError.corrupt("chunk count") }
             var chunks: [SectionChunk] = []
@@ -196,7 +207,7 @@ public enum Blob {
             let header = BlobHeader(profileHash: hash, geometry: KVGeometry(layers: L, kvHeads: H, headDim: d), rope: rope,
                                     tokens: tokens, leadingProtected: lead, trailingProtected: trail, nominalRatio: ratio,
                                     keyPlan: kp, valuePlan: vp, protectedEncoding: protectedEncoding, firstPosition: first,
-                                    explicitPositions: explicit, model: model)
+                                    explicitPositions: explicit, model: model, codeCoding: codeCoding)
             let dataStart = headerEnd + 4
             let total = chunks.reduce(0) { $0 + $1.storedLength }
             guard total <= bytes.count - dataStart else { throw BlobError.truncated("chunks need \(total) bytes, \(bytes.count - dataStart) present") }
@@ -274,6 +285,8 @@ public struct BlobSummary: Codable, Sendable {
     public var storedBytesBySection: [String: Int]
     /// How the chunks are stored: `stored`, `deflate`, `zstd`.
     public var coders: [String]
+    /// How the codes are stored: `packed` or `rans`.
+    public var codeCoding: String
     public var totalBytes: Int
 }
 
@@ -294,7 +307,8 @@ extension Blob {
                            keyPlan: h.keyPlan.description, valuePlan: h.valuePlan.description,
                            keyBitsPerToken: h.keyPlan.bitsPerToken, valueBitsPerToken: h.valuePlan.bitsPerToken,
                            exactTokenPrecisionBits: h.protectedEncoding.bits, model: h.model, chunks: chunks.count,
-                           rawBytesBySection: raw, storedBytesBySection: stored, coders: coders, totalBytes: bytes.count)
+                           rawBytesBySection: raw, storedBytesBySection: stored, coders: coders,
+                           codeCoding: h.codeCoding.description, totalBytes: bytes.count)
     }
 
     /// Whether `bytes` start like a blob.

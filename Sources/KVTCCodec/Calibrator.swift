@@ -11,11 +11,20 @@ public struct CalibrationOptions: Sendable {
     public var protection: Protection = .standard
     /// Group sizes the allocator may use.
     public var groupSizes: [Int] = BitPlan.standardGroupSizes
-    /// Component types the allocator may use.
-    public var types: [ComponentType] = ComponentType.allCases
-    /// Scale each layer's block of features to equal variance before the global PCA (an
-    /// option beyond the paper: otherwise the allocator starves low-variance layers).
-    public var equalizeLayerVariance = false
+    /// Component types the allocator may use (nil: the recipe's, ``CalibrationRecipe/componentTypes``).
+    public var types: [ComponentType]?
+    /// How features are scaled before the global PCA (``CalibrationRecipe/standard`` by
+    /// default; ``CalibrationRecipe/paper`` is the paper's method).
+    public var recipe: CalibrationRecipe = .standard
+    /// Per-feature weights of key and value errors (`featuresPerToken` each, positive), which
+    /// ``CalibrationRecipe/weighted`` needs: the model's cache sensitivity.
+    public var featureWeights: (keys: [Float], values: [Float])?
+    /// The keys' share of a ratio's bits (the paper gives each stream the ratio: 0.5).
+    /// Measured on SmolLM2-135M at 16x (`kvtc eval --key-share`): 0.3 KL 0.0185, 0.4 0.0170,
+    /// 0.5 0.0211; 0.4 by default (README).
+    public var keyShare = CalibrationOptions.standardKeyShare
+    /// The default ``keyShare``.
+    public static let standardKeyShare = 0.4
 
     public init() {}
 }
@@ -23,6 +32,7 @@ public struct CalibrationOptions: Sendable {
 /// Errors from calibration.
 public enum CalibrationError: Error, CustomStringConvertible {
     case noRows
+    case missingFeatureWeights(CalibrationRecipe)
     case inconsistent(String)
     case invalidRatio(Double)
     case factorization(FactorizationError)
@@ -30,6 +40,7 @@ public enum CalibrationError: Error, CustomStringConvertible {
     public var description: String {
         switch self {
         case .noRows: return "no calibration rows (every cache is shorter than the sink tokens)"
+        case .missingFeatureWeights(let r): return "the \(r.rawValue) recipe needs feature weights of the cache's geometry (the model's sensitivity)"
         case .inconsistent(let m): return "calibration caches disagree: \(m)"
         case .invalidRatio(let r): return "ratio \(r) is not in 1...1000"
         case .factorization(let e): return e.description
@@ -64,21 +75,30 @@ public enum Calibrator {
         guard count > 0 else { throw .noRows }
         for r in options.ratios where !(r >= 1 && r <= 1000) { throw .invalidRatio(r) }
         let p = geometry.featuresPerToken
-        let budgetFor = { (ratio: Double) in Int((16.0 * Double(p) / ratio).rounded(.down)) }
+        if options.recipe.usesFeatureWeights {
+            guard let w = options.featureWeights, w.keys.count == p, w.values.count == p,
+                  (w.keys + w.values).allSatisfy({ $0.isFinite && $0 >= 0 }) else {
+                throw .missingFeatureWeights(options.recipe)
+            }
+        }
+        // Both streams' bits per token together are 2 * 16p / ratio; keys get `keyShare` of them.
+        let budgetFor = { (ratio: Double, keys: Bool) in
+            Int((2 * 16.0 * Double(p) / ratio * (keys ? options.keyShare : 1 - options.keyShare)).rounded(.down))
+        }
         var keyFit: (StreamTransform, [(BitPlan, Double)])!
         var valueFit: (StreamTransform, [(BitPlan, Double)])!
         for isKeys in [true, false] {
             let name = isKeys ? "keys" : "values"
             let report: (String) -> Void = { progress?("\(name): \($0)") }
-            let budgets = options.ratios.map(budgetFor)
+            let budgets = options.ratios.map { budgetFor($0, isKeys) }
             let fit = isKeys
                 ? try keyRows.withUnsafeMutableBufferPointer { rows throws(CalibrationError) in
                     try fitStream(rows: rows.baseAddress!, count: count, geometry: geometry, options: options,
-                                  budgets: budgets, progress: report)
+                                  weights: options.featureWeights?.keys, budgets: budgets, progress: report)
                 }
                 : try valueRows.withUnsafeMutableBufferPointer { rows throws(CalibrationError) in
                     try fitStream(rows: rows.baseAddress!, count: count, geometry: geometry, options: options,
-                                  budgets: budgets, progress: report)
+                                  weights: options.featureWeights?.values, budgets: budgets, progress: report)
                 }
             if isKeys { keyFit = fit } else { valueFit = fit }
         }
@@ -87,28 +107,42 @@ public enum Calibrator {
                       calibrationErrorKeys: keyFit.1[i].1 / Double(count),
                       calibrationErrorValues: valueFit.1[i].1 / Double(count))
         }
+        var provenance = provenance
+        provenance.recipe = options.recipe
+        provenance.keyShare = options.keyShare
         return Profile(geometry: geometry, rope: rope, protection: options.protection, keys: keyFit.0,
                        values: valueFit.0, plans: plans, provenance: provenance)
     }
 
     private static func fitStream(rows: UnsafeMutablePointer<Float>, count: Int, geometry: KVGeometry,
-                                  options: CalibrationOptions, budgets: [Int],
+                                  options: CalibrationOptions, weights: [Float]?, budgets: [Int],
                                   progress: @escaping (String) -> Void) throws(CalibrationError) -> (StreamTransform, [(BitPlan, Double)]) {
         let p = geometry.featuresPerToken
         var scale: [Float]? = nil
-        if options.equalizeLayerVariance {
-            // Per-layer scale so that every layer block has unit mean variance.
+        if options.recipe.usesFeatureWeights, let weights {
+            // Square roots of the weights, floored at a millionth of their mean so that no
+            // feature is scaled to zero (reconstruction divides by the scale).
+            let mean = weights.reduce(0, +) / Float(p)
+            let floor = max(mean * 1e-6, .leastNormalMagnitude)
+            scale = weights.map { max($0, floor).squareRoot() }
+        }
+        if options.recipe.equalizesLayers {
+            // Per-layer factor so that every layer block has unit mean variance.
+            var s = scale ?? [Float](repeating: 1, count: p)
             let f = geometry.featuresPerLayer
-            var s = [Float](repeating: 1, count: p)
             for l in 0..<geometry.layers {
                 var sum = 0.0, sq = 0.0
-                for r in 0..<count { for i in 0..<f { let x = Double(rows[r * p + l * f + i]); sum += x; sq += x * x } }
+                for r in 0..<count {
+                    for i in 0..<f { let x = Double(rows[r * p + l * f + i] * s[l * f + i]); sum += x; sq += x * x }
+                }
                 let n = Double(count * f)
                 let variance = max(1e-12, sq / n - (sum / n) * (sum / n))
-                for i in 0..<f { s[l * f + i] = Float(1 / variance.squareRoot()) }
+                for i in 0..<f { s[l * f + i] *= Float(1 / variance.squareRoot()) }
             }
-            for r in 0..<count { for i in 0..<p { rows[r * p + i] *= s[i] } }
             scale = s
+        }
+        if let s = scale {
+            for r in 0..<count { for i in 0..<p { rows[r * p + i] *= s[i] } }
         }
         let basis: PCABasis
         do throws(FactorizationError) {
@@ -129,7 +163,7 @@ public enum Calibrator {
         progress("measuring group errors")
         let table = coefficients.withUnsafeBufferPointer { y in
             GroupErrorTable.measure(rows: y.baseAddress!, count: count, stride: rank, components: rank,
-                                    sizes: options.groupSizes, types: options.types)
+                                    sizes: options.groupSizes, types: options.types ?? options.recipe.componentTypes)
         }
         // Error of the components beyond the rank, identical for every plan.
         let captured = basis.variances.reduce(0, +)
@@ -145,4 +179,38 @@ public enum Calibrator {
         }
         return (StreamTransform(basis: basis, featureScale: scale), plans)
     }
+}
+
+/// How a profile scales cached features before the global PCA, which decides what squared
+/// error the bit allocator minimises. Profiles record their recipe.
+public enum CalibrationRecipe: String, Codable, Sendable, CaseIterable {
+    /// The paper's method: features as they are, coefficients as they are.
+    case paper
+    /// Each layer's block scaled to unit mean variance, so that the allocator does not
+    /// starve layers whose features are small.
+    case equalized
+    /// Each feature scaled by the square root of the model's sensitivity to it (query second
+    /// moments for keys, output-projection column energy for values), then each layer's
+    /// block to unit mean variance.
+    case weighted
+    /// Each feature scaled by the square root of its layer's KL divergence per unit of squared
+    /// error, measured on the model (noise added to one layer of a real cache at a time),
+    /// shared among the layer's features as the `weighted` sensitivities are; no equalization.
+    case measured
+
+    /// The recipe `calibrate` and the default profiles use: the best measured (README).
+    public static let standard: CalibrationRecipe = .equalized
+
+    /// The keys' share of the bits that goes with the recipe: the paper's even split for
+    /// ``paper``, else ``CalibrationOptions/standardKeyShare``.
+    public var standardKeyShare: Double { self == .paper ? 0.5 : CalibrationOptions.standardKeyShare }
+
+    /// The component types the allocator may use: the paper's for ``paper``, every type
+    /// (int3 and int6 too) otherwise.
+    public var componentTypes: [ComponentType] { self == .paper ? ComponentType.paperTypes : ComponentType.allCases }
+
+    /// Whether the recipe needs ``CalibrationOptions/featureWeights``.
+    public var usesFeatureWeights: Bool { self == .weighted || self == .measured }
+    /// Whether the recipe equalizes per-layer variance.
+    public var equalizesLayers: Bool { self == .equalized || self == .weighted }
 }

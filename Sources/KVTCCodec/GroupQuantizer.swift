@@ -111,9 +111,9 @@ public enum GroupQuantizer {
     }
 }
 
-/// Bit packing of quantization codes: code `i` of width `bits` (2, 4 or 8) occupies bits
-/// `i * bits ..< (i + 1) * bits` of a byte stream, least significant bit first, so codes
-/// never straddle bytes and a run of 8 codes always ends on a byte boundary.
+/// Bit packing of quantization codes: code `i` of width `bits` (1...8) occupies bits
+/// `i * bits ..< (i + 1) * bits` of a byte stream, least significant bit first. Codes of 3 or
+/// 6 bits may straddle two bytes; a run of 8 codes always ends on a byte boundary.
 public enum CodePacker {
     /// Bytes that `count` codes of `bits` bits occupy.
     @inlinable
@@ -123,14 +123,19 @@ public enum CodePacker {
     @inlinable
     public static func store(_ code: UInt8, at index: Int, bits: Int, in bytes: UnsafeMutablePointer<UInt8>) {
         let bit = index * bits
-        bytes[bit >> 3] |= code << UInt8(bit & 7)
+        let shift = bit & 7
+        bytes[bit >> 3] |= code << UInt8(shift)
+        if shift + bits > 8 { bytes[(bit >> 3) + 1] |= code >> UInt8(8 - shift) }
     }
 
     /// Code number `index` of `bytes`.
     @inlinable
     public static func load(at index: Int, bits: Int, from bytes: UnsafePointer<UInt8>) -> UInt8 {
         let bit = index * bits
-        return (bytes[bit >> 3] >> UInt8(bit & 7)) & UInt8(truncatingIfNeeded: (1 << bits) - 1)
+        let shift = bit & 7
+        var word = UInt16(bytes[bit >> 3])
+        if shift + bits > 8 { word |= UInt16(bytes[(bit >> 3) + 1]) << 8 }
+        return UInt8(truncatingIfNeeded: (word >> UInt16(shift)) & UInt16((1 << bits) - 1))
     }
 
     /// Packs `codes` of `bits` bits into ``byteCount(codes:bits:)`` bytes.

@@ -72,6 +72,12 @@ public struct KVTCCompressor: CacheCompressor {
     public var protection: Protection
     /// The lossless coder of the blob's chunks.
     public var coder: LosslessCoder
+    /// How the codes are stored (``CodeCoding/rans`` by default: see README).
+    public var codeCoding: CodeCoding = KVTCCompressor.defaultCodeCoding
+
+    /// rANS per group plane: on real caches it codes the 3- and 6-bit planes DEFLATE cannot
+    /// model to their order-0 entropy (README).
+    public static let defaultCodeCoding = CodeCoding.rans
 
     /// DEFLATE level 1: on real caches of the embedded model it is both the fastest and
     /// smaller than levels 6 and 9, and than Zstandard at every level tried
@@ -139,7 +145,11 @@ public struct KVTCCompressor: CacheCompressor {
                 }
             }
             rawCompressedBytes += codes.count + meta.count
-            sections.append((isKeys ? .keyCodes : .valueCodes, codes, true))
+            if codeCoding == .rans {
+                sections.append((isKeys ? .keyCodes : .valueCodes, coder.ransSection(packed: codes), false))
+            } else {
+                sections.append((isKeys ? .keyCodes : .valueCodes, codes, true))
+            }
             sections.append((isKeys ? .keyMeta : .valueMeta, meta, true))
         }
 
@@ -162,7 +172,7 @@ public struct KVTCCompressor: CacheCompressor {
                                 tokens: cache.tokenCount, leadingProtected: lead, trailingProtected: trail,
                                 nominalRatio: plan.ratio, keyPlan: plan.keys, valuePlan: plan.values,
                                 protectedEncoding: exact, firstPosition: first,
-                                explicitPositions: !contiguous, model: cache.model)
+                                explicitPositions: !contiguous, model: cache.model, codeCoding: codeCoding)
         let (bytes, chunks) = Blob.assemble(header: header, sections: sections, coder: coder)
         let protectedStored = chunks.filter { $0.kind == .protectedKeys || $0.kind == .protectedValues }.reduce(0) { $0 + $1.storedLength }
         let codeStored = chunks.filter { [.keyCodes, .keyMeta, .valueCodes, .valueMeta].contains($0.kind) }.reduce(0) { $0 + $1.storedLength }
@@ -264,8 +274,21 @@ public struct LayerwiseDecoder: Sendable {
             .protectedValues: h.protectedEncoding.byteCount(values: protectedTokens * p),
         ]
         if h.explicitPositions { expected[.positions] = 8 * h.tokens }
-        let sections: [SectionKind: [UInt8]]
+        if h.codeCoding == .rans {
+            // rANS sections have no length the plan implies; their own directory is checked.
+            for kind in [SectionKind.keyCodes, .valueCodes] {
+                expected[kind] = chunks.filter { $0.kind == kind }.reduce(0) { $0 + $1.rawLength }
+            }
+        }
+        var sections: [SectionKind: [UInt8]]
         do { sections = try Blob.sections(bytes, chunks: chunks, dataStart: dataStart, expected: expected) } catch { throw .blob(error) }
+        if h.codeCoding == .rans {
+            for (kind, coder) in [(SectionKind.keyCodes, kc), (.valueCodes, vc)] {
+                do { sections[kind] = try coder.packedSection(rans: sections[kind] ?? []) } catch {
+                    throw .blob(.corrupt("\(kind == .keyCodes ? "key" : "value") codes: \(error.reason)"))
+                }
+            }
+        }
 
         // Reuse the compressor's tables when its plan is the blob's; otherwise build them.
         keyTables = h.keyPlan == compressor.plan.keys ? compressor.keyTables : StreamTables(profile.keys, rank: h.keyPlan.componentsUsed)

@@ -28,14 +28,22 @@ public enum LayoutStudy {
         let (h, chunks, start) = parsed
         let n = h.compressedTokens
         let kc = StreamCoder(plan: h.keyPlan, tokens: n), vc = StreamCoder(plan: h.valuePlan, tokens: n)
+        let codeLength = { (kind: SectionKind, coder: StreamCoder) in
+            h.codeCoding == .rans ? chunks.filter { $0.kind == kind }.reduce(0) { $0 + $1.rawLength } : coder.codeBytes
+        }
         let expected: [SectionKind: Int] = [
-            .keyCodes: kc.codeBytes, .keyMeta: kc.metaBytes, .valueCodes: vc.codeBytes, .valueMeta: vc.metaBytes,
+            .keyCodes: codeLength(.keyCodes, kc), .keyMeta: kc.metaBytes, .valueCodes: codeLength(.valueCodes, vc), .valueMeta: vc.metaBytes,
             .protectedKeys: chunks.filter { $0.kind == .protectedKeys }.reduce(0) { $0 + $1.rawLength },
             .protectedValues: chunks.filter { $0.kind == .protectedValues }.reduce(0) { $0 + $1.rawLength },
             .positions: chunks.filter { $0.kind == .positions }.reduce(0) { $0 + $1.rawLength },
         ]
-        let s: [SectionKind: [UInt8]]
+        var s: [SectionKind: [UInt8]]
         do { s = try Blob.sections(blob, chunks: chunks, dataStart: start, expected: expected) } catch { throw .blob(error) }
+        if h.codeCoding == .rans {
+            for (kind, coder) in [(SectionKind.keyCodes, kc), (.valueCodes, vc)] {
+                do { s[kind] = try coder.packedSection(rans: s[kind] ?? []) } catch { throw .blob(.corrupt(error.reason)) }
+            }
+        }
         var layouts: [(String, [[UInt8]])] = []
         let groupMajor = [s[.keyCodes]!, s[.keyMeta]!, s[.valueCodes]!, s[.valueMeta]!]
         layouts.append(("group-major codes, byte-split metadata (default)", groupMajor))
@@ -69,6 +77,22 @@ public enum LayoutStudy {
                 rows.append(Row(layout: name, coder: coder.description, bytes: total, seconds: codeSeconds, decodeSeconds: decode.elapsed))
             }
         }
+        // rANS per group plane for the codes (the default), DEFLATE-1 for shifts and scales.
+        let sw = Stopwatch()
+        let ransCodes = [kc.ransSection(packed: s[.keyCodes]!), vc.ransSection(packed: s[.valueCodes]!)]
+        let ransSeconds = sw.elapsed
+        let decode = Stopwatch()
+        _ = try? kc.packedSection(rans: ransCodes[0])
+        _ = try? vc.packedSection(rans: ransCodes[1])
+        let ransDecode = decode.elapsed
+        let meta = [s[.keyMeta]!, s[.valueMeta]!].reduce(0) { total, sec in
+            total + stride(from: 0, to: sec.count, by: Blob.chunkLimit).reduce(0) { t, o in
+                let part = Array(sec[o..<min(sec.count, o + Blob.chunkLimit)])
+                return t + min(part.count, part.withUnsafeBytes { LosslessCoder.deflate(level: 1).encode($0)?.count } ?? part.count)
+            }
+        }
+        rows.append(Row(layout: "rANS per group plane, DEFLATE-1 metadata", coder: "rans", bytes: ransCodes.reduce(0) { $0 + $1.count } + meta,
+                        seconds: ransSeconds, decodeSeconds: ransDecode))
         rows.append(Row(layout: "no entropy coding", coder: "none", bytes: groupMajor.reduce(0) { $0 + $1.count }, seconds: 0, decodeSeconds: 0))
         return rows
     }

@@ -73,13 +73,21 @@ public struct Provenance: Hashable, Codable, Sendable {
     public var creator: String
     /// Rank cap given at calibration, if any.
     public var rankCap: Int?
+    /// How features were scaled before the PCA (`nil` in profiles made before recipes were
+    /// recorded: the paper's method, or equalized when the profile has feature scales).
+    public var recipe: CalibrationRecipe?
+    /// The keys' share of each ratio's bits (`nil` in profiles made before it was recorded:
+    /// 0.5).
+    public var keyShare: Double?
 
-    public init(rows: Int, sources: [Source], model: String, creator: String = "kvtc", rankCap: Int? = nil) {
+    public init(rows: Int, sources: [Source], model: String, creator: String = "kvtc", rankCap: Int? = nil,
+                recipe: CalibrationRecipe? = nil) {
         self.rows = rows
         self.sources = sources
         self.model = model
         self.creator = creator
         self.rankCap = rankCap
+        self.recipe = recipe
     }
 }
 

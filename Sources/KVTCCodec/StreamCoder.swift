@@ -112,3 +112,131 @@ struct StreamCoder {
         if let f = failure.current { throw f }
     }
 }
+
+/// How a blob stores the code section of each stream.
+public enum CodeCoding: UInt8, Sendable, CaseIterable, CustomStringConvertible {
+    /// Bit-packed planes, then the blob's lossless coder (DEFLATE by default), as in the
+    /// paper.
+    case packed = 0
+    /// One static order-0 rANS model and stream per group plane (a plane the model would not
+    /// shrink is kept packed); the blob's lossless coder is not applied on top.
+    case rans = 1
+
+    public var description: String { self == .packed ? "packed" : "rans" }
+
+    /// Parses `packed` or `rans`.
+    public init?(_ text: String) {
+        guard let c = Self.allCases.first(where: { $0.description == text }) else { return nil }
+        self = c
+    }
+}
+
+extension StreamCoder {
+    /// Errors reading an rANS-coded code section.
+    struct InvalidCodeSection: Error { let reason: String }
+
+    /// The rANS form of a packed code section (``codeBytes`` bytes): a directory of each
+    /// group's payload length (varints), then per group a mode byte (0: the packed plane as
+    /// it is; 1: the rANS model of the plane's codes, then its rANS stream).
+    func ransSection(packed: [UInt8]) -> [UInt8] {
+        let groups = plan.groups
+        var payloads = [[UInt8]](repeating: [], count: groups.count)
+        let offsets = codeOffsets, n = tokens
+        packed.withUnsafeBufferPointer { src in
+            let srcBox = UncheckedSendable(src.baseAddress!)
+            payloads.withUnsafeMutableBufferPointer { out in
+                let box = UncheckedSendable(out.baseAddress!)
+                Parallel.forEach(groups.count) { gi in
+                    let g = groups[gi], bits = g.type.bits, count = n * g.size
+                    let plane = srcBox.value + offsets[gi]
+                    let planeBytes = CodePacker.byteCount(codes: count, bits: bits)
+                    var symbols = [UInt8](repeating: 0, count: count)
+                    for i in 0..<count { symbols[i] = CodePacker.load(at: i, bits: bits, from: plane) }
+                    var w = ByteWriter(capacity: planeBytes + 1)
+                    let coded: [UInt8]? = symbols.withUnsafeBufferPointer { s in
+                        let model = RANSModel(counting: s, alphabet: 1 << bits)
+                        var m = ByteWriter()
+                        model.write(to: &m)
+                        let stream = RANS.encode(s, model: model)
+                        return m.bytes.count + stream.count < planeBytes ? m.bytes + stream : nil
+                    }
+                    if let coded {
+                        w.u8(1); w.raw(coded)
+                    } else {
+                        w.u8(0); w.raw(UnsafeBufferPointer(start: plane, count: planeBytes))
+                    }
+                    box.value[gi] = w.bytes
+                }
+            }
+        }
+        var out = ByteWriter(capacity: payloads.reduce(0) { $0 + $1.count } + 4 * groups.count)
+        for p in payloads { out.varint(p.count) }
+        for p in payloads { out.raw(p) }
+        return out.bytes
+    }
+
+    /// The packed code section (``codeBytes`` bytes) that an rANS-coded section stands for;
+    /// throws when any part of it is malformed.
+    func packedSection(rans section: [UInt8]) throws(InvalidCodeSection) -> [UInt8] {
+        let groups = plan.groups
+        var r = ByteReader(section)
+        var lengths: [Int] = []
+        for _ in groups {
+            guard let l = try? r.varint(max: section.count) else { throw InvalidCodeSection(reason: "code directory") }
+            lengths.append(l)
+        }
+        var starts: [Int] = []
+        var o = section.count - r.remaining
+        for l in lengths { starts.append(o); o += l }
+        guard o == section.count else { throw InvalidCodeSection(reason: "code section is \(section.count) bytes, its directory says \(o)") }
+        var packed = [UInt8](repeating: 0, count: codeBytes)
+        let offsets = codeOffsets, n = tokens
+        let failure = Locked<String?>(nil)
+        packed.withUnsafeMutableBufferPointer { dst in
+            let box = UncheckedSendable(dst.baseAddress!)
+            Parallel.forEach(groups.count) { gi in
+                let g = groups[gi]
+                if let problem = Self.unpackPlane(section, range: starts[gi]..<(starts[gi] + lengths[gi]), count: n * g.size,
+                                                  bits: g.type.bits, into: box.value + offsets[gi]) {
+                    failure.withLock { $0 = $0 ?? "group \(gi): \(problem)" }
+                }
+            }
+        }
+        if let f = failure.current { throw InvalidCodeSection(reason: f) }
+        return packed
+    }
+
+    /// Writes the packed plane of `count` codes of `bits` bits that `section[range]` (one
+    /// group's payload) stands for into `plane`; returns what is wrong with it, if anything.
+    private static func unpackPlane(_ section: [UInt8], range: Range<Int>, count: Int, bits: Int,
+                                    into plane: UnsafeMutablePointer<UInt8>) -> String? {
+        let planeBytes = CodePacker.byteCount(codes: count, bits: bits)
+        var r = ByteReader(section, range: range)
+        guard let mode = try? r.u8() else { return "empty payload" }
+        switch mode {
+        case 0:
+            guard r.remaining == planeBytes else { return "packed plane of \(r.remaining) bytes, expected \(planeBytes)" }
+            section.withUnsafeBufferPointer { plane.update(from: $0.baseAddress! + range.lowerBound + 1, count: planeBytes) }
+            return nil
+        case 1:
+            let model: RANSModel
+            do { model = try RANSModel.read(from: &r, alphabet: 1 << bits) } catch { return error.description }
+            let stream = (range.upperBound - r.remaining)..<range.upperBound
+            var symbols = [UInt8](repeating: 0, count: count)
+            var problem: RANSError?
+            section.withUnsafeBytes { raw in
+                symbols.withUnsafeMutableBufferPointer { s in
+                    do { try RANS.decode(UnsafeRawBufferPointer(rebasing: raw[stream]), count: count, model: model, into: s.baseAddress!) } catch {
+                        problem = error as? RANSError ?? .corruptStream
+                    }
+                }
+            }
+            if let problem { return problem.description }
+            plane.update(repeating: 0, count: planeBytes)
+            for i in 0..<count { CodePacker.store(symbols[i], at: i, bits: bits, in: plane) }
+            return nil
+        default:
+            return "unknown plane mode \(mode)"
+        }
+    }
+}

@@ -14,7 +14,8 @@ public enum Baseline: String, CaseIterable, Sendable {
     case perLayerPCA = "per-layer-pca"
     case noRoPERemoval = "no-rope-removal"
     case truncation
-    case equalizedLayers = "equalized-layers"
+    /// KVTC calibrated with each recipe other than the standard one (`kvtc-paper`, ...).
+    case recipes
 }
 
 /// Builds every compressor of an evaluation from the model and corpus (profiles are built
@@ -40,13 +41,14 @@ public struct EvaluationSuite {
 
     /// Every compressor to evaluate, in table order.
     public func compressors(progress: @escaping (String) -> Void) throws -> [any CacheCompressor] {
-        var cachesMemo: [KVCache]?
-        func caches() throws -> [KVCache] {
-            if let c = cachesMemo { return c }
-            let c = try CorpusCalibration.caches(model: model, documents: corpus.calibration, options: calibration, progress: progress)
-            cachesMemo = c
-            return c
+        var runMemo: CorpusCalibration.Run?
+        func run() throws -> CorpusCalibration.Run {
+            if let r = runMemo { return r }
+            let r = try CorpusCalibration.run(model: model, documents: corpus.calibration, options: calibration, progress: progress)
+            runMemo = r
+            return r
         }
+        func caches() throws -> [KVCache] { try run().caches }
         func profile(_ variant: String, options: CalibrationOptions? = nil, _ make: @escaping ([KVCache], CalibrationOptions, Provenance) throws -> Profile) throws -> Profile {
             var o = calibration
             if let options { o.calibration = options }
@@ -56,7 +58,17 @@ public struct EvaluationSuite {
                 return try make(c, o.calibration, CorpusCalibration.provenance(model: model, corpus: corpus, caches: c, options: o))
             }
         }
-        let main = try profile("kvtc") { c, o, p in try Calibrator.calibrate(caches: c, options: o, provenance: p, progress: progress) }
+        /// The corpus profile of `recipe` (the model's sensitivity measured on the same run).
+        func recipeProfile(_ recipe: CalibrationRecipe, variant: String) throws -> Profile {
+            var o = calibration
+            if recipe != o.calibration.recipe { o.calibration.keyShare = recipe.standardKeyShare }
+            o.calibration.recipe = recipe
+            let key = CorpusCalibration.cacheKey(model: model, corpus: corpus, variant: variant, options: o)
+            return try CorpusCalibration.cachedProfile(key: key, variant: variant, progress: progress) {
+                try CorpusCalibration.calibrate(run(), model: model, corpus: corpus, options: o, progress: progress)
+            }
+        }
+        let main = try recipeProfile(calibration.calibration.recipe, variant: "kvtc")
         /// KVTC at every ratio with `profile`, reported under `name`.
         func kvtc(_ profile: Profile, named name: String) throws -> [any CacheCompressor] {
             try ratios.map { r in
@@ -84,11 +96,10 @@ public struct EvaluationSuite {
             case .dropMiddle: out.append(ProtectedCompressor(DropAllCodec(), protection: protection))
             case .truncation:
                 out += try kvtc(main.truncationVariant(), named: "kvtc-truncation")
-            case .equalizedLayers:
-                var o = calibration.calibration
-                o.equalizeLayerVariance = true
-                let eq = try profile("kvtc-equalized", options: o) { c, o, p in try Calibrator.calibrate(caches: c, options: o, provenance: p, progress: progress) }
-                out += try kvtc(eq, named: "kvtc-equalized")
+            case .recipes:
+                for recipe in CalibrationRecipe.allCases where recipe != calibration.calibration.recipe {
+                    out += try kvtc(recipeProfile(recipe, variant: "kvtc-\(recipe.rawValue)"), named: "kvtc-\(recipe.rawValue)")
+                }
             case .noRoPERemoval:
                 let blind = try profile("kvtc-no-rope") { c, o, p in try RoPEBlindCompressor.calibrate(caches: c, options: o, provenance: p, progress: progress) }
                 out += try ratios.map { RoPEBlindCompressor(inner: try KVTCCompressor(profile: blind, ratio: $0, protection: protection), rope: model.rope) }

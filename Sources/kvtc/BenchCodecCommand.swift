@@ -21,6 +21,7 @@ struct BenchCodecCommand: AsyncParsableCommand {
     @Option(help: "Use this profile instead of calibrating a synthetic one.") var profile: String?
     @Option(help: "Use this cache file (needs --profile).") var cache: String?
     @Option(help: "Lossless coder of the chunks: deflate-1...12 or zstd-1...19.") var coder: LosslessCoder = KVTCCompressor.defaultCoder
+    @Option(help: "How the codes are stored: rans or packed.") var codeCoding: CodeCoding = KVTCCompressor.defaultCodeCoding
     @Option(help: "Timed repetitions (best is reported).") var repeats: Int = 3
     @Option(help: "Write the figures as JSON to this file.") var json: String?
     @Flag(help: "Also measure alternative code layouts and lossless coders (DEFLATE and Zstandard levels).") var layouts = false
@@ -37,6 +38,7 @@ struct BenchCodecCommand: AsyncParsableCommand {
         bench.ratio = ratio
         bench.calibrationRows = calibrationRows
         bench.coder = coder
+        bench.codeCoding = codeCoding
         bench.repeats = repeats
         let prof = try profile.map(loadProfile)
         let input = try cache.map(loadCache)
@@ -44,7 +46,7 @@ struct BenchCodecCommand: AsyncParsableCommand {
         progress.done()
         let result = outcome.result
         let p = result.geometry.featuresPerToken
-        print("kvtc bench codec: \(result.source) cache, \(result.tokens) tokens, \(result.geometry), \(Int(ratio))x nominal")
+        print("kvtc bench codec: \(result.source) cache, \(result.tokens) tokens, \(result.geometry), \(Int(ratio))x nominal, codes \(codeCoding), chunks \(coder)")
         if let c = result.calibrate_seconds { print(String(format: "calibration      %.1f s for %d rows x %d features", c, calibrationRows, p)) }
         print("stage          seconds    MB/s fp16   GEMM-only s   ratio to GEMM")
         print(String(format: "compress      %8.3f   %9.0f   %11.3f   %13.2f", result.compress_seconds, result.compress_mb_per_second,

@@ -57,8 +57,11 @@ struct CalibrateCommand: AsyncParsableCommand {
     @Option(help: "Keep at most this many principal components per stream.")
     var rankCap: Int?
 
-    @Flag(help: "Scale each layer to equal variance before the global PCA (beyond the paper).")
-    var equalizeLayers = false
+    @Option(help: ArgumentHelp("How features are scaled before the global PCA: \(recipeNames) (paper: the paper's method; weighted needs --corpus: it runs the model).", valueName: "recipe"))
+    var recipe: CalibrationRecipe = .standard
+
+    @Option(help: "The keys' share of each ratio's bits (default 0.4; 0.5 with --recipe paper, as in the paper).")
+    var keyShare: Double?
 
     @Argument(help: "KV cache interchange files (.safetensors).")
     var caches: [String] = []
@@ -95,6 +98,10 @@ struct CalibrateCommand: AsyncParsableCommand {
         if !caches.isEmpty && corpus != nil { throw ValidationError("give either cache files or --corpus, not both") }
         if tokens < 256 { throw ValidationError("--tokens must be at least 256") }
         if let r = rankCap, r < 1 { throw ValidationError("--rank-cap must be positive") }
+        if let s = keyShare, !(s > 0.05 && s < 0.95) { throw ValidationError("--key-share must be in 0.05...0.95") }
+        if recipe.usesFeatureWeights && corpus == nil {
+            throw ValidationError("--recipe \(recipe.rawValue) weighs features by the model's sensitivity: calibrate with --corpus")
+        }
     }
 
     func run() async throws {
@@ -103,7 +110,8 @@ struct CalibrateCommand: AsyncParsableCommand {
             var options = CalibrationOptions()
             options.ratios = try parseRatios(ratios)
             options.rankCap = rankCap
-            options.equalizeLayerVariance = equalizeLayers
+            options.recipe = recipe
+            options.keyShare = keyShare ?? recipe.standardKeyShare
             let started = Stopwatch()
             let profile = try calibrateFromCorpus(options: options)
             try writeFile(output, profile.encoded())
@@ -126,7 +134,8 @@ struct CalibrateCommand: AsyncParsableCommand {
         var options = CalibrationOptions()
         options.ratios = try parseRatios(ratios)
         options.rankCap = rankCap
-        options.equalizeLayerVariance = equalizeLayers
+        options.recipe = recipe
+        options.keyShare = keyShare ?? recipe.standardKeyShare
         let started = Stopwatch()
         let profile: Profile
         do {
@@ -144,7 +153,7 @@ struct CalibrateCommand: AsyncParsableCommand {
 }
 
 func printProfileSummary(_ profile: Profile, output: String, seconds: Double) {
-    print("profile \(output): \(profile.provenance.rows) rows, \(profile.geometry), \(String(format: "%.1f", seconds)) s")
+    print("profile \(output): \(profile.provenance.rows) rows, \(profile.geometry), recipe \(profile.provenance.recipe?.rawValue ?? "unrecorded"), \(String(format: "%.1f", seconds)) s")
     print("hash \(profile.contentHash)")
     for plan in profile.plans {
         print(String(format: "%5.0fx  keys %4d comps (%5d bits/token)  values %4d comps (%5d bits/token)",
@@ -178,8 +187,11 @@ struct CompressCommand: AsyncParsableCommand {
     @Option(help: "Exact most recent tokens.")
     var recentTokens: Int?
 
-    @Option(help: "DEFLATE level, 1 (fast) to 12 (small).")
-    var level: Int = KVTCCompressor.defaultDeflateLevel
+    @Option(help: "Lossless coder of the blob's chunks: deflate-1 (default) ... deflate-12, or zstd-1 ... zstd-19.")
+    var coder: LosslessCoder = KVTCCompressor.defaultCoder
+
+    @Option(help: "How the codes are stored: rans (default; one rANS model per group plane) or packed (bit-packed, then --coder).")
+    var codeCoding: CodeCoding = KVTCCompressor.defaultCodeCoding
 
     @Argument(help: "KV cache interchange file (.safetensors) or llama.cpp sequence state.")
     var input: String
@@ -188,7 +200,6 @@ struct CompressCommand: AsyncParsableCommand {
     var output: String
 
     func validate() throws {
-        guard (1...12).contains(level) else { throw ValidationError("--level must be in 1...12") }
         if let s = sinkTokens, s < 0 { throw ValidationError("--sink-tokens must be >= 0") }
         if let r = recentTokens, r < 0 { throw ValidationError("--recent-tokens must be >= 0") }
     }
@@ -212,7 +223,8 @@ struct CompressCommand: AsyncParsableCommand {
             cache = try loadCache(input)
         }
         var compressor: KVTCCompressor
-        do { compressor = try KVTCCompressor(profile: p, ratio: ratio, deflateLevel: level) } catch { throw CommandError(profile, error) }
+        do { compressor = try KVTCCompressor(profile: p, ratio: ratio, coder: coder) } catch { throw CommandError(profile, error) }
+        compressor.codeCoding = codeCoding
         compressor.protection = Protection(sinkTokens: sinkTokens ?? p.protection.sinkTokens,
                                            recentTokens: recentTokens ?? p.protection.recentTokens)
         // A state's exact tokens are kept in its own bytes beside the blob (bit for bit in any
@@ -249,8 +261,8 @@ struct CompressCommand: AsyncParsableCommand {
 func printReport(_ r: CompressionReport, seconds: Double?, wholeFile: Bool = true) {
     print("tokens            \(r.tokens) (\(r.compressedTokens) compressed, \(r.tokens - r.compressedTokens) exact)")
     if let n = r.nominalRatio { print(String(format: "nominal ratio     %.1fx", n)) }
-    print(String(format: "before DEFLATE    %.2fx over compressed tokens", r.ratioBeforeEntropy))
-    print(String(format: "after DEFLATE     %.2fx over compressed tokens (%@ -> %@, all bytes counted)", r.ratio,
+    print(String(format: "before entropy    %.2fx over compressed tokens", r.ratioBeforeEntropy))
+    print(String(format: "after entropy     %.2fx over compressed tokens (%@ -> %@, all bytes counted)", r.ratio,
                  formatBytes(r.compressedTokensFP16Bytes), formatBytes(r.compressedTokensBytes)))
     if wholeFile {
         print(String(format: "whole file        %.2fx (%@ fp16 -> %@ file)", r.wholeCacheRatio,
@@ -331,3 +343,16 @@ struct DecompressCommand: AsyncParsableCommand {
         print(String(format: "%d tokens restored in %.3f s -> %@", cache.tokenCount, seconds, output))
     }
 }
+
+extension CalibrationRecipe: ExpressibleByArgument {}
+
+extension CodeCoding: ExpressibleByArgument {
+    public init?(argument: String) { self.init(argument) }
+}
+
+extension LosslessCoder: ExpressibleByArgument {
+    public init?(argument: String) { self.init(argument) }
+}
+
+/// The recipes' names as option help lists them.
+let recipeNames = CalibrationRecipe.allCases.map(\.rawValue).joined(separator: "|")

@@ -27,6 +27,10 @@ struct EvalCommand: AsyncParsableCommand {
     @Option(help: "Calibration tokens for the profiles.") var calibrationTokens: Int = 32768
     @Option(help: "Keep at most this many principal components per stream in the KVTC profiles (fewer components decode faster).")
     var rankCap: Int?
+    @Option(help: "Recipe of the profile reported as kvtc (the recipes baseline adds the others): \(recipeNames).")
+    var recipe: CalibrationRecipe = .standard
+    @Option(help: "The keys' share of each ratio's bits in the KVTC profiles (0.5: each stream gets the ratio, as in the paper).")
+    var keyShare: Double = CalibrationOptions.standardKeyShare
     @Option(help: "Passkey retrieval trials per method (0 skips the task).") var retrievalTrials: Int = 5
     @Option(help: "Write results as JSON to this file.") var json: String?
     @Option(help: "Write the rate-distortion plot (SVG) to this file.") var plot: String?
@@ -38,6 +42,7 @@ struct EvalCommand: AsyncParsableCommand {
         guard context > 132 + 4 else { throw ValidationError("--context must exceed the protected tokens") }
         _ = try parseBaselines()
         if let rankCap, rankCap < 1 { throw ValidationError("--rank-cap must be positive") }
+        guard keyShare > 0.05, keyShare < 0.95 else { throw ValidationError("--key-share must be in 0.05...0.95") }
     }
 
     func parseBaselines() throws -> [Baseline] {
@@ -56,6 +61,8 @@ struct EvalCommand: AsyncParsableCommand {
         var suite = EvaluationSuite(model: model, corpus: corpus, ratios: try parseRatios(ratios), baselines: try parseBaselines())
         suite.calibration.tokens = calibrationTokens
         suite.calibration.calibration.rankCap = rankCap
+        suite.calibration.calibration.recipe = recipe
+        suite.calibration.calibration.keyShare = keyShare
         var options = HarnessOptions()
         options.contextTokens = context
         options.continuationTokens = continuation

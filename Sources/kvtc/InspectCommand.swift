@@ -80,7 +80,7 @@ struct InspectCommand: AsyncParsableCommand {
             let exactStored = exactKinds.reduce(0) { $0 + (s.storedBytesBySection[$1] ?? 0) }
             let overhead = bytes.count - stored - exactStored
             let fp16 = 4 * n * p
-            print(String(format: "ratios    %.2fx before DEFLATE, %.2fx after, over compressed tokens; %.2fx whole file",
+            print(String(format: "ratios    %.2fx before entropy coding, %.2fx after, over compressed tokens; %.2fx whole file",
                          Double(fp16) / Double(raw + overhead), Double(fp16) / Double(stored + overhead),
                          Double(4 * s.tokens * p) / Double(bytes.count)))
             for k in s.rawBytesBySection.keys.sorted() {

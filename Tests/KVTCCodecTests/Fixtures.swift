@@ -17,11 +17,11 @@ enum Fixtures {
             .cache(tokens: tokens, seed: seed, firstPosition: firstPosition)
     }
 
-    static func profile(ratios: [Double] = [4, 8, 16], equalize: Bool = false) -> Profile {
+    static func profile(ratios: [Double] = [4, 8, 16], recipe: CalibrationRecipe = .standard) -> Profile {
         let caches = (0..<4).map { cache(tokens: 400, seed: UInt64(100 + $0)) }
         var options = CalibrationOptions()
         options.ratios = ratios
-        options.equalizeLayerVariance = equalize
+        options.recipe = recipe
         return try! Calibrator.calibrate(caches: caches, options: options,
                                          provenance: Provenance(rows: 0, sources: [], model: "synthetic"))
     }

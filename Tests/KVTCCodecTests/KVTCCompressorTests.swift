@@ -161,17 +161,22 @@ import KVTCNumerics
     /// a blob with Zstandard chunks is version 2, and its coder byte is checked.
     @Test func everyLosslessCoderDecodesToTheSameCache() throws {
         let cache = Fixtures.cache(tokens: 600, seed: 7)
-        let deflate = try KVTCCompressor(profile: Self.profile, ratio: 8)
+        // The paper's component types only, so that nothing but the coder asks for version 2.
+        let profile = Fixtures.profile(ratios: [8], recipe: .paper)
+        var deflate = try KVTCCompressor(profile: profile, ratio: 8)
+        deflate.codeCoding = .packed
         let reference = try deflate.compress(cache)
         let decoded = try deflate.decompress(reference.bytes)
         #expect(try Blob.summary(of: reference.bytes).formatVersion == 1)
         #expect(try Blob.summary(of: reference.bytes).coders.contains("deflate"))
         for coder in [LosslessCoder.zstd(level: 1), .zstd(level: 19), .deflate(level: 12)] {
-            let c = try KVTCCompressor(profile: Self.profile, ratio: 8, coder: coder)
+            var c = try KVTCCompressor(profile: profile, ratio: 8, coder: coder)
+            c.codeCoding = .packed
             let blob = try c.compress(cache)
             let restored = try deflate.decompress(blob.bytes)
             #expect(restored.keys == decoded.keys && restored.values == decoded.values, "\(coder)")
-            #expect(blob.report.compressedTokensBytesBeforeEntropy == reference.report.compressedTokensBytesBeforeEntropy)
+            // The same sections; a version-2 header holds one more byte (the code coding).
+            #expect(abs(blob.report.compressedTokensBytesBeforeEntropy - reference.report.compressedTokensBytesBeforeEntropy) <= 1)
             let summary = try Blob.summary(of: blob.bytes)
             if case .zstd = coder {
                 #expect(summary.formatVersion == 2 && summary.coders.contains("zstd"))
@@ -204,10 +209,65 @@ import KVTCNumerics
             return b
         }
         #expect(try c.decompress(patched(version: nil, coding: 2)).tokenCount == 300)
-        for bad in [patched(version: nil, coding: 7), patched(version: 1, coding: 2)] {
-            #expect { try c.decompress(bad) } throws: { e in
-                if case KVTCError.blob(.corrupt(let m)) = e { return m.contains("coder") } else { return false }
+        #expect { try c.decompress(patched(version: nil, coding: 7)) } throws: { e in
+            if case KVTCError.blob(.corrupt(let m)) = e { return m.contains("coder") } else { return false }
+        }
+        // Relabelled version 1: its header no longer parses (a version-1 header is shorter).
+        #expect { try c.decompress(patched(version: 1, coding: 2)) } throws: { e in
+            if case KVTCError.blob(.corrupt) = e { return true } else { return false }
+        }
+    }
+
+    /// Plans with the 3- and 6-bit types (beyond the paper) make version-2 blobs, which
+    /// earlier readers would misread as corrupt plans; they decode like any other.
+    @Test func plansBeyondThePapersTypesMakeVersionTwoBlobs() throws {
+        let plan = try Self.profile.plan(ratio: 8)
+        let types = Set((plan.keys.groups + plan.values.groups).map(\.type))
+        #expect(!types.isSubset(of: ComponentType.paperTypes), "\(types)")
+        let c = try KVTCCompressor(profile: Self.profile, ratio: 8)
+        let blob = try c.compress(Fixtures.cache(tokens: 300, seed: 5))
+        #expect(try Blob.summary(of: blob.bytes).formatVersion == 2)
+        #expect(try c.decompress(blob.bytes).tokenCount == 300)
+    }
+
+    /// rANS changes bytes, never values: a blob whose codes are rANS-coded decodes to exactly
+    /// the cache of the packed blob, and damage inside an rANS plane is a typed error.
+    @Test func ransCodedCodesDecodeToThePackedBlobsCache() throws {
+        let cache = Fixtures.cache(tokens: 600, seed: 7)
+        var packed = try KVTCCompressor(profile: Self.profile, ratio: 8)
+        packed.codeCoding = .packed
+        let rans = try KVTCCompressor(profile: Self.profile, ratio: 8)
+        #expect(rans.codeCoding == .rans)
+        let a = try packed.compress(cache), b = try rans.compress(cache)
+        #expect(try Blob.summary(of: b.bytes).codeCoding == "rans")
+        let da = try packed.decompress(a.bytes), db = try packed.decompress(b.bytes)
+        #expect(da.keys == db.keys && da.values == db.values)
+        #expect(b.report.compressedTokensBytesBeforeEntropy == a.report.compressedTokensBytesBeforeEntropy)
+        // Damage the key code section's first plane without touching the checksums' view of
+        // it: re-seal the chunk's CRC so that only the rANS layer can notice.
+        let (header, chunks, start) = try Blob.parseHeader(b.bytes)
+        #expect(header.codeCoding == .rans)
+        var offset = start
+        var damaged = b.bytes
+        for c in chunks {
+            if c.kind == .keyCodes && c.coding == 0 {
+                damaged[offset + c.storedLength / 2] ^= 0x5A
+                let crc = Deflate.crc32(Array(damaged[offset..<(offset + c.storedLength)]))
+                // Rewrite this chunk's CRC in the chunk table and the header checksum.
+                let headerLength = Int(damaged[12]) | Int(damaged[13]) << 8 | Int(damaged[14]) << 16 | Int(damaged[15]) << 24
+                let tableEnd = 16 + headerLength
+                let index = chunks.firstIndex(of: c)!
+                let at = tableEnd - (chunks.count - index) * 22 + 18
+                for i in 0..<4 { damaged[at + i] = UInt8(truncatingIfNeeded: crc >> (8 * UInt32(i))) }
+                let headerCRC = Deflate.crc32(Array(damaged[0..<tableEnd]))
+                for i in 0..<4 { damaged[tableEnd + i] = UInt8(truncatingIfNeeded: headerCRC >> (8 * UInt32(i))) }
+                break
             }
+            offset += c.storedLength
+        }
+        #expect(damaged != b.bytes)
+        #expect { try rans.decompress(damaged) } throws: { e in
+            if case KVTCError.blob(.corrupt(let m)) = e { return m.contains("codes") } else { return false }
         }
     }
 }

@@ -3,7 +3,7 @@ import KVTCNumerics
 @testable import KVTCCodec
 
 @Suite struct QuantizerTests {
-    @Test(arguments: [2, 4, 8])
+    @Test(arguments: [2, 3, 4, 6, 8])
     func groupsRoundTripWithinHalfAStep(bits: Int) throws {
         var rng = SplitMix64(seed: UInt64(bits))
         let x = (0..<37).map { _ in Float.random(in: -3...5, using: &rng) }
@@ -27,7 +27,7 @@ import KVTCNumerics
         #expect(GroupQuantizer.dequantize(.init(codes: [1], shift: 0, scale: Float16(-1).bitPattern)) == nil)
     }
 
-    @Test(arguments: [2, 4, 8])
+    @Test(arguments: [2, 3, 4, 6, 8])
     func packingIsLSBFirstAndRoundTrips(bits: Int) {
         var rng = SplitMix64(seed: 7)
         let codes = (0..<29).map { _ in UInt8.random(in: 0...UInt8((1 << bits) - 1), using: &rng) }
@@ -35,6 +35,9 @@ import KVTCNumerics
         #expect(packed.count == CodePacker.byteCount(codes: codes.count, bits: bits))
         #expect(CodePacker.unpack(packed[...], count: codes.count, bits: bits) == codes)
         #expect(CodePacker.pack([1, 2, 3, 0], bits: 2) == [0b00_11_10_01])
+        // 3-bit codes straddle bytes: 7, 0, 5 -> bits 111 000 101, LSB first.
+        #expect(CodePacker.pack([7, 0, 5], bits: 3) == [0b01_000_111, 0b1])
+        #expect(CodePacker.pack([63, 1], bits: 6) == [0b01_111111, 0b0000])
     }
 
     @Test func exactRowsUseFP16OnlyWhenLossless() {
