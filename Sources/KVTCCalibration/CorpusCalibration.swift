@@ -91,11 +91,14 @@ public enum CorpusCalibration {
         switch o.recipe {
         case .weighted: o.featureWeights = (run.sensitivity.keys, run.sensitivity.values)
         case .measured:
-            // Three windows of 1024 context + 64 continuation tokens from the calibration text.
-            let windows = run.windows.filter { $0.count >= 1024 + 65 }.prefix(3).map {
-                LayerSensitivity.Window(context: Array($0[0..<1024]), continuation: Array($0[1024..<(1024 + 65)]))
+            // Three windows of up to 1024 context + 64 continuation tokens of calibration text.
+            let windows = run.windows.filter { $0.count >= 256 + 65 }.prefix(3).map {
+                let context = min(1024, $0.count - 65)
+                return LayerSensitivity.Window(context: Array($0[0..<context]), continuation: Array($0[context..<(context + 65)]))
             }
-            guard !windows.isEmpty else { throw CalibrationError.noRows }
+            guard !windows.isEmpty else {
+                throw CalibrationError.inconsistent("the measured recipe needs calibration windows of at least 321 tokens")
+            }
             let layers = try LayerSensitivity.measure(model: model, windows: Array(windows), protection: o.protection,
                                                       progress: progress)
             o.featureWeights = layers.featureWeights(geometry: model.geometry, within: run.sensitivity)
@@ -152,10 +155,11 @@ public enum CorpusCalibration {
 }
 
 extension CorpusCalibrationOptions {
-    /// Defaults: 32K tokens, ratios 4...64.
+    /// Defaults: 32K tokens, ratios 4...64, the standard recipe.
     public static var standard: CorpusCalibrationOptions {
         var o = CorpusCalibrationOptions()
         o.calibration.ratios = [4, 8, 16, 32, 64]
+        o.calibration.recipe = .standard
         return o
     }
 }

@@ -13,9 +13,10 @@ public struct CalibrationOptions: Sendable {
     public var groupSizes: [Int] = BitPlan.standardGroupSizes
     /// Component types the allocator may use (nil: the recipe's, ``CalibrationRecipe/componentTypes``).
     public var types: [ComponentType]?
-    /// How features are scaled before the global PCA (``CalibrationRecipe/standard`` by
-    /// default; ``CalibrationRecipe/paper`` is the paper's method).
-    public var recipe: CalibrationRecipe = .standard
+    /// How features are scaled before the global PCA: ``CalibrationRecipe/standardWithoutModel``
+    /// by default, as calibrating from cache files has no model to measure;
+    /// ``CorpusCalibrationOptions`` use ``CalibrationRecipe/standard``.
+    public var recipe: CalibrationRecipe = .standardWithoutModel
     /// Per-feature weights of key and value errors (`featuresPerToken` each, positive), which
     /// ``CalibrationRecipe/weighted`` needs: the model's cache sensitivity.
     public var featureWeights: (keys: [Float], values: [Float])?
@@ -198,8 +199,11 @@ public enum CalibrationRecipe: String, Codable, Sendable, CaseIterable {
     /// shared among the layer's features as the `weighted` sensitivities are; no equalization.
     case measured
 
-    /// The recipe `calibrate` and the default profiles use: the best measured (README).
-    public static let standard: CalibrationRecipe = .equalized
+    /// The recipe of the default profiles and of `calibrate --corpus`: the best measured
+    /// (README).
+    public static let standard: CalibrationRecipe = .measured
+    /// The best recipe that needs no model (calibration from cache files).
+    public static let standardWithoutModel: CalibrationRecipe = .equalized
 
     /// The keys' share of the bits that goes with the recipe: the paper's even split for
     /// ``paper``, else ``CalibrationOptions/standardKeyShare``.

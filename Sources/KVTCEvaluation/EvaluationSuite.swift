@@ -39,6 +39,15 @@ public struct EvaluationSuite {
         calibration.calibration.ratios = Array(Set(ratios + [16])).sorted()
     }
 
+    /// The calibration options of the paper's recipe (its ablations start from them).
+    var paperOptions: CalibrationOptions {
+        var o = calibration.calibration
+        o.recipe = .paper
+        o.keyShare = CalibrationRecipe.paper.standardKeyShare
+        o.types = nil
+        return o
+    }
+
     /// Every compressor to evaluate, in table order.
     public func compressors(progress: @escaping (String) -> Void) throws -> [any CacheCompressor] {
         var runMemo: CorpusCalibration.Run?
@@ -101,7 +110,8 @@ public struct EvaluationSuite {
                     out += try kvtc(recipeProfile(recipe, variant: "kvtc-\(recipe.rawValue)"), named: "kvtc-\(recipe.rawValue)")
                 }
             case .noRoPERemoval:
-                let blind = try profile("kvtc-no-rope") { c, o, p in try RoPEBlindCompressor.calibrate(caches: c, options: o, provenance: p, progress: progress) }
+                // The paper's ablations change one thing of the paper's recipe.
+                let blind = try profile("kvtc-no-rope", options: paperOptions) { c, o, p in try RoPEBlindCompressor.calibrate(caches: c, options: o, provenance: p, progress: progress) }
                 out += try ratios.map { RoPEBlindCompressor(inner: try KVTCCompressor(profile: blind, ratio: $0, protection: protection), rope: model.rope) }
             case .perLayerPCA:
                 let profiles = try perLayerProfiles(caches: caches, progress: progress)
@@ -112,14 +122,16 @@ public struct EvaluationSuite {
     }
 
     private func perLayerProfiles(caches: () throws -> [KVCache], progress: @escaping (String) -> Void) throws -> [Profile] {
-        let key = CorpusCalibration.cacheKey(model: model, corpus: corpus, variant: "per-layer", options: calibration)
+        var options = calibration
+        options.calibration = paperOptions
+        let key = CorpusCalibration.cacheKey(model: model, corpus: corpus, variant: "per-layer", options: options)
         let dir = CorpusCalibration.profileDirectory().appendingPathComponent("per-layer-\(key)")
         let L = model.geometry.layers
         let files = (0..<L).map { dir.appendingPathComponent("layer\($0).kvtcprofile").path }
         if let loaded = try? files.map({ try Profile(contentsOf: $0) }) { return loaded }
         let c = try caches()
-        let profiles = try PerLayerCompressor.calibrate(caches: c, options: calibration.calibration,
-                                                        provenance: CorpusCalibration.provenance(model: model, corpus: corpus, caches: c, options: calibration),
+        let profiles = try PerLayerCompressor.calibrate(caches: c, options: options.calibration,
+                                                        provenance: CorpusCalibration.provenance(model: model, corpus: corpus, caches: c, options: options),
                                                         progress: progress)
         try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         for (p, f) in zip(profiles, files) { try? p.write(to: f) }

@@ -57,8 +57,11 @@ struct CalibrateCommand: AsyncParsableCommand {
     @Option(help: "Keep at most this many principal components per stream.")
     var rankCap: Int?
 
-    @Option(help: ArgumentHelp("How features are scaled before the global PCA: \(recipeNames) (paper: the paper's method; weighted needs --corpus: it runs the model).", valueName: "recipe"))
-    var recipe: CalibrationRecipe = .standard
+    @Option(name: .customLong("recipe"), help: ArgumentHelp("How features are scaled before the global PCA: \(recipeNames) (default: measured with --corpus, equalized from cache files; paper: the paper's method; weighted and measured need --corpus: they run the model).", valueName: "recipe"))
+    var recipeOption: CalibrationRecipe?
+
+    /// The recipe in effect.
+    var recipe: CalibrationRecipe { recipeOption ?? (corpus != nil ? .standard : .standardWithoutModel) }
 
     @Option(help: "The keys' share of each ratio's bits (default 0.4; 0.5 with --recipe paper, as in the paper).")
     var keyShare: Double?

@@ -17,7 +17,7 @@ enum Fixtures {
             .cache(tokens: tokens, seed: seed, firstPosition: firstPosition)
     }
 
-    static func profile(ratios: [Double] = [4, 8, 16], recipe: CalibrationRecipe = .standard) -> Profile {
+    static func profile(ratios: [Double] = [4, 8, 16], recipe: CalibrationRecipe = .standardWithoutModel) -> Profile {
         let caches = (0..<4).map { cache(tokens: 400, seed: UInt64(100 + $0)) }
         var options = CalibrationOptions()
         options.ratios = ratios
