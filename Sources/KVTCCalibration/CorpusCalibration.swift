@@ -15,6 +15,10 @@ public struct CorpusCalibrationOptions: Sendable {
     public var minimumWindowTokens = 1024
     /// What the fit itself does (ratios, rank cap, layer scaling...).
     public var calibration = CalibrationOptions()
+    /// Windows of calibration text the measured recipe perturbs, and continuation tokens it
+    /// scores per window (3 x 64: about 20 s here).
+    public var sensitivityWindows = 3
+    public var sensitivityTokens = 64
 
     public init() {}
 }
@@ -91,13 +95,14 @@ public enum CorpusCalibration {
         switch o.recipe {
         case .weighted: o.featureWeights = (run.sensitivity.keys, run.sensitivity.values)
         case .measured:
-            // Three windows of up to 1024 context + 64 continuation tokens of calibration text.
-            let windows = run.windows.filter { $0.count >= 256 + 65 }.prefix(3).map {
-                let context = min(1024, $0.count - 65)
-                return LayerSensitivity.Window(context: Array($0[0..<context]), continuation: Array($0[context..<(context + 65)]))
+            // Windows of up to 1024 context + the continuation tokens of calibration text.
+            let scored = options.sensitivityTokens + 1
+            let windows = run.windows.filter { $0.count >= 256 + scored }.prefix(options.sensitivityWindows).map {
+                let context = min(1024, $0.count - scored)
+                return LayerSensitivity.Window(context: Array($0[0..<context]), continuation: Array($0[context..<(context + scored)]))
             }
             guard !windows.isEmpty else {
-                throw CalibrationError.inconsistent("the measured recipe needs calibration windows of at least 321 tokens")
+                throw CalibrationError.inconsistent("the measured recipe needs calibration windows of at least \(256 + scored) tokens")
             }
             let layers = try LayerSensitivity.measure(model: model, windows: Array(windows), protection: o.protection,
                                                       progress: progress)
@@ -124,6 +129,7 @@ public enum CorpusCalibration {
         let c = options.calibration
         let text = [model.identity, corpus.hash, variant, "\(options.tokens)", "\(options.windowTokens)",
                     c.ratios.map { "\($0)" }.joined(separator: ","), "\(c.rankCap ?? 0)", c.recipe.rawValue, "keys \(c.keyShare)", "\(c.types ?? c.recipe.componentTypes)",
+                    options.sensitivityWindows == 3 && options.sensitivityTokens == 64 ? "" : "sensitivity \(options.sensitivityWindows)x\(options.sensitivityTokens)",
                     "\(c.protection.sinkTokens)", "\(c.groupSizes)", "v\(Profile.formatVersion)"].joined(separator: "|")
         return hexString(Array(SHA256.hash(data: Array(text.utf8)).prefix(12)))
     }

@@ -97,6 +97,8 @@ import KVTCModels
             options.calibration.ratios = [16]
             options.calibration.recipe = recipe
             options.calibration.keyShare = recipe.standardKeyShare
+            options.sensitivityWindows = 1   // the default measures 3 x 64 tokens; this keeps the test short
+            options.sensitivityTokens = 48
             return try CorpusCalibration.calibrate(model: model, corpus: corpus, options: options)
         }
         let standard = try harness.evaluate(KVTCCompressor(profile: profile(.standard), ratio: 16))

@@ -35,6 +35,19 @@ enum Fixtures {
                         tier: tier, configuration: configuration, shape: CacheShape(geometry: geometry, rope: rope))
     }
 
+    /// Whether two decodings of the same entries agree: same tokens and positions, values
+    /// equal to within 1e-5 of the largest magnitude. Not bit-for-bit: the reconstruction is
+    /// an sgemm whose summation order depends on how many threads OpenBLAS uses, and a forward
+    /// pass running concurrently in the same process (another suite) switches that count.
+    static func sameDecoding(_ a: KVCache, _ b: KVCache) -> Bool {
+        guard a.geometry == b.geometry, a.positions == b.positions, a.keys.count == b.keys.count else { return false }
+        let scale = max(b.keys.map(abs).max() ?? 0, b.values.map(abs).max() ?? 0, 1e-30)
+        for i in a.keys.indices {
+            guard abs(a.keys[i] - b.keys[i]) <= 1e-5 * scale, abs(a.values[i] - b.values[i]) <= 1e-5 * scale else { return false }
+        }
+        return true
+    }
+
     /// What the codec alone gives for `cache` with `recent` protected tokens.
     static func codecAlone(_ cache: KVCache, recent: Int) -> KVCache {
         let c = try! KVTCCompressor(profile: profile, ratio: 4, protection: Protection(sinkTokens: 4, recentTokens: recent))
