@@ -6,8 +6,8 @@ import Testing
 
 @Suite(.serialized) struct CacheSensitivityTests {
     /// Queries depend only on tokens and positions, so their moments do not depend on how a
-    /// sequence is split into forward passes; a pass with an observer also leaves the cache
-    /// exactly as one without.
+    /// sequence is split into forward passes; a pass with an observer also leaves the cache as
+    /// one without.
     @Test func queryMomentsDoNotDependOnChunking() throws {
         let m = try EmbeddedModel.get()
         let d = m.dimensions
@@ -22,7 +22,9 @@ import Testing
         _ = try m.hiddenStates(tokens: Array(tokens[half...]), cache: &b, startPosition: nil, rows: .none, observer: split)
         var c = m.makeCache()
         _ = try m.prefill(tokens: tokens, cache: &c, logits: .none)
-        #expect(a.keys == c.keys && a.values == c.values)
+        // The same cache (to float32 summation order: OpenBLAS's thread count, which forward
+        // passes of other suites switch, decides it).
+        #expect(relativeDifference(a.keys, c.keys) < 1e-5 && relativeDifference(a.values, c.values) < 1e-5)
         let x = whole.queryMeanSquares, y = split.queryMeanSquares
         #expect(x.count == d.layers && x[0].count == d.heads * d.headDim)
         for l in 0..<d.layers {
