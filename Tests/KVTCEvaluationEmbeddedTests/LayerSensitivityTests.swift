@@ -9,7 +9,7 @@ import Testing
     static func window(_ m: any LanguageModel) -> LayerSensitivity.Window {
         let text = try! String(contentsOfFile: "/usr/share/common-licenses/GPL-3", encoding: .utf8)
         let ids = m.tokenizer.encode(text)
-        return .init(context: [1] + ids[0..<255], continuation: Array(ids[255..<288]))
+        return .init(context: [1] + ids[0..<159], continuation: Array(ids[159..<192]))
     }
 
     /// Spearman rank correlation.
