@@ -130,7 +130,7 @@ let package = Package(
         .target(name: "KVTCEmbeddedModel", dependencies: ["KVTCModels", "KVTCGGUF", "KVTCTokenizers"],
                 path: "Tests/KVTCEmbeddedModel"),
         .testTarget(name: "KVTCModelsEmbeddedTests", dependencies: ["KVTCModels", "KVTCEmbeddedModel", "KVTCTestSupport", "KVTCLlamaState"]),
-        .testTarget(name: "KVTCEvaluationEmbeddedTests", dependencies: ["KVTCEvaluation", "KVTCCalibration", "KVTCEmbeddedModel"]),
+        .testTarget(name: "KVTCEvaluationEmbeddedTests", dependencies: ["KVTCEvaluation", "KVTCCalibration", "KVTCEmbeddedModel", "KVTCTestSupport"]),
         .testTarget(name: "KVTCRuntimeEmbeddedTests", dependencies: ["KVTCRuntime", "KVTCStore", "KVTCEmbeddedModel", "KVTCLlamaState", "KVTCCache"]),
         .testTarget(name: "KVTCServerEmbeddedTests", dependencies: ["KVTCServer", "KVTCRuntime", "KVTCTokenizers", "KVTCEmbeddedModel",
                                                                    "KVTCBenchmarks", "KVTCCache", "KVTCStore", "KVTCLlamaState",

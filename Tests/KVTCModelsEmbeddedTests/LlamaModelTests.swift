@@ -2,6 +2,7 @@ import Foundation
 import KVTCCache
 import KVTCNumerics
 import KVTCEmbeddedModel
+import KVTCTestSupport
 import Testing
 @testable import KVTCModels
 
@@ -33,93 +34,103 @@ func relativeDifference(_ a: [Float], _ b: [Float]) -> Float {
 
     /// The correctness floor: BOS + the first 511 tokens of GPL-3 gives perplexity 20.03
     /// (reference from an independent implementation; half-split RoPE would give ~217).
-    @Test func gpl3Perplexity() throws {
-        let m = try EmbeddedModel.get()
-        let text = try String(contentsOfFile: "/usr/share/common-licenses/GPL-3", encoding: .utf8)
-        let tokens = [1] + m.tokenizer.encode(text).prefix(511)
-        #expect(tokens.count == 512)
-        let r = try m.perplexity(tokens: tokens)
-        #expect(r.predictions == 511)
-        print("GPL-3 perplexity (BOS + 511 tokens): \(r.perplexity)")
-        #expect(abs(r.perplexity - 20.03) <= 0.1, "perplexity \(r.perplexity)")
+    @Test func gpl3Perplexity() async throws {
+        try await onOwnThread {
+            let m = try EmbeddedModel.get()
+            let text = try String(contentsOfFile: "/usr/share/common-licenses/GPL-3", encoding: .utf8)
+            let tokens = [1] + m.tokenizer.encode(text).prefix(511)
+            #expect(tokens.count == 512)
+            let r = try m.perplexity(tokens: tokens)
+            #expect(r.predictions == 511)
+            print("GPL-3 perplexity (BOS + 511 tokens): \(r.perplexity)")
+            #expect(abs(r.perplexity - 20.03) <= 0.1, "perplexity \(r.perplexity)")
+        }
     }
 
     /// Prefill of a whole sequence and prefill + token-by-token decoding see the same
     /// inputs; they differ only in float32 summation order (GEMM blocking vs GEMV, and the
     /// softmax split), so logits agree to ~1e-5 relative; 1e-3 leaves ample margin.
-    @Test func prefillMatchesIncrementalDecoding() throws {
-        let m = try EmbeddedModel.get()
-        let tokens = m.tokenizer.encode("The quick brown fox jumps over the lazy dog. It was the best of times, it was the worst of times, it was the age of wisdom.")
-        var full = m.makeCache()
-        let all = try m.prefill(tokens: tokens, cache: &full, logits: .all)
-        #expect(all.rows == tokens.count && all.columns == 49152)
-        var inc = m.makeCache()
-        let split = tokens.count / 2
-        var last = try m.prefill(tokens: Array(tokens[..<split]), cache: &inc, logits: .last).elements
-        #expect(relativeDifference(all.row(split - 1), last) < 1e-3)
-        for t in tokens[split...] { last = try m.decodeStep(token: t, cache: &inc) }
-        #expect(relativeDifference(all.row(tokens.count - 1), last) < 1e-3)
-        #expect(inc.positions == Array(0..<tokens.count))
-        #expect(relativeDifference(full.keys, inc.keys) < 1e-3)
-        #expect(relativeDifference(full.values, inc.values) < 1e-3)
+    @Test func prefillMatchesIncrementalDecoding() async throws {
+        try await onOwnThread {
+            let m = try EmbeddedModel.get()
+            let tokens = m.tokenizer.encode("The quick brown fox jumps over the lazy dog. It was the best of times, it was the worst of times, it was the age of wisdom.")
+            var full = m.makeCache()
+            let all = try m.prefill(tokens: tokens, cache: &full, logits: .all)
+            #expect(all.rows == tokens.count && all.columns == 49152)
+            var inc = m.makeCache()
+            let split = tokens.count / 2
+            var last = try m.prefill(tokens: Array(tokens[..<split]), cache: &inc, logits: .last).elements
+            #expect(relativeDifference(all.row(split - 1), last) < 1e-3)
+            for t in tokens[split...] { last = try m.decodeStep(token: t, cache: &inc) }
+            #expect(relativeDifference(all.row(tokens.count - 1), last) < 1e-3)
+            #expect(inc.positions == Array(0..<tokens.count))
+            #expect(relativeDifference(full.keys, inc.keys) < 1e-3)
+            #expect(relativeDifference(full.values, inc.values) < 1e-3)
+        }
     }
 
     /// Attention reads only the cache: a cache rebuilt from its raw streams (as a decoder
     /// would produce) continues exactly like the original.
-    @Test func continuesFromAnyCache() throws {
-        let m = try EmbeddedModel.get()
-        let tokens = m.tokenizer.encode("Once upon a time, in a land far away, there lived")
-        var cache = m.makeCache()
-        _ = try m.prefill(tokens: tokens, cache: &cache, logits: .none)
-        var rebuilt = try KVCache(geometry: cache.geometry, rope: cache.rope, positions: cache.positions,
-                                  keys: cache.keys, values: cache.values, model: "elsewhere")
-        let next = m.tokenizer.encode(" a")
-        let a = try m.prefill(tokens: next, cache: &cache, logits: .last)
-        let b = try m.prefill(tokens: next, cache: &rebuilt, logits: .last)
-        #expect(a == b)
-        // Keys in the cache are rotated with the same RoPE the codec uses: un-rotating and
-        // re-rotating with KVTCCache.RoPE reproduces them.
-        var keys = cache.keys
-        let rope = cache.rope
-        keys.withUnsafeMutableBufferPointer { k in
-            rope.rotate(rows: k.baseAddress!, rowLength: m.geometry.featuresPerToken,
-                        positions: cache.positions, headDim: 64, inverse: true)
-            rope.rotate(rows: k.baseAddress!, rowLength: m.geometry.featuresPerToken,
-                        positions: cache.positions, headDim: 64, inverse: false)
+    @Test func continuesFromAnyCache() async throws {
+        try await onOwnThread {
+            let m = try EmbeddedModel.get()
+            let tokens = m.tokenizer.encode("Once upon a time, in a land far away, there lived")
+            var cache = m.makeCache()
+            _ = try m.prefill(tokens: tokens, cache: &cache, logits: .none)
+            var rebuilt = try KVCache(geometry: cache.geometry, rope: cache.rope, positions: cache.positions,
+                                      keys: cache.keys, values: cache.values, model: "elsewhere")
+            let next = m.tokenizer.encode(" a")
+            let a = try m.prefill(tokens: next, cache: &cache, logits: .last)
+            let b = try m.prefill(tokens: next, cache: &rebuilt, logits: .last)
+            #expect(a == b)
+            // Keys in the cache are rotated with the same RoPE the codec uses: un-rotating and
+            // re-rotating with KVTCCache.RoPE reproduces them.
+            var keys = cache.keys
+            let rope = cache.rope
+            keys.withUnsafeMutableBufferPointer { k in
+                rope.rotate(rows: k.baseAddress!, rowLength: m.geometry.featuresPerToken,
+                            positions: cache.positions, headDim: 64, inverse: true)
+                rope.rotate(rows: k.baseAddress!, rowLength: m.geometry.featuresPerToken,
+                            positions: cache.positions, headDim: 64, inverse: false)
+            }
+            #expect(relativeDifference(cache.keys, keys) < 1e-5)
         }
-        #expect(relativeDifference(cache.keys, keys) < 1e-5)
     }
 
     /// Long inputs are processed in chunks; chunk boundaries must not change anything
     /// beyond float rounding.
-    @Test func chunkedPrefillMatches() throws {
-        let m = try EmbeddedModel.get()
-        let small = try ModelRegistry.load(path: m.path, options: ModelLoadOptions(identity: m.identity, prefillChunk: 7))
-        let tokens = m.tokenizer.encode("Chunked prefill splits this sentence into pieces of seven tokens each, or so.")
-        var a = m.makeCache(), b = small.makeCache()
-        let la = try m.prefill(tokens: tokens, cache: &a, logits: .all)
-        let lb = try small.prefill(tokens: tokens, cache: &b, logits: .all)
-        #expect(la.rows == lb.rows)
-        #expect(relativeDifference(la.elements, lb.elements) < 1e-3)
-        #expect(relativeDifference(a.keys, b.keys) < 1e-3)
-        let lastOnly = try small.prefill(tokens: [42], cache: &b, logits: .last)
-        #expect(lastOnly.rows == 1)
-        #expect(b.positions.last == tokens.count)
+    @Test func chunkedPrefillMatches() async throws {
+        try await onOwnThread {
+            let m = try EmbeddedModel.get()
+            let small = try ModelRegistry.load(path: m.path, options: ModelLoadOptions(identity: m.identity, prefillChunk: 7))
+            let tokens = m.tokenizer.encode("Chunked prefill splits this sentence into pieces of seven tokens each, or so.")
+            var a = m.makeCache(), b = small.makeCache()
+            let la = try m.prefill(tokens: tokens, cache: &a, logits: .all)
+            let lb = try small.prefill(tokens: tokens, cache: &b, logits: .all)
+            #expect(la.rows == lb.rows)
+            #expect(relativeDifference(la.elements, lb.elements) < 1e-3)
+            #expect(relativeDifference(a.keys, b.keys) < 1e-3)
+            let lastOnly = try small.prefill(tokens: [42], cache: &b, logits: .last)
+            #expect(lastOnly.rows == 1)
+            #expect(b.positions.last == tokens.count)
+        }
     }
 
-    @Test func greedyGenerationIsDeterministic() throws {
-        let m = try EmbeddedModel.get()
-        var streamed = ""
-        let a = try m.generate(user: "What is the capital of France?", maxTokens: 24) { _, piece in
-            streamed += piece
-            return true
+    @Test func greedyGenerationIsDeterministic() async throws {
+        try await onOwnThread {
+            let m = try EmbeddedModel.get()
+            var streamed = ""
+            let a = try m.generate(user: "What is the capital of France?", maxTokens: 24) { _, piece in
+                streamed += piece
+                return true
+            }
+            let b = try m.generate(user: "What is the capital of France?", maxTokens: 24)
+            #expect(!a.tokens.isEmpty)
+            #expect(a.tokens == b.tokens)
+            #expect(a.text == streamed)
+            #expect(a.text.contains("Paris"), "reply: \(a.text)")
+            print("greedy reply: \(a.text.debugDescription) (\(a.stopReason))")
         }
-        let b = try m.generate(user: "What is the capital of France?", maxTokens: 24)
-        #expect(!a.tokens.isEmpty)
-        #expect(a.tokens == b.tokens)
-        #expect(a.text == streamed)
-        #expect(a.text.contains("Paris"), "reply: \(a.text)")
-        print("greedy reply: \(a.text.debugDescription) (\(a.stopReason))")
     }
 
     @Test func rejectsBadInput() throws {

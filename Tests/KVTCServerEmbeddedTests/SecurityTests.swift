@@ -7,16 +7,9 @@ import KVTCCache
 import KVTCModels
 import KVTCRuntime
 import KVTCStore
+import KVTCTestSupport
 import KVTCTokenizers
 @testable import KVTCServer
-
-/// Runs blocking socket work on a dispatch queue, never on the concurrency pool the
-/// server's handlers need.
-func offPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-    try await withCheckedThrowingContinuation { c in
-        DispatchQueue.global().async { c.resume(with: Result { try body() }) }
-    }
-}
 
 /// The metric `name{labels}` in a Prometheus text, or 0.
 func metric(_ text: String, _ series: String) -> Double {
@@ -55,7 +48,7 @@ func metric(_ text: String, _ series: String) -> Double {
         let service = try F.service(model: try SharedModel.get(), security: ServerSecurity(keys: F.keys))
         try await F.app(service).test(.live) { client in
             let port = try #require(client.port)
-            try await offPool {
+            try await onOwnThread {
                 #expect(try H.exchange(port: port, method: "GET", path: "/health").status == 200)
                 let metrics = try H.exchange(port: port, method: "GET", path: "/metrics")
                 #expect(metrics.status == 401 && metrics.json?["error"] != nil)
@@ -88,7 +81,7 @@ func metric(_ text: String, _ series: String) -> Double {
         let target = try F.service(model: model, chunkTokens: 32, security: security)
         let exported: [(String, [UInt8], String)] = try await F.app(source).test(.live) { client in
             let port = try #require(client.port)
-            return try await offPool {
+            return try await onOwnThread {
                 let first = try chat(port, key: F.aliceKey, messages: Self.conversation)
                 let held = Self.conversation + [["role": "assistant", "content": content(first) ?? ""]]
                 let lookup = try H.json(port: port, path: "/v1/kv/lookup", key: F.adminKey, object: ["messages": held, "tenant": "alice"])
@@ -105,7 +98,7 @@ func metric(_ text: String, _ series: String) -> Double {
         }
         try await F.app(target).test(.live) { client in
             let port = try #require(client.port)
-            try await offPool {
+            try await onOwnThread {
                 let (key, body, signature) = exported[0]
                 func put(_ headers: [String: String], _ bytes: [UInt8] = body) throws -> Int {
                     try H.exchange(port: port, method: "PUT", path: "/v1/kv/\(key)?tenant=alice", headers: headers, body: bytes).status
@@ -136,7 +129,7 @@ func metric(_ text: String, _ series: String) -> Double {
         let store = try #require(service.store)
         try await F.app(service).test(.live) { client in
             let port = try #require(client.port)
-            let first = try await offPool { try chat(port, key: nil, messages: Self.conversation, maxTokens: 4) }
+            let first = try await onOwnThread { try chat(port, key: nil, messages: Self.conversation, maxTokens: 4) }
             let next = Self.conversation + [["role": "assistant", "content": content(first) ?? ""],
                                             ["role": "user", "content": "And which river flows through Rome?"]]
             let prompt = model.tokenizer.encode(model.chatTemplate.prompt(
@@ -150,15 +143,15 @@ func metric(_ text: String, _ series: String) -> Double {
             var bad = entry
             bad.payload = try ExactRows.encode(rows, precision: .fp16)
             try await store.tier.put(tailKey, bad.encoded())
-            let answers = try await offPool { (0..<2).map { _ in try? chat(port, key: nil, messages: next, maxTokens: 4) } }
+            let answers = try await onOwnThread { (0..<2).map { _ in try? chat(port, key: nil, messages: next, maxTokens: 4) } }
             for a in answers { #expect(a?.status == 200) }
-            let text = try await offPool { try H.exchange(port: port, method: "GET", path: "/metrics").text }
+            let text = try await onOwnThread { try H.exchange(port: port, method: "GET", path: "/metrics").text }
             #expect(metric(text, "kvtc_cache_invalid_entries_total{reason=\"geometry\"}") == 1)
             // And the answer is the one a fresh server recomputes.
             let fresh = try F.service(model: model, chunkTokens: 32)
             try await F.app(fresh).test(.live) { c in
                 let p = try #require(c.port)
-                let recomputed = try await offPool { try chat(p, key: nil, messages: next, maxTokens: 4) }
+                let recomputed = try await onOwnThread { try chat(p, key: nil, messages: next, maxTokens: 4) }
                 #expect(content(recomputed) == content(answers[0]!))
             }
         }
@@ -173,7 +166,7 @@ func metric(_ text: String, _ series: String) -> Double {
         let service = try F.service(model: model, limits: limits)
         try await F.app(service).test(.live) { client in
             let port = try #require(client.port)
-            try await offPool { () throws in
+            try await onOwnThread { () throws in
                 // Over the body limit, and over the prompt limit: refused before tokenizing.
                 let big = String(repeating: "a", count: 300 << 10)
                 #expect(try chat(port, key: nil, messages: [["role": "user", "content": big]]).status == 413)
@@ -206,7 +199,7 @@ func metric(_ text: String, _ series: String) -> Double {
     func metricsOnceCancelled(_ count: Double, port: Int) async throws -> String? {
         for _ in 0..<100 {
             try await Task.sleep(for: .milliseconds(100))
-            let text = try await offPool { try H.exchange(port: port, method: "GET", path: "/metrics").text }
+            let text = try await onOwnThread { try H.exchange(port: port, method: "GET", path: "/metrics").text }
             if metric(text, "kvtc_requests_cancelled_total") == count { return text }
         }
         return nil
@@ -226,7 +219,7 @@ func metric(_ text: String, _ series: String) -> Double {
             var plainBody = body
             plainBody["stream"] = false
             let plain = Array(try JSONSerialization.data(withJSONObject: plainBody))
-            try await offPool {
+            try await onOwnThread {
                 // A stream read up to its first event, then abandoned.
                 let c = try H.Connection(port: port, timeout: 60)
                 try c.send(H.requestBytes(method: "POST", path: "/v1/chat/completions", headers: ["Content-Type": "application/json"],
@@ -242,7 +235,7 @@ func metric(_ text: String, _ series: String) -> Double {
             let stopped = try #require(await metricsOnceCancelled(1, port: port))
             #expect(metric(stopped, "kvtc_completion_tokens_total") < 150)
             // A non-streamed request whose client hangs up right after sending.
-            try await offPool {
+            try await onOwnThread {
                 let c = try H.Connection(port: port, timeout: 60)
                 try c.send(H.requestBytes(method: "POST", path: "/v1/chat/completions", headers: ["Content-Type": "application/json"],
                                           body: plain))
@@ -259,7 +252,7 @@ func metric(_ text: String, _ series: String) -> Double {
         let service = try F.service(model: try SharedModel.get(), limits: limits, maxTokensLimit: 200)
         try await F.app(service).test(.live) { client in
             let port = try #require(client.port)
-            try await offPool {
+            try await onOwnThread {
                 let idle = try H.Connection(port: port, timeout: 5)
                 #expect(idle.closedByPeer(within: 4))
                 let half = try H.Connection(port: port, timeout: 5)

@@ -47,7 +47,7 @@ extension ServerTests {
             try await F.app(b).test(.live) { clientB in
                 let portA = try #require(clientA.port), portB = try #require(clientB.port)
                 // Turn 1 on A.
-                let first = try await offPool { try self.chatReply(portA, Self.geographyChat) }
+                let first = try await onOwnThread { try self.chatReply(portA, Self.geographyChat) }
                 #expect(first.status == 200)
                 let reply = try #require(((first.json?["choices"] as? [[String: Any]])?.first?["message"] as? [String: Any])?["content"] as? String)
                 let (prompt, completion, _) = tokenUsage(first)
@@ -55,14 +55,14 @@ extension ServerTests {
                 // Turn 2 on B, which never saw turn 1: the cache comes from the cluster.
                 let next = Self.geographyChat + [["role": "assistant", "content": reply],
                                                 ["role": "user", "content": "And which river flows through Rome?"]]
-                let second = try await offPool { try self.chatReply(portB, next) }
+                let second = try await onOwnThread { try self.chatReply(portB, next) }
                 #expect(second.status == 200)
                 let held = prompt + completion - 1
                 #expect(tokenUsage(second).cached == held, "B restored \(tokenUsage(second).cached) of the \(held) tokens A held")
-                let metrics = try await offPool { try H.exchange(port: portB, method: "GET", path: "/metrics").text }
+                let metrics = try await onOwnThread { try H.exchange(port: portB, method: "GET", path: "/metrics").text }
                 #expect(metric(metrics, "kvtc_tier_hits_total{tier=\"redis\"}") > 0)
                 #expect(metric(metrics, "kvtc_tier_read_bytes_total{tier=\"redis\"}") > 0)
-                let written = try await offPool { try H.exchange(port: portA, method: "GET", path: "/metrics").text }
+                let written = try await onOwnThread { try H.exchange(port: portA, method: "GET", path: "/metrics").text }
                 #expect(metric(written, "kvtc_tier_writes_total{tier=\"redis\"}") > 0)
                 #expect(metric(written, "kvtc_tier_written_bytes_total{tier=\"redis\"}") > 0)
                 #expect(metrics.contains("kvtc_tier_round_trip_seconds_bucket{tier=\"redis\",le=\"0.001\"}"))
@@ -72,7 +72,7 @@ extension ServerTests {
                 let statuses = try await withThrowingTaskGroup(of: [Int].self) { group in
                     for c in 0..<4 {
                         group.addTask {
-                            try await offPool {
+                            try await onOwnThread {
                                 var out: [Int] = []
                                 for turn in 0..<2 {
                                     let port = (c + turn) % 2 == 0 ? portA : portB
@@ -89,7 +89,7 @@ extension ServerTests {
                     return all
                 }
                 #expect(statuses.count == 8 && statuses.allSatisfy { $0 == 200 }, "\(statuses)")
-                let after = try await offPool { try H.exchange(port: portA, method: "GET", path: "/metrics").text }
+                let after = try await onOwnThread { try H.exchange(port: portA, method: "GET", path: "/metrics").text }
                 #expect(metric(after, "kvtc_http_errors_total{status=\"500\"}") == 0)
             }
         }
