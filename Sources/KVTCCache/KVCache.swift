@@ -58,8 +58,13 @@ public enum KVCacheError: Error, Equatable, CustomStringConvertible {
 public struct KVCache: Sendable, Equatable {
     /// The cache's shape per token.
     public let geometry: KVGeometry
-    /// How keys are rotated.
+    /// How keys are rotated: for a cache whose layers differ, the rotation of its global
+    /// (full-context) layers; ``layerAttention`` has every layer's.
     public let rope: RoPE
+    /// Per layer, the rotation of its keys and the window of its queries.
+    public let layerAttention: [LayerAttention]
+    /// Whether every layer rotates its keys with ``rope`` and sees the whole context.
+    public var isUniform: Bool { LayerAttention.areUniform(layerAttention, rope: rope) }
     /// Absolute position of every token.
     public private(set) var positions: [Int]
     /// Keys, `tokenCount x geometry.featuresPerToken`, rotated.
@@ -75,10 +80,26 @@ public struct KVCache: Sendable, Equatable {
     /// Creates a cache, checking shapes. Finite values are checked by ``validateFinite(tokens:)``.
     public init(geometry: KVGeometry, rope: RoPE, positions: [Int], keys: [Float], values: [Float],
                 model: String = "") throws(KVCacheError) {
+        try self.init(geometry: geometry, rope: rope, layerAttention: nil, positions: positions, keys: keys,
+                      values: values, model: model)
+    }
+
+    /// Creates a cache whose layers may differ in rotation and window (`layerAttention`, one
+    /// per layer; `nil` means every layer uses `rope` over the whole context).
+    public init(geometry: KVGeometry, rope: RoPE, layerAttention: [LayerAttention]?, positions: [Int],
+                keys: [Float], values: [Float], model: String = "") throws(KVCacheError) {
         guard geometry.layers > 0, geometry.kvHeads > 0, geometry.headDim > 0 else {
             throw .invalidGeometry("\(geometry)")
         }
         try rope.validate(headDim: geometry.headDim)
+        let layers = layerAttention ?? Array(repeating: LayerAttention(rope: rope), count: geometry.layers)
+        guard layers.count == geometry.layers else {
+            throw .invalidGeometry("\(layers.count) layers of attention facts for \(geometry.layers) layers")
+        }
+        for l in layers {
+            try l.rope.validate(headDim: geometry.headDim)
+            if let w = l.window, w < 1 { throw .invalidGeometry("attention window \(w)") }
+        }
         let p = geometry.featuresPerToken
         guard keys.count == positions.count * p else {
             throw .wrongElementCount(stream: "keys", expected: positions.count * p, actual: keys.count)
@@ -88,6 +109,7 @@ public struct KVCache: Sendable, Equatable {
         }
         self.geometry = geometry
         self.rope = rope
+        self.layerAttention = layers
         self.positions = positions
         self.keys = keys
         self.values = values
@@ -96,8 +118,19 @@ public struct KVCache: Sendable, Equatable {
 
     /// An empty cache with room reserved for `capacity` tokens.
     public init(geometry: KVGeometry, rope: RoPE, model: String = "", reservingCapacity capacity: Int = 0) {
+        self.init(geometry: geometry, rope: rope, layerAttention: nil, model: model, reservingCapacity: capacity)
+    }
+
+    /// An empty cache whose layers may differ in rotation and window (`nil`: uniform).
+    /// The caller vouches for `layerAttention` (a model's own facts); it must hold one
+    /// entry per layer.
+    public init(geometry: KVGeometry, rope: RoPE, layerAttention: [LayerAttention]?, model: String = "",
+                reservingCapacity capacity: Int = 0) {
+        precondition(layerAttention == nil || layerAttention!.count == geometry.layers,
+                     "one LayerAttention per layer")
         self.geometry = geometry
         self.rope = rope
+        self.layerAttention = layerAttention ?? Array(repeating: LayerAttention(rope: rope), count: geometry.layers)
         self.positions = []
         self.keys = []
         self.values = []
@@ -136,7 +169,7 @@ public struct KVCache: Sendable, Equatable {
             throw .tokenRange(range, count: tokenCount)
         }
         let p = geometry.featuresPerToken
-        return try KVCache(geometry: geometry, rope: rope, positions: Array(positions[range]),
+        return try KVCache(geometry: geometry, rope: rope, layerAttention: layerAttention, positions: Array(positions[range]),
                            keys: Array(keys[(range.lowerBound * p)..<(range.upperBound * p)]),
                            values: Array(values[(range.lowerBound * p)..<(range.upperBound * p)]),
                            model: model)
@@ -147,7 +180,7 @@ public struct KVCache: Sendable, Equatable {
         guard other.geometry == geometry else {
             throw .mismatch("geometry \(other.geometry) vs \(geometry)")
         }
-        guard other.rope == rope else { throw .mismatch("RoPE settings differ") }
+        guard other.rope == rope, other.layerAttention == layerAttention else { throw .mismatch("RoPE settings differ") }
         positions.append(contentsOf: other.positions)
         keys.append(contentsOf: other.keys)
         values.append(contentsOf: other.values)

@@ -58,6 +58,9 @@ public enum Calibrator {
         for c in caches {
             guard c.geometry == first.geometry else { throw .inconsistent("geometry \(c.geometry) vs \(first.geometry)") }
             guard c.rope == first.rope else { throw .inconsistent("RoPE settings differ") }
+            guard c.isUniform else {
+                throw .inconsistent("the caches' layers differ in RoPE or attention window, which profiles of this version cannot describe")
+            }
         }
         progress?("collecting rows")
         var k = FeatureRows.calibrationRows(caches, skipPositionsBelow: options.protection.sinkTokens, keys: true)

@@ -186,6 +186,9 @@ public struct Profile: Sendable {
         guard cache.rope == rope else {
             throw .mismatch("cache RoPE \(cache.rope.layout.rawValue) theta \(cache.rope.theta) dims \(cache.rope.rotaryDims), profile RoPE \(rope.layout.rawValue) theta \(rope.theta) dims \(rope.rotaryDims)")
         }
+        guard cache.isUniform else {
+            throw .mismatch("the cache's layers differ in RoPE or attention window, which profiles of this version cannot describe")
+        }
     }
 
     /// A compression ratio as text, the one format for ratios everywhere: `16x` for a

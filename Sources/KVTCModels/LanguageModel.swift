@@ -12,21 +12,6 @@ public enum LogitsRequest: Sendable, Equatable {
     case all
 }
 
-/// What a KV codec must know about one layer's attention: how its keys are rotated and how
-/// far back its queries can see.
-public struct LayerAttention: Sendable, Hashable, Codable {
-    /// The rotation of this layer's keys (layout, base and rotated dimensions).
-    public var rope: RoPE
-    /// The most recent tokens a query of this layer attends to (itself included), or `nil`
-    /// when it attends to the whole context (a global layer).
-    public var window: Int?
-
-    public init(rope: RoPE, window: Int? = nil) {
-        self.rope = rope
-        self.window = window
-    }
-}
-
 /// The sizes of a model that benchmarks and limits need.
 public struct ModelDimensions: Sendable, Hashable, Codable {
     /// Transformer blocks.
@@ -127,7 +112,7 @@ extension LanguageModel {
 
     /// An empty cache for this model.
     public func makeCache(reservingCapacity capacity: Int = 0) -> KVCache {
-        KVCache(geometry: geometry, rope: rope, model: identity, reservingCapacity: capacity)
+        KVCache(geometry: geometry, rope: rope, layerAttention: layerAttention, model: identity, reservingCapacity: capacity)
     }
 
     /// Runs `tokens` through the model after whatever `cache` already holds, appending
@@ -156,6 +141,9 @@ extension LanguageModel {
             throw .cacheMismatch("geometry \(cache.geometry), model \(geometry)")
         }
         guard cache.rope == rope else { throw .cacheMismatch("RoPE \(cache.rope), model \(rope)") }
+        guard cache.layerAttention == layerAttention else {
+            throw .cacheMismatch("the cache's per-layer RoPE or attention windows differ from the model's")
+        }
         let v = dimensions.vocabularySize
         for t in tokens where t < 0 || t >= v { throw .invalidToken(t) }
         let start = startPosition ?? (cache.positions.last.map { $0 + 1 } ?? 0)
