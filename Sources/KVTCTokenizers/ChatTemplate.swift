@@ -107,3 +107,52 @@ extension ChatTemplate {
         return prompt(messages, addGenerationPrompt: true)
     }
 }
+
+/// Gemma's turn markers, as Gemma 3's GGUF template writes them:
+///
+/// ```
+/// <start_of_turn>user\n{system}\n\n{user}<end_of_turn>\n<start_of_turn>model\n{answer}<end_of_turn>\n
+/// ```
+///
+/// Gemma has no system role: a system message is prepended to the first user turn, followed
+/// by a blank line. The assistant's role is called `model`; message contents are trimmed of
+/// surrounding whitespace, as the template's `| trim` does. The BOS token is the tokenizer's
+/// to add (`tokenizer.ggml.add_bos_token`).
+public struct GemmaTemplate: ChatTemplate, Equatable {
+    public init() {}
+
+    public var name: String { "gemma" }
+
+    public var stopTokens: [String] { ["<end_of_turn>", "<eos>"] }
+
+    public func prompt(_ messages: [ChatMessage], addGenerationPrompt: Bool = true) -> RenderedPrompt {
+        var out = RenderedPrompt()
+        var prefix = ""
+        var rest = messages[...]
+        if let first = rest.first, first.role == .system {
+            prefix = first.content.trimmingWhitespace() + "\n\n"
+            rest = rest.dropFirst()
+        }
+        for (i, m) in rest.enumerated() {
+            out.control("<start_of_turn>")
+            out.text((m.role == .assistant ? "model" : m.role.rawValue) + "\n" + (i == 0 ? prefix : "") + m.content.trimmingWhitespace())
+            out.control("<end_of_turn>")
+            out.text("\n")
+        }
+        if addGenerationPrompt {
+            out.control("<start_of_turn>")
+            out.text("model\n")
+        }
+        return out
+    }
+}
+
+extension String {
+    /// The string without leading and trailing whitespace and newlines (Jinja's `trim`).
+    func trimmingWhitespace() -> String {
+        let scalars = unicodeScalars
+        guard let start = scalars.firstIndex(where: { !$0.properties.isWhitespace }),
+              let end = scalars.lastIndex(where: { !$0.properties.isWhitespace }) else { return "" }
+        return String(scalars[start...end])
+    }
+}

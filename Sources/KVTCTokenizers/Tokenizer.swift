@@ -15,19 +15,34 @@ public enum TokenizerError: Error, Equatable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .missingMetadata(let k): return "tokenizer metadata \(k) is missing or malformed"
-        case .unsupportedModel(let m): return "tokenizer model \"\(m)\" is not supported (only gpt2 byte-level BPE)"
+        case .unsupportedModel(let m): return "tokenizer model \"\(m)\" is not supported (gpt2 byte-level BPE and llama SentencePiece are)"
         case .badMerge(let i): return "tokenizer merge rule \(i) is malformed"
         case .unknownToken(let t): return "token id \(t) is outside the vocabulary"
         }
     }
 }
 
-/// A GPT-2 byte-level BPE tokenizer built from GGUF metadata.
+/// A tokenizer built from GGUF metadata: GPT-2 byte-level BPE (`tokenizer.ggml.model` =
+/// `gpt2`) or SentencePiece-style merging by score (`llama`, as Gemma's files declare).
 ///
-/// Text is split into pieces by ``PreTokenizer``; each piece's UTF-8 bytes are mapped to
-/// printable characters (GPT-2's byte-to-unicode table) and merged by rank. Control tokens
-/// (GGUF token type 3, such as `<|im_start|>`) are recognised as whole strings in the text.
+/// BPE: text is split into pieces by ``PreTokenizer``; each piece's UTF-8 bytes are mapped to
+/// printable characters (GPT-2's byte-to-unicode table) and merged by rank. SentencePiece:
+/// spaces become U+2581, characters merge pairwise into the highest-scoring vocabulary
+/// entry, and characters no entry covers fall back to byte tokens (`<0x41>`); user-defined
+/// tokens (type 4, such as Gemma's newline and space runs) are cut out of the text first,
+/// longest first, as llama.cpp does. Control tokens (type 3, such as `<|im_start|>` or
+/// `<start_of_turn>`) are recognised as whole strings in the text.
 public struct Tokenizer: Sendable {
+    /// How ordinary text becomes tokens.
+    public enum Kind: String, Sendable {
+        /// GPT-2 byte-level BPE with ranked merges.
+        case bytePairs
+        /// SentencePiece-style merging by token score with byte fallback.
+        case sentencePiece
+    }
+
+    /// The tokenization algorithm.
+    public let kind: Kind
     /// Token strings by id (byte-level form for ordinary tokens).
     public let tokens: [String]
     /// GGUF token types by id (1 normal, 3 control, ...).
@@ -51,6 +66,12 @@ public struct Tokenizer: Sendable {
     let mergeRanks: [String: Int]
     let isSpecial: [Bool]
     let specialMatcher: SpecialTokenMatcher
+    /// SentencePiece: token scores, user-defined tokens (longest first), the byte tokens by
+    /// byte value, and whether a space is put before text that starts a fragment.
+    let scores: [Float]
+    let userDefined: UserDefinedTokens
+    let byteTokens: [Int]
+    let addSpacePrefix: Bool
 
     /// Vocabulary size.
     public var vocabularySize: Int { tokens.count }
@@ -59,7 +80,7 @@ public struct Tokenizer: Sendable {
     public init(gguf: GGUFFile) throws(TokenizerError) {
         let md = gguf.metadata
         let model = md["tokenizer.ggml.model"]?.stringValue ?? ""
-        guard model == "gpt2" else { throw .unsupportedModel(model) }
+        guard model == "gpt2" || model == "llama" else { throw .unsupportedModel(model) }
         guard let toks = md["tokenizer.ggml.tokens"]?.arrayValue else { throw .missingMetadata("tokenizer.ggml.tokens") }
         var tokens: [String] = []
         tokens.reserveCapacity(toks.count)
@@ -72,6 +93,23 @@ public struct Tokenizer: Sendable {
             guard tt.count == tokens.count else { throw .missingMetadata("tokenizer.ggml.token_type") }
             for (i, v) in tt.enumerated() { types[i] = v.intValue ?? 1 }
         }
+        let addBOS = md["tokenizer.ggml.add_bos_token"].map { $0.intValue == 1 } ?? (model == "llama")
+        if model == "llama" {
+            guard let sv = md["tokenizer.ggml.scores"]?.arrayValue, sv.count == tokens.count else {
+                throw .missingMetadata("tokenizer.ggml.scores")
+            }
+            var scores = [Float](repeating: 0, count: tokens.count)
+            for (i, v) in sv.enumerated() {
+                guard let d = v.doubleValue else { throw .missingMetadata("tokenizer.ggml.scores") }
+                scores[i] = Float(d)
+            }
+            try self.init(sentencePieceTokens: tokens, tokenTypes: types, scores: scores,
+                          bosID: md["tokenizer.ggml.bos_token_id"]?.intValue,
+                          eosID: md["tokenizer.ggml.eos_token_id"]?.intValue,
+                          chatTemplate: md["tokenizer.chat_template"]?.stringValue, addBOS: addBOS,
+                          addSpacePrefix: md["tokenizer.ggml.add_space_prefix"].map { $0.intValue == 1 } ?? true)
+            return
+        }
         guard let mergeValues = md["tokenizer.ggml.merges"]?.arrayValue else { throw .missingMetadata("tokenizer.ggml.merges") }
         var merges: [String] = []
         merges.reserveCapacity(mergeValues.count)
@@ -83,13 +121,13 @@ public struct Tokenizer: Sendable {
                       bosID: md["tokenizer.ggml.bos_token_id"]?.intValue,
                       eosID: md["tokenizer.ggml.eos_token_id"]?.intValue,
                       pre: md["tokenizer.ggml.pre"]?.stringValue ?? "default",
-                      chatTemplate: md["tokenizer.chat_template"]?.stringValue,
-                      addBOS: md["tokenizer.ggml.add_bos_token"].map { $0.intValue == 1 } ?? false)
+                      chatTemplate: md["tokenizer.chat_template"]?.stringValue, addBOS: addBOS)
     }
 
     /// Builds a tokenizer from its parts (merges as `"left right"` strings, in rank order).
     public init(tokens: [String], tokenTypes: [Int], merges: [String], bosID: Int?, eosID: Int?,
                 pre: String, chatTemplate: String? = nil, addBOS: Bool = false) throws(TokenizerError) {
+        self.kind = .bytePairs
         self.tokens = tokens
         self.tokenTypes = tokenTypes
         self.bosID = bosID
@@ -97,6 +135,10 @@ public struct Tokenizer: Sendable {
         self.preName = pre
         self.chatTemplate = chatTemplate
         self.addBOS = addBOS
+        self.scores = []
+        self.userDefined = UserDefinedTokens([])
+        self.byteTokens = []
+        self.addSpacePrefix = false
         // Pre-tokenizers that isolate single digits (llama.cpp: smollm, starcoder, refact, ...).
         let digitSplitting: Set<String> = ["smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva-7b"]
         self.preTokenizer = PreTokenizer(splitDigits: digitSplitting.contains(pre))
@@ -122,6 +164,31 @@ public struct Tokenizer: Sendable {
         self.specialTokens = specials
         self.isSpecial = special
         self.specialMatcher = SpecialTokenMatcher(specials)
+    }
+
+    /// Every stored property, as the public initializers compute them.
+    init(kind: Kind, tokens: [String], tokenTypes: [Int], bosID: Int?, eosID: Int?, preName: String,
+         preTokenizer: PreTokenizer, specialTokens: [(String, Int)], chatTemplate: String?, addBOS: Bool,
+         vocab: [String: Int], mergeRanks: [String: Int], isSpecial: [Bool], specialMatcher: SpecialTokenMatcher,
+         scores: [Float], userDefined: UserDefinedTokens, byteTokens: [Int], addSpacePrefix: Bool) {
+        self.kind = kind
+        self.tokens = tokens
+        self.tokenTypes = tokenTypes
+        self.bosID = bosID
+        self.eosID = eosID
+        self.preName = preName
+        self.preTokenizer = preTokenizer
+        self.specialTokens = specialTokens
+        self.chatTemplate = chatTemplate
+        self.addBOS = addBOS
+        self.vocab = vocab
+        self.mergeRanks = mergeRanks
+        self.isSpecial = isSpecial
+        self.specialMatcher = specialMatcher
+        self.scores = scores
+        self.userDefined = userDefined
+        self.byteTokens = byteTokens
+        self.addSpacePrefix = addSpacePrefix
     }
 
     /// The id of a token string (byte-level form), if it is in the vocabulary.
@@ -193,6 +260,10 @@ public struct Tokenizer: Sendable {
     func encodeOrdinary(_ text: Substring, into out: inout [Int],
                         cache: inout [Substring: [Int]]) {
         guard !text.isEmpty else { return }
+        if kind == .sentencePiece {
+            sentencePiece(Array(text.utf8), into: &out)
+            return
+        }
         for piece in preTokenizer.split(String(text)) {
             let key = Substring(piece)
             if let c = cache[key] { out.append(contentsOf: c); continue }
@@ -216,7 +287,7 @@ public struct Tokenizer: Sendable {
         var next = Array(1...n)            // next[i] == n: end
         var prev = Array(-1..<(n - 1))     // prev[i] == -1: start
         var alive = [Bool](repeating: true, count: n)
-        var heap = MergeHeap()
+        var heap = BinaryHeap<MergeCandidate> { $0.precedes($1) }
         func consider(_ i: Int) {
             let j = next[i]
             guard j < n, let r = mergeRanks[symbols[i] + " " + symbols[j]] else { return }
@@ -258,6 +329,7 @@ public struct Tokenizer: Sendable {
     public func bytes(of id: Int) -> [UInt8]? {
         guard id >= 0, id < tokens.count else { return nil }
         if isSpecial[id] { return Array(tokens[id].utf8) }
+        if kind == .sentencePiece { return sentencePieceBytes(of: id) }
         var out: [UInt8] = []
         for s in tokens[id].unicodeScalars {
             if let b = ByteLevel.decodeTable[s] { out.append(b) } else { out.append(contentsOf: String(s).utf8) }
@@ -361,6 +433,9 @@ struct SpecialTokenMatcher: Sendable {
         for b in 0..<256 { buckets[b].sort { $0.0.count > $1.0.count } }
     }
 
+    /// The tokens that start with `byte`, longest first.
+    func candidates(startingWith byte: UInt8) -> [([UInt8], Int)] { buckets[Int(byte)] }
+
     /// The longest control token starting at `i` in `bytes`: its length and id.
     func match<C: RandomAccessCollection>(_ bytes: C, at i: C.Index) -> (Int, Int)? where C.Element == UInt8, C.Index == Int {
         let candidates = buckets[Int(bytes[i])]
@@ -382,39 +457,4 @@ struct MergeCandidate {
     var rightSymbol: String
 
     func precedes(_ o: MergeCandidate) -> Bool { rank != o.rank ? rank < o.rank : left < o.left }
-}
-
-/// A binary min-heap of merge candidates (lowest rank, then leftmost, first).
-struct MergeHeap {
-    private var items: [MergeCandidate] = []
-
-    mutating func push(_ c: MergeCandidate) {
-        items.append(c)
-        var i = items.count - 1
-        while i > 0 {
-            let parent = (i - 1) / 2
-            guard items[i].precedes(items[parent]) else { break }
-            items.swapAt(i, parent)
-            i = parent
-        }
-    }
-
-    mutating func pop() -> MergeCandidate? {
-        guard let top = items.first else { return nil }
-        let last = items.removeLast()
-        if !items.isEmpty {
-            items[0] = last
-            var i = 0
-            while true {
-                let l = 2 * i + 1, r = l + 1
-                var best = i
-                if l < items.count, items[l].precedes(items[best]) { best = l }
-                if r < items.count, items[r].precedes(items[best]) { best = r }
-                if best == i { break }
-                items.swapAt(i, best)
-                i = best
-            }
-        }
-        return top
-    }
 }
