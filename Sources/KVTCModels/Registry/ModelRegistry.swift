@@ -61,6 +61,9 @@ public enum ModelRegistry {
         "llama": ModelFamily(architecture: "llama") { gguf, path, options throws(ModelError) in
             try LlamaModel(gguf: gguf, path: path, options: options)
         },
+        "gemma3": ModelFamily(architecture: "gemma3") { gguf, path, options throws(ModelError) in
+            try Gemma3Model(gguf: gguf, path: path, options: options)
+        },
     ]
 
     /// The models that can be fetched by name.
@@ -68,6 +71,9 @@ public enum ModelRegistry {
         ModelCatalogEntry(name: "smollm2-135m",
                           summary: "SmolLM2-135M-Instruct, Q4_1 (llama: 30 layers, 3 kv heads of 64)",
                           source: .smolLM2, chatTemplate: ChatMLTemplate.smolLM2),
+        ModelCatalogEntry(name: "gemma3-270m",
+                          summary: "Gemma 3 270M, Q4_K_M (gemma3: 18 layers, 1 kv head of 256, 5 sliding-window layers per global layer)",
+                          source: .gemma3_270m, chatTemplate: GemmaTemplate()),
     ]
 
     /// The embedded default model's name.

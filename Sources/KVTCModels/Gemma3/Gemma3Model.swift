@@ -1,0 +1,201 @@
+import Foundation
+import KVTCCache
+import KVTCGGUF
+import KVTCNumerics
+import KVTCTokenizers
+
+/// A Gemma 3 text model (GGUF `general.architecture = gemma3`) running on the CPU in single
+/// precision.
+///
+/// What differs from Llama: embeddings scaled by `sqrt(embedding)`; RMS-normalised query and
+/// key heads (QK-norm) before NeoX-style RoPE; attention scaled by `1/sqrt(headDim)`; the
+/// attention and FFN outputs RMS-normalised again before each residual add; a GELU-gated FFN;
+/// five sliding-window layers (their own RoPE base) for each global layer; and the output
+/// projection tied to the embedding. The cache therefore differs by layer:
+/// ``layerAttention`` reports each layer's rotation and window.
+final class Gemma3Model: LanguageModel {
+    let architecture = "gemma3"
+    let config: Gemma3Config
+    let geometry: KVGeometry
+    /// The global layers' rotation (``layerAttention`` has every layer's).
+    let rope: RoPE
+    let layerAttention: [LayerAttention]
+    let tokenizer: Tokenizer
+    let chatTemplate: any ChatTemplate
+    let identity: String
+    let path: String
+    let prefillChunk: Int
+    let weights: Gemma3Weights
+
+    init(gguf: GGUFFile, path: String, options: ModelLoadOptions) throws(ModelError) {
+        let config = try Gemma3Config(gguf: gguf)
+        self.config = config
+        do { tokenizer = try Tokenizer(gguf: gguf) } catch { throw .tokenizer(error) }
+        guard tokenizer.vocabularySize == config.vocabularySize else {
+            throw .badConfig("tokenizer has \(tokenizer.vocabularySize) tokens, embedding \(config.vocabularySize) rows")
+        }
+        geometry = KVGeometry(layers: config.layers, kvHeads: config.kvHeads, headDim: config.headDim)
+        layerAttention = config.layerAttention
+        rope = RoPE(layout: .half, theta: config.globalRopeTheta, rotaryDims: config.headDim)
+        chatTemplate = options.chatTemplate ?? GemmaTemplate()
+        identity = options.identity ?? URL(fileURLWithPath: path).lastPathComponent
+        self.path = path
+        prefillChunk = max(1, options.prefillChunk)
+        _ = BLASThreads.configured
+        weights = try Gemma3Weights(gguf: gguf, config: config)
+    }
+
+    var dimensions: ModelDimensions {
+        ModelDimensions(layers: config.layers, embedding: config.embedding, heads: config.heads,
+                        kvHeads: config.kvHeads, headDim: config.headDim, vocabularySize: config.vocabularySize,
+                        contextLength: config.contextLength, blockMatrixParameters: config.blockMatrixParameters)
+    }
+
+    var attentionOutputEnergy: [[Float]] {
+        let qd = config.heads * config.headDim, e = config.embedding
+        return weights.layers.map { w in
+            var energy = [Float](repeating: 0, count: qd)
+            for r in 0..<e { for j in 0..<qd { let x = w.output[r * qd + j]; energy[j] += x * x } }
+            return energy
+        }
+    }
+
+    func hiddenStates(tokens: [Int], cache: inout KVCache, startPosition: Int?,
+                      rows: LogitsRequest, observer: AttentionObserver?) throws(ModelError) -> Matrix {
+        let start = try validateForward(tokens: tokens, cache: cache, startPosition: startPosition)
+        return ChunkedForward.run(tokens: tokens, start: start, chunk: prefillChunk, embedding: config.embedding,
+                                  rows: rows, finalNorm: weights.outputNorm, eps: config.rmsEpsilon) { chunk, positions in
+            forward(tokens: chunk, positions: positions, cache: &cache, observer: observer)
+        }
+    }
+
+    func logits(hidden: Matrix) -> Matrix {
+        var out = Matrix(rows: hidden.rows, columns: config.vocabularySize)
+        guard hidden.rows > 0 else { return out }
+        hidden.elements.withUnsafeBufferPointer { h in
+            weights.tokenEmbedding.withUnsafeBufferPointer { w in
+                out.elements.withUnsafeMutableBufferPointer { o in
+                    Linear.apply(x: h.baseAddress!, rows: hidden.rows, weight: w.baseAddress!,
+                                 outFeatures: config.vocabularySize, inFeatures: config.embedding,
+                                 y: o.baseAddress!, accumulate: false)
+                }
+            }
+        }
+        return out
+    }
+
+    /// Runs one chunk of tokens through every block, appending their keys and values to
+    /// `cache`, and returns the residual stream after the last block (`n x embedding`).
+    func forward(tokens: ArraySlice<Int>, positions: [Int], cache: inout KVCache,
+                 observer: AttentionObserver? = nil) -> [Float] {
+        let c = config
+        let n = tokens.count, e = c.embedding, hd = c.headDim
+        let qd = c.heads * hd, kvd = c.kvHeads * hd, qkvw = qd + 2 * kvd, f = c.feedForward
+        let p = geometry.featuresPerToken
+        let first = cache.appendZeroedTokens(positions: positions)
+        // One rotation table per distinct layer rotation (two in Gemma 3).
+        var tables: [RoPE: RoPE.Table] = [:]
+        for a in layerAttention where tables[a.rope] == nil { tables[a.rope] = a.rope.table(positions: positions) }
+        let embeddingScale = Float(e).squareRoot()
+
+        var x = [Float](repeating: 0, count: n * e)
+        var h = [Float](repeating: 0, count: n * e)
+        var y = [Float](repeating: 0, count: n * e)
+        var qkv = [Float](repeating: 0, count: n * qkvw)
+        var att = [Float](repeating: 0, count: n * qd)
+        var ff = [Float](repeating: 0, count: n * 2 * f)
+        var act = [Float](repeating: 0, count: n * f)
+
+        weights.tokenEmbedding.withUnsafeBufferPointer { emb in
+            x.withUnsafeMutableBufferPointer { xb in
+                for (r, t) in tokens.enumerated() {
+                    let src = emb.baseAddress! + t * e, dst = xb.baseAddress! + r * e
+                    for i in 0..<e { dst[i] = src[i] * embeddingScale }
+                }
+            }
+        }
+
+        cache.withMutableStreams { K, V in
+            x.withUnsafeMutableBufferPointer { xb in
+            h.withUnsafeMutableBufferPointer { hb in
+            y.withUnsafeMutableBufferPointer { yb in
+            qkv.withUnsafeMutableBufferPointer { qb in
+            att.withUnsafeMutableBufferPointer { ab in
+            ff.withUnsafeMutableBufferPointer { fb in
+            act.withUnsafeMutableBufferPointer { actb in
+                let X = xb.baseAddress!, Hs = hb.baseAddress!, Y = yb.baseAddress!, Q = qb.baseAddress!
+                let A = ab.baseAddress!, F = fb.baseAddress!, ACT = actb.baseAddress!
+                for l in 0..<c.layers {
+                    let w = weights.layers[l], attention = layerAttention[l]
+                    // Attention block.
+                    FastMath.rmsNormRows(X, weight: w.attentionNorm, eps: c.rmsEpsilon, out: Hs, rows: n, width: e)
+                    w.qkv.withUnsafeBufferPointer { W in
+                        Linear.apply(x: Hs, rows: n, weight: W.baseAddress!, outFeatures: qkvw,
+                                     inFeatures: e, y: Q, accumulate: false)
+                    }
+                    // QK-norm: every query head and key head RMS-normalised on its own.
+                    Self.normalizeHeads(Q, rows: n, stride: qkvw, heads: c.heads, headDim: hd, weight: w.queryNorm, eps: c.rmsEpsilon)
+                    Self.normalizeHeads(Q + qd, rows: n, stride: qkvw, heads: c.kvHeads, headDim: hd, weight: w.keyNorm, eps: c.rmsEpsilon)
+                    if let observer, observer.recordsQueries { observer.addQueries(layer: l, Q, rows: n, stride: qkvw) }
+                    attention.rope.rotate(rows: Q, rowStride: qkvw, heads: c.heads + c.kvHeads, headDim: hd,
+                                          table: tables[attention.rope]!, inverse: false)
+                    let kBase = K.baseAddress!, vBase = V.baseAddress!
+                    for r in 0..<n {
+                        let row = (first + r) * p + l * kvd
+                        (kBase + row).update(from: Q + r * qkvw + qd, count: kvd)
+                        (vBase + row).update(from: Q + r * qkvw + qd + kvd, count: kvd)
+                    }
+                    let shape = AttentionShape(heads: c.heads, kvHeads: c.kvHeads, headDim: hd, cacheRowLength: p,
+                                               scale: 1 / Float(hd).squareRoot(), window: attention.window)
+                    Attention.causal(shape, queries: Q, queryStride: qkvw, rows: n, first: first,
+                                     keys: kBase + l * kvd, values: vBase + l * kvd, out: A, observer: observer)
+                    w.output.withUnsafeBufferPointer { W in
+                        Linear.apply(x: A, rows: n, weight: W.baseAddress!, outFeatures: e,
+                                     inFeatures: qd, y: Y, accumulate: false)
+                    }
+                    Self.addNormalized(Y, into: X, weight: w.postAttentionNorm, eps: c.rmsEpsilon, rows: n, width: e)
+                    // Feed-forward block.
+                    FastMath.rmsNormRows(X, weight: w.ffnNorm, eps: c.rmsEpsilon, out: Hs, rows: n, width: e)
+                    w.gateUp.withUnsafeBufferPointer { W in
+                        Linear.apply(x: Hs, rows: n, weight: W.baseAddress!, outFeatures: 2 * f,
+                                     inFeatures: e, y: F, accumulate: false)
+                    }
+                    let gateUp = UncheckedSendable(F), activated = UncheckedSendable(ACT)
+                    Parallel.forEachRange(n, minimumPerTask: 32) { range in
+                        for r in range {
+                            FastMath.geglu(gate: gateUp.value + r * 2 * f, up: gateUp.value + r * 2 * f + f,
+                                           out: activated.value + r * f, count: f)
+                        }
+                    }
+                    w.down.withUnsafeBufferPointer { W in
+                        Linear.apply(x: ACT, rows: n, weight: W.baseAddress!, outFeatures: e,
+                                     inFeatures: f, y: Y, accumulate: false)
+                    }
+                    Self.addNormalized(Y, into: X, weight: w.postFFNNorm, eps: c.rmsEpsilon, rows: n, width: e)
+                }
+            }}}}}}}
+        }
+        return x
+    }
+
+    /// RMS-normalises, in place, `heads` consecutive heads of `headDim` in each of `rows`
+    /// rows `stride` floats apart, all with one `weight`.
+    static func normalizeHeads(_ base: UnsafeMutablePointer<Float>, rows: Int, stride: Int, heads: Int, headDim: Int,
+                               weight: [Float], eps: Float) {
+        weight.withUnsafeBufferPointer { w in
+            for r in 0..<rows {
+                for h in 0..<heads {
+                    let x = base + r * stride + h * headDim
+                    FastMath.rmsNorm(x, weight: w.baseAddress!, eps: eps, out: x, count: headDim)
+                }
+            }
+        }
+    }
+
+    /// `x += rmsNorm(y) * weight`, row by row (`y` is overwritten).
+    static func addNormalized(_ y: UnsafeMutablePointer<Float>, into x: UnsafeMutablePointer<Float>, weight: [Float],
+                              eps: Float, rows: Int, width: Int) {
+        FastMath.rmsNormRows(y, weight: weight, eps: eps, out: y, rows: rows, width: width)
+        for i in 0..<(rows * width) { x[i] += y[i] }
+    }
+}
