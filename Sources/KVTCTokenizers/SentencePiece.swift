@@ -97,6 +97,9 @@ extension Tokenizer {
         var vocab: [String: Int] = [:]
         vocab.reserveCapacity(tokens.count)
         for (i, t) in tokens.enumerated() where vocab[t] == nil { vocab[t] = i }
+        var pieceIDs: [[UInt8]: Int] = [:]
+        pieceIDs.reserveCapacity(tokens.count)
+        for (i, t) in tokens.enumerated() where pieceIDs[Array(t.utf8)] == nil { pieceIDs[Array(t.utf8)] = i }
         var special = [Bool](repeating: false, count: tokens.count)
         var controls: [(String, Int)] = []
         var userDefined: [(String, Int)] = []
@@ -112,7 +115,7 @@ extension Tokenizer {
         var byteTokens = [Int](repeating: -1, count: 256)
         for b in 0..<256 {
             let hex = String(b, radix: 16, uppercase: true)
-            guard let id = vocab["<0x" + (hex.count == 1 ? "0" + hex : hex) + ">"] else {
+            guard let id = pieceIDs[Array(("<0x" + (hex.count == 1 ? "0" + hex : hex) + ">").utf8)] else {
                 throw .missingMetadata("byte token <0x\(hex)> of a SentencePiece vocabulary")
             }
             byteTokens[b] = id
@@ -120,7 +123,7 @@ extension Tokenizer {
         self.init(kind: .sentencePiece, tokens: tokens, tokenTypes: tokenTypes, bosID: bosID, eosID: eosID,
                   preName: "default", preTokenizer: PreTokenizer(splitDigits: false), specialTokens: controls,
                   chatTemplate: chatTemplate, addBOS: addBOS, vocab: vocab, mergeRanks: [:], isSpecial: special,
-                  specialMatcher: SpecialTokenMatcher(controls), scores: scores,
+                  specialMatcher: SpecialTokenMatcher(controls), scores: scores, pieceIDs: pieceIDs,
                   userDefined: UserDefinedTokens(userDefined), byteTokens: byteTokens, addSpacePrefix: addSpacePrefix)
     }
 
@@ -168,8 +171,7 @@ extension Tokenizer {
         func consider(_ l: Int, _ r: Int) {
             guard l >= 0, r >= 0 else { return }
             let size = length[l] + length[r]
-            let piece = String(decoding: text[start[l]..<(start[l] + size)], as: UTF8.self)
-            guard let id = vocab[piece] else { return }
+            guard let id = pieceIDs[Array(text[start[l]..<(start[l] + size)])] else { return }
             heap.push(ScoredBigram(score: scores[id], left: l, right: r, size: size))
         }
         for k in 1..<count { consider(k - 1, k) }
@@ -186,9 +188,7 @@ extension Tokenizer {
         var k = 0
         while k != -1 {
             let piece = text[start[k]..<(start[k] + length[k])]
-            let string = String(decoding: piece, as: UTF8.self)
-            // (A string repaired from invalid UTF-8 is not the piece, whatever it matches.)
-            if let id = vocab[string], string.utf8.elementsEqual(piece) {
+            if let id = pieceIDs[Array(piece)] {
                 out.append(id)
             } else {
                 for b in piece { out.append(byteTokens[Int(b)]) }

@@ -69,6 +69,9 @@ public struct Tokenizer: Sendable {
     /// SentencePiece: token scores, user-defined tokens (longest first), the byte tokens by
     /// byte value, and whether a space is put before text that starts a fragment.
     let scores: [Float]
+    /// Token ids by their exact UTF-8 bytes (Swift strings compare by canonical equivalence,
+    /// which would take `e` + U+0301 for `é`).
+    let pieceIDs: [[UInt8]: Int]
     let userDefined: UserDefinedTokens
     let byteTokens: [Int]
     let addSpacePrefix: Bool
@@ -136,6 +139,7 @@ public struct Tokenizer: Sendable {
         self.chatTemplate = chatTemplate
         self.addBOS = addBOS
         self.scores = []
+        self.pieceIDs = [:]
         self.userDefined = UserDefinedTokens([])
         self.byteTokens = []
         self.addSpacePrefix = false
@@ -170,7 +174,7 @@ public struct Tokenizer: Sendable {
     init(kind: Kind, tokens: [String], tokenTypes: [Int], bosID: Int?, eosID: Int?, preName: String,
          preTokenizer: PreTokenizer, specialTokens: [(String, Int)], chatTemplate: String?, addBOS: Bool,
          vocab: [String: Int], mergeRanks: [String: Int], isSpecial: [Bool], specialMatcher: SpecialTokenMatcher,
-         scores: [Float], userDefined: UserDefinedTokens, byteTokens: [Int], addSpacePrefix: Bool) {
+         scores: [Float], pieceIDs: [[UInt8]: Int], userDefined: UserDefinedTokens, byteTokens: [Int], addSpacePrefix: Bool) {
         self.kind = kind
         self.tokens = tokens
         self.tokenTypes = tokenTypes
@@ -186,13 +190,14 @@ public struct Tokenizer: Sendable {
         self.isSpecial = isSpecial
         self.specialMatcher = specialMatcher
         self.scores = scores
+        self.pieceIDs = pieceIDs
         self.userDefined = userDefined
         self.byteTokens = byteTokens
         self.addSpacePrefix = addSpacePrefix
     }
 
     /// The id of a token string (byte-level form), if it is in the vocabulary.
-    public func id(of token: String) -> Int? { vocab[token] }
+    public func id(of token: String) -> Int? { kind == .sentencePiece ? pieceIDs[Array(token.utf8)] : vocab[token] }
 
     /// Whether `id` is a control token such as `<|im_end|>`.
     public func isControl(_ id: Int) -> Bool { id >= 0 && id < isSpecial.count && isSpecial[id] }

@@ -7,7 +7,7 @@ struct PerplexityCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "perplexity",
         abstract: "Perplexity of the leading tokens of a text file (BOS prepended).",
-        discussion: "The reference: /usr/share/common-licenses/GPL-3 with 511 tokens gives 20.03.")
+        discussion: "References (llama.cpp on the same file): /usr/share/common-licenses/GPL-3 with 511 tokens gives 20.03 for smollm2-135m and 12.915 for gemma3-270m; with 2047 tokens gemma3-270m gives 16.00.")
 
     @OptionGroup var modelOptions: ModelCommandOptions
 
@@ -17,7 +17,7 @@ struct PerplexityCommand: ParsableCommand {
     @Option(name: .long, help: "Number of text tokens to score after BOS (0 = all).")
     var tokens = 511
 
-    @Flag(name: .long, inversion: .prefixedNo, help: "Prepend the BOS token (id 1).")
+    @Flag(name: .long, inversion: .prefixedNo, help: "Prepend the model's BOS token.")
     var bos = true
 
     @Flag(name: .long, help: "Print JSON.")
