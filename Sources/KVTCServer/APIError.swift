@@ -7,14 +7,23 @@ public struct APIError: HTTPResponseError, Sendable, Equatable {
     public var status: HTTPResponse.Status
     public var message: String
     public var type: String
+    /// OpenAI's error code (`model_not_found`, ...); the status code when it has none.
+    public var code: String?
     /// Extra response headers (`Retry-After`, `WWW-Authenticate`).
     public var headers: HTTPFields
 
-    public init(_ status: HTTPResponse.Status, _ message: String, type: String? = nil, headers: HTTPFields = [:]) {
+    public init(_ status: HTTPResponse.Status, _ message: String, type: String? = nil, code: String? = nil,
+                headers: HTTPFields = [:]) {
         self.status = status
         self.message = message
         self.type = type ?? Self.type(for: status.code)
+        self.code = code
         self.headers = headers
+    }
+
+    /// OpenAI's answer to a request naming a model the server does not serve.
+    static func modelNotFound(_ name: String) -> APIError {
+        APIError(.notFound, "The model `\(name)` does not exist or you do not have access to it.", code: "model_not_found")
     }
 
     /// OpenAI's error type for a status.
@@ -32,7 +41,7 @@ public struct APIError: HTTPResponseError, Sendable, Equatable {
     static let internalError = APIError(.internalServerError, "the server failed to handle the request; the details are in its log")
 
     /// The error as a JSON body (for streams, which have already sent their status).
-    var body: ErrorResponse { ErrorResponse(error: .init(message: message, type: type, code: String(status.code))) }
+    var body: ErrorResponse { ErrorResponse(error: .init(message: message, type: type, code: code ?? String(status.code))) }
 
     public func response(from request: Request, context: some RequestContext) throws -> Response {
         var response = JSONBody.response(body, status: status)

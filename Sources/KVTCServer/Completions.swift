@@ -45,6 +45,12 @@ enum Completions {
         return StoreNamespace(tenant: tenant, salt: salt)
     }
 
+    /// Refuses a request that names a model other than the one served (OpenAI's 404); a
+    /// request naming none gets the served model.
+    static func checkModel(_ name: String?, service: KVTCService) throws {
+        if let name, name != service.modelName { throw APIError.modelNotFound(name) }
+    }
+
     /// Refuses a prompt larger than the limit before any tokenization.
     static func checkPromptBytes(_ bytes: Int, service: KVTCService) throws {
         guard bytes <= service.limits.maxPromptBytes else {
@@ -64,6 +70,7 @@ enum Completions {
 
     static func chat(_ body: ChatCompletionRequest, principal: Principal, context: ServerRequestContext,
                      service: KVTCService) async throws -> Response {
+        try checkModel(body.model, service: service)
         guard !body.messages.isEmpty else { throw APIError(.badRequest, "'messages' must not be empty") }
         let p = try parameters(maxTokens: body.maxCompletionTokens ?? body.maxTokens, temperature: body.temperature,
                                topP: body.topP, seed: body.seed, n: body.n, stream: body.stream,
@@ -71,7 +78,8 @@ enum Completions {
         let namespace = try namespace(tenant: principal.tenant, salt: body.cacheSalt)
         try checkPromptBytes(body.messages.reduce(0) { $0 + $1.content.utf8.count }, service: service)
         let model = service.engine.model
-        let tokens = model.tokenizer.encode(model.chatTemplate.prompt(body.messages, addGenerationPrompt: true))
+        let tokens = model.tokenizer.encode(model.chatTemplate.prompt(body.messages, addGenerationPrompt: true),
+                                            addBOS: model.tokenizer.addBOS)
         let request = GenerationRequest(promptTokens: tokens, maxTokens: p.maxTokens, sampling: p.sampling, namespace: namespace)
         let id = identifier("chatcmpl-"), created = Int(Date().timeIntervalSince1970), name = service.modelName
         let deadline = Date().addingTimeInterval(service.limits.requestTimeout)
@@ -101,6 +109,7 @@ enum Completions {
 
     static func text(_ body: CompletionRequest, principal: Principal, context: ServerRequestContext,
                      service: KVTCService) async throws -> Response {
+        try checkModel(body.model, service: service)
         let p = try parameters(maxTokens: body.maxTokens, temperature: body.temperature, topP: body.topP, seed: body.seed,
                                n: body.n, stream: body.stream, streamOptions: body.streamOptions, service: service)
         let namespace = try namespace(tenant: principal.tenant, salt: body.cacheSalt)

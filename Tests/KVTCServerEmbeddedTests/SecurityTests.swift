@@ -55,6 +55,16 @@ func metric(_ text: String, _ series: String) -> Double {
                 #expect(try H.exchange(port: port, method: "GET", path: "/metrics", headers: ["Authorization": "Bearer \(F.aliceKey)"]).status == 200)
                 let models = try H.json(port: port, method: "GET", path: "/v1/models", key: F.bobKey, object: [:] as [String: Any])
                 #expect((models.json?["data"] as? [[String: Any]])?.first?["id"] as? String == "smollm2-135m")
+                #expect(models.json?["object"] as? String == "list")
+                // A model the server does not serve: OpenAI's 404, before any work.
+                let other = try H.json(port: port, path: "/v1/chat/completions", key: F.aliceKey,
+                                       object: ["model": "gpt-4o", "messages": Self.conversation, "max_tokens": 2] as [String: Any])
+                let error = other.json?["error"] as? [String: Any]
+                #expect(other.status == 404 && error?["code"] as? String == "model_not_found"
+                        && error?["type"] as? String == "invalid_request_error", "\(other.status) \(other.text)")
+                let named = try H.json(port: port, path: "/v1/chat/completions", key: F.aliceKey,
+                                       object: ["model": "smollm2-135m", "messages": Self.conversation, "max_tokens": 1] as [String: Any])
+                #expect(named.status == 200)
                 #expect(try chat(port, key: nil, messages: Self.conversation).status == 401)
                 #expect(try chat(port, key: "not-a-key-0123456789", messages: Self.conversation).status == 401)
 
