@@ -65,6 +65,8 @@ public struct KVCache: Sendable, Equatable {
     public let layerAttention: [LayerAttention]
     /// Whether every layer rotates its keys with ``rope`` and sees the whole context.
     public var isUniform: Bool { LayerAttention.areUniform(layerAttention, rope: rope) }
+    /// The rotation of this cache's key rows, layer by layer.
+    public var keyRotation: KeyRotation { KeyRotation(geometry: geometry, layers: layerAttention) }
     /// Absolute position of every token.
     public private(set) var positions: [Int]
     /// Keys, `tokenCount x geometry.featuresPerToken`, rotated.
@@ -92,7 +94,7 @@ public struct KVCache: Sendable, Equatable {
             throw .invalidGeometry("\(geometry)")
         }
         try rope.validate(headDim: geometry.headDim)
-        let layers = layerAttention ?? Array(repeating: LayerAttention(rope: rope), count: geometry.layers)
+        let layers = layerAttention ?? LayerAttention.uniform(rope, layers: geometry.layers)
         guard layers.count == geometry.layers else {
             throw .invalidGeometry("\(layers.count) layers of attention facts for \(geometry.layers) layers")
         }
@@ -130,7 +132,7 @@ public struct KVCache: Sendable, Equatable {
                      "one LayerAttention per layer")
         self.geometry = geometry
         self.rope = rope
-        self.layerAttention = layerAttention ?? Array(repeating: LayerAttention(rope: rope), count: geometry.layers)
+        self.layerAttention = layerAttention ?? LayerAttention.uniform(rope, layers: geometry.layers)
         self.positions = []
         self.keys = []
         self.values = []

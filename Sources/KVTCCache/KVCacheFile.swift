@@ -24,7 +24,10 @@ public enum KVCacheFileError: Error, Equatable, CustomStringConvertible {
 /// Tensors `layers.{l}.key` and `layers.{l}.value` of shape `[kv_heads, tokens, head_dim]` for
 /// every layer, all of one dtype (F16, BF16 or F32); optional `positions` (I64 `[tokens]`).
 /// Metadata: `kvtc.rope_layout` (`interleaved`, `half` or `none`), `kvtc.rope_theta`,
-/// optional `kvtc.rope_dims` and `kvtc.model`. Keys are stored rotated, as the model holds
+/// optional `kvtc.rope_dims` and `kvtc.model`; for a cache whose layers differ in rotation
+/// or window (Gemma 3's sliding and global layers), `kvtc.layer_attention` lists every
+/// layer's as JSON (`[{"rope":{"layout":"half","theta":10000,"rotaryDims":256},"window":512}, ...]`),
+/// while `kvtc.rope_*` give the global layers'. Keys are stored rotated, as the model holds
 /// them. Any other tensor is an error.
 public enum KVCacheFile {
     /// Metadata keys.
@@ -33,6 +36,7 @@ public enum KVCacheFile {
         public static let ropeTheta = "kvtc.rope_theta"
         public static let ropeDims = "kvtc.rope_dims"
         public static let model = "kvtc.model"
+        public static let layerAttention = "kvtc.layer_attention"
     }
 
     /// Encodes a cache as an interchange file.
@@ -46,6 +50,9 @@ public enum KVCacheFile {
         writer.metadata[Key.ropeTheta] = "\(cache.rope.theta)"
         writer.metadata[Key.ropeDims] = "\(cache.rope.rotaryDims)"
         if !cache.model.isEmpty { writer.metadata[Key.model] = cache.model }
+        if !cache.isUniform, let json = try? JSONEncoder().encode(cache.layerAttention) {
+            writer.metadata[Key.layerAttention] = String(decoding: json, as: UTF8.self)
+        }
         for l in 0..<g.layers {
             for (suffix, stream) in [("key", cache.keys), ("value", cache.values)] {
                 var bytes = [UInt8](repeating: 0, count: g.featuresPerLayer * t * dtype.size)
@@ -139,6 +146,13 @@ public enum KVCacheFile {
             dims = v
         }
         let rope = RoPE(layout: layout, theta: theta, rotaryDims: dims)
+        var layerAttention: [LayerAttention]?
+        if let s = file.metadata[Key.layerAttention] {
+            guard let list = try? JSONDecoder().decode([LayerAttention].self, from: Data(s.utf8)), list.count == layers else {
+                throw .layout("metadata \(Key.layerAttention) is not a list of \(layers) layers' RoPE and window")
+            }
+            layerAttention = list
+        }
         var positions = Array(0..<tokens)
         if let e = file.entries["positions"] {
             guard e.dtype == .i64, e.shape == [tokens] else {
@@ -177,7 +191,7 @@ public enum KVCacheFile {
             }
         }
         do {
-            let cache = try KVCache(geometry: geometry, rope: rope, positions: positions, keys: keys,
+            let cache = try KVCache(geometry: geometry, rope: rope, layerAttention: layerAttention, positions: positions, keys: keys,
                                     values: values, model: file.metadata[Key.model] ?? "")
             try cache.validateFinite()
             return cache

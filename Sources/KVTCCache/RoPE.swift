@@ -131,26 +131,3 @@ public struct RoPE: Hashable, Codable, Sendable {
         }
     }
 }
-
-/// What a KV codec must know about one layer's attention: how its keys are rotated and how
-/// far back its queries can see.
-public struct LayerAttention: Sendable, Hashable, Codable {
-    /// The rotation of this layer's keys (layout, base and rotated dimensions).
-    public var rope: RoPE
-    /// The most recent tokens a query of this layer attends to (itself included), or `nil`
-    /// when it attends to the whole context (a global layer).
-    public var window: Int?
-
-    public init(rope: RoPE, window: Int? = nil) {
-        self.rope = rope
-        self.window = window
-    }
-}
-
-extension LayerAttention {
-    /// Whether every layer of `layers` rotates its keys with `rope` and attends to the
-    /// whole context: the uniform case, which formats of version 1 describe with one RoPE.
-    public static func areUniform(_ layers: [LayerAttention], rope: RoPE) -> Bool {
-        layers.allSatisfy { $0.rope == rope && $0.window == nil }
-    }
-}

@@ -30,6 +30,9 @@ struct BlobHeader: Equatable {
     var profileHash: [UInt8]
     var geometry: KVGeometry
     var rope: RoPE
+    /// Every layer's rotation and window when the layers differ (version 3); `nil` when
+    /// every layer uses ``rope`` over the whole context.
+    var layerAttention: [LayerAttention]?
     var tokens: Int
     var leadingProtected: Int
     var trailingProtected: Int
@@ -46,6 +49,10 @@ struct BlobHeader: Equatable {
     var codeCoding: CodeCoding = .packed
 
     var compressedTokens: Int { tokens - leadingProtected - trailingProtected }
+    /// Every layer's rotation and window.
+    var attention: [LayerAttention] { layerAttention ?? LayerAttention.uniform(rope, layers: geometry.layers) }
+    /// The rotation of the keys, layer by layer.
+    var keyRotation: KeyRotation { KeyRotation(geometry: geometry, layers: attention) }
 }
 
 /// One stored chunk of a section.
@@ -72,7 +79,7 @@ struct SectionChunk: Equatable {
 /// lengths, coding, CRC-32 of the stored bytes). Sections are split into chunks of at most
 /// ``chunkLimit`` raw bytes so that DEFLATE runs on both cores in both directions.
 public enum Blob {
-    public static let formatVersion = 2
+    public static let formatVersion = 3
     static let magic = Array("KVTCBLOB".utf8)
     static let chunkLimit = 1 << 20
 
@@ -137,8 +144,15 @@ public enum Blob {
         w.u8(h.explicitPositions ? 1 : 0)
         w.string(h.model)
         let paperTypesOnly = (h.keyPlan.groups + h.valuePlan.groups).allSatisfy { ComponentType.paperTypes.contains($0.type) }
-        let version = chunks.allSatisfy { $0.coding <= 1 } && paperTypesOnly && h.codeCoding == .packed ? 1 : formatVersion
+        let version = h.layerAttention != nil ? 3
+            : chunks.allSatisfy { $0.coding <= 1 } && paperTypesOnly && h.codeCoding == .packed ? 1 : 2
         if version >= 2 { w.u8(h.codeCoding.rawValue) }
+        if let layers = h.layerAttention {
+            for l in layers {
+                w.u8(UInt8(RoPELayout.allCases.firstIndex(of: l.rope.layout)!)); w.f64(l.rope.theta); w.u32(UInt32(l.rope.rotaryDims))
+                w.u32(UInt32(l.window ?? 0))
+            }
+        }
         w.u32(UInt32(chunks.count))
         for c in chunks {
             w.u8(c.kind.rawValue); w.int(c.rawLength); w.int(c.storedLength); w.u8(c.coding); w.u32(c.crc)
@@ -162,7 +176,7 @@ public enum Blob {
         do {
             _ = try r.raw(8)
             let version = Int(try r.u32())
-            guard version == 1 || version == formatVersion else { throw BlobError.unsupportedVersion(version) }
+            guard (1...formatVersion).contains(version) else { throw BlobError.unsupportedVersion(version) }
             let headerLength = Int(try r.u32())
             guard headerLength <= bytes.count - 20 else { throw BlobError.truncated("header needs \(headerLength) bytes") }
             let headerEnd = 16 + headerLength
@@ -191,6 +205,19 @@ public enum Blob {
                 guard let c = CodeCoding(rawValue: try h.u8()) else { throw BlobError.corrupt("code coding") }
                 codeCoding = c
             }
+            var layerAttention: [LayerAttention]?
+            if version >= 3 {
+                var layers: [LayerAttention] = []
+                for _ in 0..<L {
+                    let li = Int(try h.u8())
+                    guard li < RoPELayout.allCases.count else { throw BlobError.corrupt("layer RoPE layout") }
+                    let r = RoPE(layout: RoPELayout.allCases[li], theta: try h.f64(), rotaryDims: Int(try h.u32()))
+                    let w = Int(try h.u32())
+                    do { try r.validate(headDim: d) } catch { throw BlobError.corrupt("layer RoPE: \(error)") }
+                    layers.append(LayerAttention(rope: r, window: w == 0 ? nil : w))
+                }
+                layerAttention = layers
+            }
             let nChunks = Int(try h.u32())
             guard nChunks <= bytes.count else { throw BlobError.corrupt("chunk count") }
             var chunks: [SectionChunk] = []
@@ -205,7 +232,7 @@ public enum Blob {
             }
             guard h.remaining == 0 else { throw BlobError.corrupt("header has trailing bytes") }
             let header = BlobHeader(profileHash: hash, geometry: KVGeometry(layers: L, kvHeads: H, headDim: d), rope: rope,
-                                    tokens: tokens, leadingProtected: lead, trailingProtected: trail, nominalRatio: ratio,
+                                    layerAttention: layerAttention, tokens: tokens, leadingProtected: lead, trailingProtected: trail, nominalRatio: ratio,
                                     keyPlan: kp, valuePlan: vp, protectedEncoding: protectedEncoding, firstPosition: first,
                                     explicitPositions: explicit, model: model, codeCoding: codeCoding)
             let dataStart = headerEnd + 4
@@ -270,6 +297,8 @@ public struct BlobSummary: Codable, Sendable {
     public var profileHash: String
     public var geometry: KVGeometry
     public var rope: RoPE
+    /// Every layer's rotation and window, when they differ (version 3).
+    public var layerAttention: [LayerAttention]?
     public var tokens: Int
     public var leadingExactTokens: Int
     public var trailingExactTokens: Int
@@ -302,7 +331,8 @@ extension Blob {
         let version = Int(bytes[8]) | Int(bytes[9]) << 8 | Int(bytes[10]) << 16 | Int(bytes[11]) << 24
         let coders = Set(chunks.map(\.coding)).sorted().map { $0 == 0 ? "stored" : $0 == 1 ? "deflate" : "zstd" }
         return BlobSummary(formatVersion: version, profileHash: hexString(h.profileHash),
-                           geometry: h.geometry, rope: h.rope, tokens: h.tokens, leadingExactTokens: h.leadingProtected,
+                           geometry: h.geometry, rope: h.rope, layerAttention: h.layerAttention, tokens: h.tokens,
+                           leadingExactTokens: h.leadingProtected,
                            trailingExactTokens: h.trailingProtected, nominalRatio: h.nominalRatio,
                            keyPlan: h.keyPlan.description, valuePlan: h.valuePlan.description,
                            keyBitsPerToken: h.keyPlan.bitsPerToken, valueBitsPerToken: h.valuePlan.bitsPerToken,

@@ -90,14 +90,19 @@ public struct CompressedShape: Sendable, Equatable {
     public var geometry: KVGeometry
     /// The RoPE the keys carry.
     public var rope: RoPE
+    /// Every layer's rotation and window, when the layers differ; `nil` when every layer
+    /// uses ``rope`` over the whole context.
+    public var layerAttention: [LayerAttention]?
     /// Tokens held.
     public var tokens: Int
     /// Position of the first token.
     public var firstPosition: Int?
 
-    public init(geometry: KVGeometry, rope: RoPE, tokens: Int, firstPosition: Int? = nil) {
+    public init(geometry: KVGeometry, rope: RoPE, layerAttention: [LayerAttention]? = nil, tokens: Int,
+                firstPosition: Int? = nil) {
         self.geometry = geometry
         self.rope = rope
+        self.layerAttention = layerAttention
         self.tokens = tokens
         self.firstPosition = firstPosition
     }

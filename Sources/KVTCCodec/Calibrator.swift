@@ -58,9 +58,7 @@ public enum Calibrator {
         for c in caches {
             guard c.geometry == first.geometry else { throw .inconsistent("geometry \(c.geometry) vs \(first.geometry)") }
             guard c.rope == first.rope else { throw .inconsistent("RoPE settings differ") }
-            guard c.isUniform else {
-                throw .inconsistent("the caches' layers differ in RoPE or attention window, which profiles of this version cannot describe")
-            }
+            guard c.layerAttention == first.layerAttention else { throw .inconsistent("per-layer RoPE or attention windows differ") }
         }
         progress?("collecting rows")
         var k = FeatureRows.calibrationRows(caches, skipPositionsBelow: options.protection.sinkTokens, keys: true)
@@ -68,13 +66,15 @@ public enum Calibrator {
         var prov = provenance
         prov.rows = k.count
         return try calibrate(keyRows: &k.rows, valueRows: &v.rows, count: k.count, geometry: first.geometry,
-                             rope: first.rope, options: options, provenance: prov, progress: progress)
+                             rope: first.rope, layerAttention: first.layerAttention, options: options, provenance: prov,
+                             progress: progress)
     }
 
     /// Calibrates from feature rows (keys already un-rotated). The row buffers are used as
     /// scratch space.
     public static func calibrate(keyRows: inout [Float], valueRows: inout [Float], count: Int, geometry: KVGeometry,
-                                 rope: RoPE, options: CalibrationOptions, provenance: Provenance,
+                                 rope: RoPE, layerAttention: [LayerAttention]? = nil, options: CalibrationOptions,
+                                 provenance: Provenance,
                                  progress: ((String) -> Void)? = nil) throws(CalibrationError) -> Profile {
         guard count > 0 else { throw .noRows }
         for r in options.ratios where !(r >= 1 && r <= 1000) { throw .invalidRatio(r) }
@@ -114,7 +114,7 @@ public enum Calibrator {
         var provenance = provenance
         provenance.recipe = options.recipe
         provenance.keyShare = options.keyShare
-        return Profile(geometry: geometry, rope: rope, protection: options.protection, keys: keyFit.0,
+        return Profile(geometry: geometry, rope: rope, layerAttention: layerAttention, protection: options.protection, keys: keyFit.0,
                        values: valueFit.0, plans: plans, provenance: provenance)
     }
 

@@ -10,8 +10,7 @@ public enum FeatureRows {
         cache.keys.withUnsafeBufferPointer { k in
             dst.update(from: k.baseAddress! + tokens.lowerBound * p, count: tokens.count * p)
         }
-        cache.rope.rotate(rows: dst, rowLength: p, positions: Array(cache.positions[tokens]),
-                          headDim: cache.geometry.headDim, inverse: true)
+        cache.keyRotation.rotate(rows: dst, stride: p, columns: 0..<p, positions: Array(cache.positions[tokens]), inverse: true)
     }
 
     /// Rows for calibration from several caches: all tokens whose position is at least

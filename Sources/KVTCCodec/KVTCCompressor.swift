@@ -169,7 +169,7 @@ public struct KVTCCompressor: CacheCompressor {
             sections.append((.positions, w.bytes, true))
         }
         let header = BlobHeader(profileHash: profile.hashBytes, geometry: cache.geometry, rope: cache.rope,
-                                tokens: cache.tokenCount, leadingProtected: lead, trailingProtected: trail,
+                                layerAttention: cache.isUniform ? nil : cache.layerAttention, tokens: cache.tokenCount, leadingProtected: lead, trailingProtected: trail,
                                 nominalRatio: plan.ratio, keyPlan: plan.keys, valuePlan: plan.values,
                                 protectedEncoding: exact, firstPosition: first,
                                 explicitPositions: !contiguous, model: cache.model, codeCoding: codeCoding)
@@ -188,7 +188,7 @@ public struct KVTCCompressor: CacheCompressor {
     /// The blob header's geometry, RoPE and token count (its checksum verified; no chunk inflated).
     public func shape(of bytes: [UInt8]) throws -> CompressedShape? {
         let s = try Blob.summary(of: bytes)
-        return CompressedShape(geometry: s.geometry, rope: s.rope, tokens: s.tokens)
+        return CompressedShape(geometry: s.geometry, rope: s.rope, layerAttention: s.layerAttention, tokens: s.tokens)
     }
 
     public func decompress(_ bytes: [UInt8]) throws(KVTCError) -> KVCache {
@@ -214,7 +214,8 @@ public struct KVTCCompressor: CacheCompressor {
         for (i, result) in opened.enumerated() {
             do {
                 let d = try result!.get()
-                guard d.geometry == cache.geometry, d.header.rope == cache.rope else {
+                guard d.geometry == cache.geometry, d.header.rope == cache.rope,
+                      d.header.attention == cache.layerAttention else {
                     throw KVTCError.cache(.mismatch("blob of \(d.geometry) cannot extend a cache of \(cache.geometry)"))
                 }
                 decoders.append(d)
@@ -258,7 +259,7 @@ public struct LayerwiseDecoder: Sendable {
         guard h.profileHash == profile.hashBytes else {
             throw .blob(.profileMismatch(blob: hexString(h.profileHash), profile: profile.contentHash))
         }
-        guard h.geometry == profile.geometry, h.rope == profile.rope else {
+        guard h.geometry == profile.geometry, h.rope == profile.rope, h.attention == profile.layerAttention else {
             throw .blob(.corrupt("geometry or RoPE differ from the profile it names"))
         }
         guard h.keyPlan.validate(components: profile.keys.basis.rank), h.valuePlan.validate(components: profile.values.basis.rank) else {
@@ -335,7 +336,7 @@ public struct LayerwiseDecoder: Sendable {
         let lead = h.leadingProtected
         (keys ? keyCoefficients : valueCoefficients).withUnsafeBufferPointer { y in
             Self.reconstructCompressed(tables: keys ? keyTables : valueTables, coefficients: y.baseAddress!,
-                                       rows: h.compressedTokens, rope: keys ? h.rope : nil, headDim: h.geometry.headDim,
+                                       rows: h.compressedTokens, rotation: keys ? h.keyRotation : nil,
                                        positions: positions[lead..<(lead + h.compressedTokens)],
                                        columns: columns, into: out + lead * stride, stride: stride)
         }
@@ -355,9 +356,9 @@ public struct LayerwiseDecoder: Sendable {
     }
 
     /// Writes `rows` reconstructed rows `Y * B[:, columns] + mean[columns]` into `out` (row
-    /// stride `stride`), re-applying `rope` (keys) at `positions`.
-    static func reconstructCompressed(tables: StreamTables, coefficients y: UnsafePointer<Float>, rows n: Int, rope: RoPE?,
-                                      headDim: Int, positions: ArraySlice<Int>, columns: Range<Int>,
+    /// stride `stride`), re-applying each layer's rotation (keys) at `positions`.
+    static func reconstructCompressed(tables: StreamTables, coefficients y: UnsafePointer<Float>, rows n: Int,
+                                      rotation: KeyRotation?, positions: ArraySlice<Int>, columns: Range<Int>,
                                       into c: UnsafeMutablePointer<Float>, stride: Int) {
         guard n > 0 else { return }
         let p = tables.dimension
@@ -377,21 +378,7 @@ public struct LayerwiseDecoder: Sendable {
                 }
             }
         }
-        guard let rope else { return }
-        let pos = Array(positions)
-        if stride == width {
-            rope.rotate(rows: c, rowLength: width, positions: pos, headDim: headDim, inverse: false)
-        } else {
-            // Rotate within the strided block: process rows one at a time through a buffer.
-            var buf = [Float](repeating: 0, count: width)
-            for t in 0..<n {
-                buf.withUnsafeMutableBufferPointer { bb in
-                    bb.baseAddress!.update(from: c + t * stride, count: width)
-                    rope.rotate(rows: bb.baseAddress!, rowLength: width, positions: [pos[t]], headDim: headDim, inverse: false)
-                    (c + t * stride).update(from: bb.baseAddress!, count: width)
-                }
-            }
-        }
+        rotation?.rotate(rows: c, stride: stride, columns: columns, positions: Array(positions), inverse: false)
     }
 
     /// Keys and values of layer `l`, each `tokenCount x (kvHeads * headDim)` row-major.
@@ -407,7 +394,8 @@ public struct LayerwiseDecoder: Sendable {
 
     /// The whole cache.
     public func decodeAll() throws(KVTCError) -> KVCache {
-        var cache = KVCache(geometry: header.geometry, rope: header.rope, model: header.model, reservingCapacity: header.tokens)
+        var cache = KVCache(geometry: header.geometry, rope: header.rope, layerAttention: header.layerAttention,
+                            model: header.model, reservingCapacity: header.tokens)
         try decode(appendingTo: &cache)
         return cache
     }
@@ -451,7 +439,7 @@ public struct LayerwiseDecoder: Sendable {
                     }
                     y.withUnsafeBufferPointer { yb in
                         reconstructCompressed(tables: tables, coefficients: yb.baseAddress!, rows: rows,
-                                              rope: keys ? head.header.rope : nil, headDim: g.headDim,
+                                              rotation: keys ? head.header.keyRotation : nil,
                                               positions: positions[...], columns: 0..<p,
                                               into: (keys ? k : v).baseAddress! + out * p, stride: p)
                     }
@@ -466,7 +454,9 @@ public struct LayerwiseDecoder: Sendable {
         guard cache.geometry == header.geometry else {
             throw .cache(.mismatch("geometry \(header.geometry) vs \(cache.geometry)"))
         }
-        guard cache.rope == header.rope else { throw .cache(.mismatch("RoPE settings differ")) }
+        guard cache.rope == header.rope, cache.layerAttention == header.attention else {
+            throw .cache(.mismatch("RoPE settings differ"))
+        }
         let p = header.geometry.featuresPerToken
         let first = cache.appendZeroedTokens(positions: positions)
         cache.withMutableStreams { k, v in

@@ -117,7 +117,7 @@ public enum ProfileError: Error, Equatable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .notAProfile: return "not a kvtc profile (bad magic)"
-        case .unsupportedVersion(let v): return "profile format version \(v) is not supported (this build reads version \(Profile.formatVersion))"
+        case .unsupportedVersion(let v): return "profile format version \(v) is not supported (this build reads versions 1 to \(Profile.formatVersion))"
         case .corrupt(let m): return "profile is corrupt: \(m)"
         case .mismatch(let m): return "profile does not fit the cache: \(m)"
         case .unknownRatio(let r, let a): return "profile has no plan for ratio \(Profile.formatRatio(r)); available: \(a.map { Profile.formatRatio($0) }.joined(separator: ", "))"
@@ -131,12 +131,17 @@ public enum ProfileError: Error, Equatable, CustomStringConvertible {
 /// A profile is immutable and identified by ``contentHash``, the SHA-256 of its encoding;
 /// blobs record that hash and refuse to decode with any other profile.
 public struct Profile: Sendable {
-    /// Version of the file format written by ``encoded()``.
-    public static let formatVersion = 1
+    /// Newest version of the file format written by ``encoded()``: 2 for profiles whose
+    /// layers differ in rotation or window (the header lists every layer's), 1 otherwise
+    /// (byte for byte as before, so uniform profiles keep their hashes).
+    public static let formatVersion = 2
     static let magic = Array("KVTCPRF\u{1}".utf8)
 
     public let geometry: KVGeometry
     public let rope: RoPE
+    /// Every layer's rotation and window (all ``rope`` over the whole context for a
+    /// uniform model).
+    public let layerAttention: [LayerAttention]
     public let protection: Protection
     public let keys: StreamTransform
     public let values: StreamTransform
@@ -149,8 +154,8 @@ public struct Profile: Sendable {
     public let hashBytes: [UInt8]
 
     /// Builds a profile, truncating each basis to the components its plans use.
-    public init(geometry: KVGeometry, rope: RoPE, protection: Protection, keys: StreamTransform,
-                values: StreamTransform, plans: [RatioPlan], provenance: Provenance) {
+    public init(geometry: KVGeometry, rope: RoPE, layerAttention: [LayerAttention]? = nil, protection: Protection,
+                keys: StreamTransform, values: StreamTransform, plans: [RatioPlan], provenance: Provenance) {
         let kUsed = plans.map(\.keys.componentsUsed).max() ?? 0
         let vUsed = plans.map(\.values.componentsUsed).max() ?? 0
         var k = keys, v = values
@@ -158,13 +163,15 @@ public struct Profile: Sendable {
         v.basis = values.basis.truncated(to: vUsed)
         self.geometry = geometry
         self.rope = rope
+        let layers = layerAttention ?? LayerAttention.uniform(rope, layers: geometry.layers)
+        self.layerAttention = layers
         self.protection = protection
         self.keys = k
         self.values = v
         self.plans = plans.sorted { $0.ratio < $1.ratio }
         self.provenance = provenance
-        let body = Profile.encodeBody(geometry: geometry, rope: rope, protection: protection, keys: k, values: v,
-                                      plans: self.plans, provenance: provenance)
+        let body = Profile.encodeBody(geometry: geometry, rope: rope, layers: layers, protection: protection, keys: k,
+                                      values: v, plans: self.plans, provenance: provenance)
         let digest = Array(SHA256.hash(data: body))
         self.hashBytes = digest
         self.contentHash = hexString(digest)
@@ -186,8 +193,8 @@ public struct Profile: Sendable {
         guard cache.rope == rope else {
             throw .mismatch("cache RoPE \(cache.rope.layout.rawValue) theta \(cache.rope.theta) dims \(cache.rope.rotaryDims), profile RoPE \(rope.layout.rawValue) theta \(rope.theta) dims \(rope.rotaryDims)")
         }
-        guard cache.isUniform else {
-            throw .mismatch("the cache's layers differ in RoPE or attention window, which profiles of this version cannot describe")
+        guard cache.layerAttention == layerAttention else {
+            throw .mismatch("the cache's per-layer RoPE or attention windows differ from the profile's")
         }
     }
 
@@ -208,6 +215,8 @@ public struct Profile: Sendable {
     private struct Header: Codable {
         var geometry: KVGeometry
         var rope: RoPE
+        /// Every layer's rotation and window, present only when they differ (version 2).
+        var layerAttention: [LayerAttention]?
         var protection: Protection
         var plans: [RatioPlan]
         var provenance: Provenance
@@ -217,9 +226,12 @@ public struct Profile: Sendable {
         var valuesTotalVariance: Double
     }
 
-    private static func encodeBody(geometry: KVGeometry, rope: RoPE, protection: Protection, keys: StreamTransform,
-                                   values: StreamTransform, plans: [RatioPlan], provenance: Provenance) -> [UInt8] {
-        let header = Header(geometry: geometry, rope: rope, protection: protection, plans: plans, provenance: provenance,
+    private static func encodeBody(geometry: KVGeometry, rope: RoPE, layers: [LayerAttention], protection: Protection,
+                                   keys: StreamTransform, values: StreamTransform, plans: [RatioPlan],
+                                   provenance: Provenance) -> [UInt8] {
+        let uniform = LayerAttention.areUniform(layers, rope: rope)
+        let header = Header(geometry: geometry, rope: rope, layerAttention: uniform ? nil : layers, protection: protection,
+                            plans: plans, provenance: provenance,
                             keysRank: keys.basis.rank, valuesRank: values.basis.rank,
                             keysTotalVariance: keys.basis.totalVariance, valuesTotalVariance: values.basis.totalVariance)
         let encoder = JSONEncoder()
@@ -227,7 +239,7 @@ public struct Profile: Sendable {
         let json = Array(try! encoder.encode(header))
         var w = ByteWriter()
         w.raw(magic)
-        w.u32(UInt32(formatVersion))
+        w.u32(uniform ? 1 : 2)
         w.u32(UInt32(json.count))
         w.raw(json)
         for s in [keys, values] {
@@ -242,8 +254,8 @@ public struct Profile: Sendable {
 
     /// The profile file's bytes.
     public func encoded() -> [UInt8] {
-        var body = Profile.encodeBody(geometry: geometry, rope: rope, protection: protection, keys: keys, values: values,
-                                      plans: plans, provenance: provenance)
+        var body = Profile.encodeBody(geometry: geometry, rope: rope, layers: layerAttention, protection: protection,
+                                      keys: keys, values: values, plans: plans, provenance: provenance)
         body.append(contentsOf: hashBytes)
         return body
     }
@@ -257,7 +269,7 @@ public struct Profile: Sendable {
         do {
             _ = try r.raw(8)
             let version = Int(try r.u32())
-            guard version == Profile.formatVersion else { throw ProfileError.unsupportedVersion(version) }
+            guard (1...Profile.formatVersion).contains(version) else { throw ProfileError.unsupportedVersion(version) }
             guard Array(SHA256.hash(data: body)) == stored else { throw ProfileError.corrupt("content hash does not match") }
             let n = Int(try r.u32())
             let json = try r.raw(n)
@@ -286,8 +298,16 @@ public struct Profile: Sendable {
                     throw ProfileError.corrupt("plan for \(plan.ratio)x uses components the basis lacks")
                 }
             }
+            if let layers = h.layerAttention {
+                guard version >= 2, layers.count == h.geometry.layers else { throw ProfileError.corrupt("per-layer attention") }
+                for l in layers {
+                    do { try l.rope.validate(headDim: h.geometry.headDim) } catch { throw ProfileError.corrupt("layer RoPE: \(error)") }
+                    if let w = l.window, w < 1 { throw ProfileError.corrupt("attention window \(w)") }
+                }
+            }
             self.geometry = h.geometry
             self.rope = h.rope
+            self.layerAttention = h.layerAttention ?? LayerAttention.uniform(h.rope, layers: h.geometry.layers)
             self.protection = h.protection
             self.keys = streams[0]
             self.values = streams[1]

@@ -4,9 +4,11 @@ import KVTCCodec
 import KVTCNumerics
 
 extension KVCache {
-    /// The same numbers labelled with other RoPE settings (no rotation is applied).
-    public func relabeled(rope newRoPE: RoPE) throws -> KVCache {
-        try KVCache(geometry: geometry, rope: newRoPE, positions: positions, keys: keys, values: values, model: model)
+    /// The same numbers labelled with other RoPE settings (no rotation is applied); every
+    /// layer `newRoPE` over the whole context unless `layerAttention` says otherwise.
+    public func relabeled(rope newRoPE: RoPE, layerAttention: [LayerAttention]? = nil) throws -> KVCache {
+        try KVCache(geometry: geometry, rope: newRoPE, layerAttention: layerAttention, positions: positions, keys: keys,
+                    values: values, model: model)
     }
 
     /// One layer as a cache of its own (geometry with one layer).
@@ -16,12 +18,13 @@ extension KVCache {
         for t in 0..<tokenCount {
             for i in 0..<f { k[t * f + i] = keys[t * p + l * f + i]; v[t * f + i] = values[t * p + l * f + i] }
         }
-        return try KVCache(geometry: KVGeometry(layers: 1, kvHeads: g.kvHeads, headDim: g.headDim), rope: rope,
+        return try KVCache(geometry: KVGeometry(layers: 1, kvHeads: g.kvHeads, headDim: g.headDim),
+                           rope: layerAttention[l].rope, layerAttention: [layerAttention[l]],
                            positions: positions, keys: k, values: v, model: model)
     }
 
-    /// Reassembles per-layer caches into one.
-    public static func stacking(layers: [KVCache]) throws -> KVCache {
+    /// Reassembles per-layer caches into one, whose RoPE is `rope` (the layers keep theirs).
+    public static func stacking(layers: [KVCache], rope: RoPE) throws -> KVCache {
         let first = layers[0]
         let f = first.geometry.featuresPerLayer, L = layers.count, p = f * L, n = first.tokenCount
         var k = [Float](repeating: 0, count: n * p), v = k
@@ -29,7 +32,8 @@ extension KVCache {
             for t in 0..<n { for i in 0..<f { k[t * p + l * f + i] = c.keys[t * f + i]; v[t * p + l * f + i] = c.values[t * f + i] } }
         }
         return try KVCache(geometry: KVGeometry(layers: L, kvHeads: first.geometry.kvHeads, headDim: first.geometry.headDim),
-                           rope: first.rope, positions: first.positions, keys: k, values: v, model: first.model)
+                           rope: rope, layerAttention: layers.flatMap(\.layerAttention), positions: first.positions,
+                           keys: k, values: v, model: first.model)
     }
 }
 
@@ -38,12 +42,15 @@ extension KVCache {
 public struct RoPEBlindCompressor: CacheCompressor {
     public let inner: KVTCCompressor
     public let rope: RoPE
+    /// The model's per-layer rotations and windows, restored on the decoded caches.
+    public let layerAttention: [LayerAttention]?
     public var method: String { "kvtc-no-rope-removal" }
     public var setting: String { inner.setting }
 
-    public init(inner: KVTCCompressor, rope: RoPE) {
+    public init(inner: KVTCCompressor, rope: RoPE, layerAttention: [LayerAttention]? = nil) {
         self.inner = inner
         self.rope = rope
+        self.layerAttention = layerAttention
     }
 
     /// Calibrates the ablation's profile from caches (their keys are taken as rotated).
@@ -60,7 +67,7 @@ public struct RoPEBlindCompressor: CacheCompressor {
     }
 
     public func decompress(_ bytes: [UInt8]) throws -> KVCache {
-        try inner.decompress(bytes).relabeled(rope: rope)
+        try inner.decompress(bytes).relabeled(rope: rope, layerAttention: layerAttention)
     }
 }
 
@@ -110,7 +117,9 @@ public struct PerLayerCompressor: CacheCompressor {
             parts.append(try c.decompress(Array(bytes[try r.take(n)])))
         }
         try r.finish()
-        return try KVCache.stacking(layers: parts)
+        // The whole cache's RoPE is its global layers' (every layer's, for a uniform model).
+        let rope = parts.first { $0.layerAttention[0].window == nil }?.rope ?? parts[0].rope
+        return try KVCache.stacking(layers: parts, rope: rope)
     }
 }
 

@@ -40,6 +40,8 @@ public protocol MiddleCodec: Sendable {
 public struct MiddleTemplate: Sendable {
     public var geometry: KVGeometry
     public var rope: RoPE
+    /// Every layer's rotation and window.
+    public var layerAttention: [LayerAttention]
     public var positions: [Int]
     public var model: String
 }
@@ -65,6 +67,8 @@ public struct ProtectedCompressor<Codec: MiddleCodec>: CacheCompressor {
         var setting: String
         var geometry: KVGeometry
         var rope: RoPE
+        /// Every layer's rotation and window, present only when they differ.
+        var layerAttention: [LayerAttention]?
         var tokens: Int
         /// Positions are `firstPosition + i` unless listed explicitly.
         var firstPosition: Int
@@ -97,7 +101,7 @@ public struct ProtectedCompressor<Codec: MiddleCodec>: CacheCompressor {
         }
         let exact = w.bytes
         let header = Header(method: codec.method, setting: codec.setting, geometry: cache.geometry, rope: cache.rope,
-                            tokens: cache.tokenCount, firstPosition: cache.positions.first ?? 0,
+                            layerAttention: cache.isUniform ? nil : cache.layerAttention, tokens: cache.tokenCount, firstPosition: cache.positions.first ?? 0,
                             explicitPositions: cache.firstNonConsecutivePosition == nil ? nil : cache.positions,
                             model: cache.model, lead: lead, trail: trail,
                             middleBytes: payload.count, exactBytes: exact.count)
@@ -146,7 +150,9 @@ public struct ProtectedCompressor<Codec: MiddleCodec>: CacheCompressor {
         let start = 12 + hl
         let payload = Array(bytes[start..<(start + header.middleBytes)])
         let n = header.positions.count - exactTokens
-        let template = MiddleTemplate(geometry: header.geometry, rope: header.rope,
+        let attention = header.layerAttention ?? LayerAttention.uniform(header.rope, layers: header.geometry.layers)
+        guard attention.count == header.geometry.layers else { throw BaselineError.corrupt("per-layer attention") }
+        let template = MiddleTemplate(geometry: header.geometry, rope: header.rope, layerAttention: attention,
                                       positions: Array(header.positions[header.lead..<(header.lead + n)]), model: header.model)
         let middle = try codec.decode(payload, template: template)
         var e = start + header.middleBytes
@@ -160,7 +166,7 @@ public struct ProtectedCompressor<Codec: MiddleCodec>: CacheCompressor {
         let positions = Array(header.positions[0..<header.lead]) + middle.positions
             + Array(header.positions[(header.lead + n)...])
         do {
-            return try KVCache(geometry: header.geometry, rope: header.rope, positions: positions,
+            return try KVCache(geometry: header.geometry, rope: header.rope, layerAttention: attention, positions: positions,
                                keys: leadK + middle.keys + trailK, values: leadV + middle.values + trailV, model: header.model)
         } catch { throw BaselineError.corrupt("\(error)") }
     }

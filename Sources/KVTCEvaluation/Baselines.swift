@@ -59,7 +59,7 @@ public struct FP8Codec: MiddleCodec {
             streams.append(s)
         }
         try r.finish()
-        return try KVCache(geometry: g, rope: template.rope, positions: template.positions, keys: streams[0], values: streams[1], model: template.model)
+        return try KVCache(geometry: g, rope: template.rope, layerAttention: template.layerAttention, positions: template.positions, keys: streams[0], values: streams[1], model: template.model)
     }
 }
 
@@ -102,7 +102,7 @@ public struct PerTokenIntCodec: MiddleCodec {
             }
             streams.append(s)
         }
-        return try KVCache(geometry: g, rope: template.rope, positions: template.positions, keys: streams[0], values: streams[1], model: template.model)
+        return try KVCache(geometry: g, rope: template.rope, layerAttention: template.layerAttention, positions: template.positions, keys: streams[0], values: streams[1], model: template.model)
     }
 }
 
@@ -171,7 +171,7 @@ public struct KIVICodec: MiddleCodec {
         keys.replaceSubrange((full * p)..<(n * p), with: ExactRowEncoding.fp16.decode(try take(residual)))
         values.replaceSubrange((full * p)..<(n * p), with: ExactRowEncoding.fp16.decode(try take(residual)))
         guard o == bytes.count else { throw BaselineError.corrupt("payload has trailing bytes") }
-        return try KVCache(geometry: g, rope: template.rope, positions: template.positions, keys: keys, values: values, model: template.model)
+        return try KVCache(geometry: g, rope: template.rope, layerAttention: template.layerAttention, positions: template.positions, keys: keys, values: values, model: template.model)
     }
 }
 
@@ -243,7 +243,7 @@ public struct EvictionCodec: MiddleCodec {
         for _ in 0..<2 {
             streams.append(ExactRowEncoding.fp16.decode(bytes[try r.take(ExactRowEncoding.fp16.byteCount(values: count * p))]))
         }
-        return try KVCache(geometry: template.geometry, rope: template.rope, positions: idx.map { template.positions[$0] },
+        return try KVCache(geometry: template.geometry, rope: template.rope, layerAttention: template.layerAttention, positions: idx.map { template.positions[$0] },
                            keys: streams[0], values: streams[1], model: template.model)
     }
 }
@@ -258,7 +258,7 @@ public struct DropAllCodec: MiddleCodec {
     public func encode(middle: KVCache, context: KVCache) throws -> [UInt8] { [] }
     public func decode(_ bytes: [UInt8], template: MiddleTemplate) throws -> KVCache {
         guard bytes.isEmpty else { throw BaselineError.corrupt("payload") }
-        return try KVCache(geometry: template.geometry, rope: template.rope, positions: [], keys: [], values: [], model: template.model)
+        return try KVCache(geometry: template.geometry, rope: template.rope, layerAttention: template.layerAttention, positions: [], keys: [], values: [], model: template.model)
     }
 }
 
@@ -280,7 +280,7 @@ public struct FP16Codec: MiddleCodec {
         let n = template.positions.count * template.geometry.featuresPerToken
         guard bytes.count == 2 * ExactRowEncoding.fp16.byteCount(values: n) else { throw BaselineError.corrupt("payload length") }
         let all = ExactRowEncoding.fp16.decode(bytes[...])
-        return try KVCache(geometry: template.geometry, rope: template.rope, positions: template.positions,
+        return try KVCache(geometry: template.geometry, rope: template.rope, layerAttention: template.layerAttention, positions: template.positions,
                            keys: Array(all[0..<n]), values: Array(all[n...]), model: template.model)
     }
 }

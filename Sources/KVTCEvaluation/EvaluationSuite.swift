@@ -112,7 +112,8 @@ public struct EvaluationSuite {
             case .noRoPERemoval:
                 // The paper's ablations change one thing of the paper's recipe.
                 let blind = try profile("kvtc-no-rope", options: paperOptions) { c, o, p in try RoPEBlindCompressor.calibrate(caches: c, options: o, provenance: p, progress: progress) }
-                out += try ratios.map { RoPEBlindCompressor(inner: try KVTCCompressor(profile: blind, ratio: $0, protection: protection), rope: model.rope) }
+                out += try ratios.map { RoPEBlindCompressor(inner: try KVTCCompressor(profile: blind, ratio: $0, protection: protection), rope: model.rope,
+                                                             layerAttention: model.layerAttention) }
             case .perLayerPCA:
                 let profiles = try perLayerProfiles(caches: caches, progress: progress)
                 out += try ratios.map { r in PerLayerCompressor(layers: try profiles.map { try KVTCCompressor(profile: $0, ratio: r, protection: protection) }) }

@@ -42,7 +42,7 @@ public enum StoreFactory {
     }
 
     /// The shape every entry of `model`'s store must declare.
-    static func shape(_ model: any LanguageModel) -> CacheShape { CacheShape(geometry: model.geometry, rope: model.rope) }
+    static func shape(_ model: any LanguageModel) -> CacheShape { CacheShape(geometry: model.geometry, rope: model.rope, layerAttention: model.layerAttention) }
 
     /// A KVTC store over `tiers` for `model`'s caches compressed with `profile` at `ratio`.
     public static func kvtcStore(model: any LanguageModel, profile: Profile, ratio: Double, tiers: [any CacheTier],

@@ -129,10 +129,24 @@ public enum InvalidEntryReason: String, Sendable, CaseIterable, Codable {
 public struct CacheShape: Sendable, Hashable {
     public var geometry: KVGeometry
     public var rope: RoPE
+    /// Every layer's rotation and window.
+    public var layerAttention: [LayerAttention]
 
-    public init(geometry: KVGeometry, rope: RoPE) {
+    public init(geometry: KVGeometry, rope: RoPE, layerAttention: [LayerAttention]? = nil) {
         self.geometry = geometry
         self.rope = rope
+        self.layerAttention = layerAttention ?? LayerAttention.uniform(rope, layers: geometry.layers)
+    }
+
+    /// Whether a piece declaring `declared` holds caches of this shape.
+    func admits(_ declared: CompressedShape) -> Bool {
+        declared.geometry == geometry && declared.rope == rope
+            && (declared.layerAttention ?? LayerAttention.uniform(declared.rope, layers: declared.geometry.layers)) == layerAttention
+    }
+
+    /// Whether `cache` has this shape.
+    func admits(_ cache: KVCache) -> Bool {
+        cache.geometry == geometry && cache.rope == rope && cache.layerAttention == layerAttention
     }
 }
 
@@ -295,7 +309,7 @@ public final class CacheStore: Sendable {
     /// before anything in it is inflated or decoded.
     private func checkDeclared(_ declared: CompressedShape?, tokens: Int, first: Int) -> InvalidEntryReason? {
         guard let declared else { return nil }
-        if let shape, declared.geometry != shape.geometry || declared.rope != shape.rope { return .geometry }
+        if let shape, !shape.admits(declared) { return .geometry }
         guard declared.tokens == tokens else { return .shape }
         if declared.tokens > 0, let p = declared.firstPosition, p != first { return .shape }
         return nil
@@ -354,11 +368,12 @@ public final class CacheStore: Sendable {
         var cache: KVCache
         var pieces = payloads[...]
         if let tailRows {
-            cache = KVCache(geometry: tailRows.geometry, rope: tailRows.rope, model: tailRows.model, reservingCapacity: max(capacity, t))
+            cache = KVCache(geometry: tailRows.geometry, rope: tailRows.rope, layerAttention: tailRows.layerAttention,
+                            model: tailRows.model, reservingCapacity: max(capacity, t))
         } else if let head = pieces.popFirst() {
             // A chunk-only match: the first chunk gives the geometry.
             do { cache = try codec.decompress(head) } catch { await drop(match.chunkKeys[0], .decode); return nil }
-            if let shape, cache.geometry != shape.geometry || cache.rope != shape.rope {
+            if let shape, !shape.admits(cache) {
                 await drop(match.chunkKeys[0], .geometry)
                 return nil
             }
@@ -403,7 +418,7 @@ public final class CacheStore: Sendable {
                       superseding: StoreKey? = nil) async throws(StoreError) -> StoreReceipt {
         let clock = Date()
         let chain = self.chain(for: namespace)
-        if let shape, cache.geometry != shape.geometry || cache.rope != shape.rope {
+        if let shape, !shape.admits(cache) {
             throw .mismatch("a cache of \(cache.geometry) is not this store's \(shape.geometry)")
         }
         let t = tokens.count
@@ -493,7 +508,7 @@ public final class CacheStore: Sendable {
             guard decoded.tokenCount == entry.tokens.count, decoded.positions.first == entry.start else {
                 throw .invalidEntry("payload holds \(decoded.tokenCount) tokens from \(decoded.positions.first ?? -1)")
             }
-            if let shape, decoded.geometry != shape.geometry || decoded.rope != shape.rope {
+            if let shape, !shape.admits(decoded) {
                 throw .invalidEntry("payload geometry \(decoded.geometry) is not this store's")
             }
             do { try decoded.validateFinite() } catch { throw .invalidEntry(error.description) }

@@ -29,6 +29,9 @@ public enum ExactPrecision: String, Sendable, Codable, CaseIterable {
 /// model string | keys | values. Positions are contiguous from the first one.
 public enum ExactRows {
     static let magic = Array("KVTCEXR1".utf8)
+    /// Rows of a cache whose layers differ in rotation or window: the header lists every
+    /// layer's after the RoPE (layout, theta, rotary dims, window or 0).
+    static let magicPerLayer = Array("KVTCEXR2".utf8)
 
     /// Encodes `cache`, whose positions must be contiguous.
     public static func encode(_ cache: KVCache, precision: ExactPrecision) throws(StoreError) -> [UInt8] {
@@ -38,13 +41,19 @@ public enum ExactRows {
         let g = cache.geometry
         let n = cache.tokenCount * g.featuresPerToken
         var s = ByteWriter(capacity: 128 + 2 * encoding.byteCount(values: n))
-        s.raw(magic)
+        let uniform = cache.isUniform
+        s.raw(uniform ? magic : magicPerLayer)
         s.u8(UInt8(encoding.bits))
         for v in [g.layers, g.kvHeads, g.headDim, cache.tokenCount] { s.u32(UInt32(v)) }
         s.u64(UInt64(first))
         s.string(cache.rope.layout.rawValue)
         s.f64(cache.rope.theta)
         s.u32(UInt32(cache.rope.rotaryDims))
+        if !uniform {
+            for l in cache.layerAttention {
+                s.string(l.rope.layout.rawValue); s.f64(l.rope.theta); s.u32(UInt32(l.rope.rotaryDims)); s.u32(UInt32(l.window ?? 0))
+            }
+        }
         s.string(cache.model)
         encoding.append(cache.keys[...], to: &s)
         encoding.append(cache.values[...], to: &s)
@@ -56,6 +65,8 @@ public enum ExactRows {
         var encoding: ExactRowEncoding
         var geometry: KVGeometry
         var rope: RoPE
+        /// Every layer's rotation and window (`KVTCEXR2`), or `nil` for a uniform cache.
+        var layerAttention: [LayerAttention]?
         var model: String
         var firstPosition: Int
         var tokens: Int
@@ -66,7 +77,8 @@ public enum ExactRows {
     static func header(_ bytes: [UInt8]) throws(StoreError) -> Header {
         var r = ByteReader(bytes)
         do {
-            guard try r.raw(8) == magic else { throw StoreError.invalidEntry("not exact rows") }
+            let m = try r.raw(8)
+            guard m == magic || m == magicPerLayer else { throw StoreError.invalidEntry("not exact rows") }
             let bits = Int(try r.u8())
             guard let encoding = ExactRowEncoding(rawValue: bits) else { throw StoreError.invalidEntry("precision \(bits) bits") }
             let layers = Int(try r.u32()), heads = Int(try r.u32()), dim = Int(try r.u32()), tokens = Int(try r.u32())
@@ -74,18 +86,30 @@ public enum ExactRows {
             guard let layout = RoPELayout(rawValue: try r.string()) else { throw StoreError.invalidEntry("RoPE layout") }
             let theta = try r.f64()
             let rotary = Int(try r.u32())
-            let model = try r.string()
             let g = KVGeometry(layers: layers, kvHeads: heads, headDim: dim)
             guard layers > 0, heads > 0, dim > 0, g.featuresPerToken < 1 << 24, first < 1 << 40 else {
                 throw StoreError.invalidEntry("geometry \(g)")
             }
+            var layerAttention: [LayerAttention]?
+            if m == magicPerLayer {
+                var list: [LayerAttention] = []
+                for _ in 0..<layers {
+                    guard let layout = RoPELayout(rawValue: try r.string()) else { throw StoreError.invalidEntry("layer RoPE layout") }
+                    let lr = RoPE(layout: layout, theta: try r.f64(), rotaryDims: Int(try r.u32()))
+                    let w = Int(try r.u32())
+                    do { try lr.validate(headDim: dim) } catch { throw StoreError.invalidEntry(error.description) }
+                    list.append(LayerAttention(rope: lr, window: w == 0 ? nil : w))
+                }
+                layerAttention = list
+            }
+            let model = try r.string()
             let rope = RoPE(layout: layout, theta: theta, rotaryDims: rotary)
             do { try rope.validate(headDim: dim) } catch { throw StoreError.invalidEntry(error.description) }
             let n = tokens * g.featuresPerToken
             guard r.remaining == 2 * encoding.byteCount(values: n) else {
                 throw StoreError.invalidEntry("exact rows hold \(r.remaining) bytes, expected \(2 * encoding.byteCount(values: n))")
             }
-            return Header(encoding: encoding, geometry: g, rope: rope, model: model, firstPosition: first, tokens: tokens,
+            return Header(encoding: encoding, geometry: g, rope: rope, layerAttention: layerAttention, model: model, firstPosition: first, tokens: tokens,
                           dataStart: bytes.count - r.remaining)
         } catch let e as StoreError {
             throw e
@@ -97,13 +121,15 @@ public enum ExactRows {
     /// What the rows declare (their header, checked against their length), without decoding.
     public static func shape(of bytes: [UInt8]) throws(StoreError) -> CompressedShape {
         let h = try header(bytes)
-        return CompressedShape(geometry: h.geometry, rope: h.rope, tokens: h.tokens, firstPosition: h.firstPosition)
+        return CompressedShape(geometry: h.geometry, rope: h.rope, layerAttention: h.layerAttention, tokens: h.tokens,
+                               firstPosition: h.firstPosition)
     }
 
     /// Decodes bytes made by ``encode(_:precision:)``.
     public static func decode(_ bytes: [UInt8]) throws(StoreError) -> KVCache {
         let h = try header(bytes)
-        var cache = KVCache(geometry: h.geometry, rope: h.rope, model: h.model, reservingCapacity: h.tokens)
+        var cache = KVCache(geometry: h.geometry, rope: h.rope, layerAttention: h.layerAttention, model: h.model,
+                            reservingCapacity: h.tokens)
         try append(bytes, header: h, to: &cache)
         return cache
     }
@@ -112,7 +138,8 @@ public enum ExactRows {
     /// their geometry and RoPE. On error `cache` is unchanged.
     public static func decode(_ bytes: [UInt8], appendingTo cache: inout KVCache) throws(StoreError) {
         let h = try header(bytes)
-        guard h.geometry == cache.geometry, h.rope == cache.rope else {
+        guard h.geometry == cache.geometry, h.rope == cache.rope,
+              (h.layerAttention ?? LayerAttention.uniform(h.rope, layers: h.geometry.layers)) == cache.layerAttention else {
             throw .mismatch("exact rows of \(h.geometry) cannot extend a cache of \(cache.geometry)")
         }
         try append(bytes, header: h, to: &cache)
