@@ -21,6 +21,36 @@ private func sampleCache(tokens: Int = 5, layout: RoPELayout = .interleaved) -> 
         #expect(back == cache)
     }
 
+    /// A hybrid model's cache (layers with their own RoPE and window) keeps every layer's
+    /// facts through the file; a uniform cache's file has no per-layer metadata; damaged
+    /// per-layer metadata is a typed error.
+    @Test func perLayerAttentionRoundTrips() throws {
+        let u = sampleCache()
+        let layers = [LayerAttention(rope: RoPE(layout: .half, theta: 10000, rotaryDims: 4), window: 3),
+                      LayerAttention(rope: RoPE(layout: .half, theta: 1_000_000, rotaryDims: 4))]
+        let hybrid = try KVCache(geometry: u.geometry, rope: layers[1].rope, layerAttention: layers, positions: u.positions,
+                                 keys: u.keys, values: u.values, model: "unit")
+        #expect(!hybrid.isUniform && u.isUniform)
+        let file = try SafetensorsFile(bytes: KVCacheFile.encode(hybrid))
+        #expect(file.metadata[KVCacheFile.Key.layerAttention] != nil)
+        #expect(try KVCacheFile.decode(file) == hybrid)
+        #expect(try SafetensorsFile(bytes: KVCacheFile.encode(u)).metadata[KVCacheFile.Key.layerAttention] == nil)
+        var writer = SafetensorsWriter()
+        let original = try SafetensorsFile(bytes: KVCacheFile.encode(hybrid, dtype: .f32))
+        for (k, v) in original.metadata { writer.metadata[k] = v }
+        writer.metadata[KVCacheFile.Key.layerAttention] = "[{\"rope\":{\"layout\":\"half\"}}]"
+        for name in original.entries.keys.sorted() {
+            let e = original.entries[name]!
+            writer.add(name, dtype: e.dtype, shape: e.shape, bytes: Array(try original.rawBytes(of: name)))
+        }
+        #expect(throws: KVCacheFileError.self) { _ = try KVCacheFile.decode(SafetensorsFile(bytes: writer.encoded())) }
+        // A cache cannot claim attention facts for another number of layers.
+        #expect(throws: KVCacheError.self) {
+            _ = try KVCache(geometry: u.geometry, rope: u.rope, layerAttention: [layers[0]], positions: u.positions,
+                            keys: u.keys, values: u.values)
+        }
+    }
+
     @Test func layoutIsHeadsTokensDim() throws {
         let cache = sampleCache(tokens: 3)
         let file = try SafetensorsFile(bytes: KVCacheFile.encode(cache, dtype: .f32))

@@ -22,6 +22,9 @@ public struct SyntheticCacheBuilder: Sendable {
     public var valueFactorShift: Int
     /// Whether keys and values are rounded to fp16, as a model's cache is stored.
     public var roundsToFP16: Bool
+    /// Every layer's rotation and window, for a hybrid model's cache (`nil`: every layer
+    /// uses ``rope``).
+    public var layerAttention: [LayerAttention]?
 
     public init(geometry: KVGeometry, rope: RoPE, factors: Int, mixingSeed: UInt64, keyBias: Float = 0,
                 noise: Float, valueFactorShift: Int, roundsToFP16: Bool) {
@@ -55,13 +58,15 @@ public struct SyntheticCacheBuilder: Sendable {
             }
         }
         let positions = (0..<tokens).map { firstPosition + $0 }
+        let rotation = KeyRotation(geometry: geometry, layers: layerAttention ?? LayerAttention.uniform(rope, layers: geometry.layers))
         keys.withUnsafeMutableBufferPointer {
-            rope.rotate(rows: $0.baseAddress!, rowLength: p, positions: positions, headDim: geometry.headDim, inverse: false)
+            rotation.rotate(rows: $0.baseAddress!, stride: p, columns: 0..<p, positions: positions, inverse: false)
         }
         if roundsToFP16 {
             keys = keys.map { Float(Float16($0)) }
             values = values.map { Float(Float16($0)) }
         }
-        return try! KVCache(geometry: geometry, rope: rope, positions: positions, keys: keys, values: values, model: model)
+        return try! KVCache(geometry: geometry, rope: rope, layerAttention: layerAttention, positions: positions, keys: keys,
+                            values: values, model: model)
     }
 }
