@@ -6,12 +6,14 @@ import Testing
 /// The shared attention kernel against a direct computation, with and without a window.
 @Suite struct AttentionTests {
     /// `softmax(scale q.k) v` over the keys query `t` may see, in double precision.
-    func reference(q: [Float], k: [Float], v: [Float], shape s: AttentionShape, tokens n: Int, first: Int) -> [Float] {
+    func reference(q: [Float], k: [Float], v: [Float], shape s: AttentionShape, tokens n: Int, first: Int,
+                   positions: [Int]? = nil) -> [Float] {
         let hd = s.headDim, group = s.heads / s.kvHeads, qd = s.heads * hd
         var out = [Float](repeating: 0, count: (n - first) * qd)
         for r in 0..<(n - first) {
             let t = first + r
-            let lo = max(0, t + 1 - (s.window ?? Int.max))
+            let pos = positions ?? Array(0..<n)
+            let lo = (0...t).first { pos[t] - pos[$0] < (s.window ?? Int.max) }!
             for h in 0..<s.heads {
                 let kv = h / group
                 var scores: [Double] = []
@@ -33,8 +35,9 @@ import Testing
         return out
     }
 
-    @Test(arguments: [nil, 1, 5, 64] as [Int?])
-    func matchesTheDirectComputation(window: Int?) {
+    /// With gaps in the positions (evicted tokens) a window spans positions, not tokens.
+    @Test(arguments: [nil, 1, 5, 64] as [Int?], [false, true])
+    func matchesTheDirectComputation(window: Int?, gaps: Bool) {
         var random = SplitMix64(seed: 11)
         func values(_ count: Int) -> [Float] { (0..<count).map { _ in Float.random(in: -1...1, using: &random) } }
         let shape = AttentionShape(heads: 4, kvHeads: 2, headDim: 8, cacheRowLength: 2 * 8 + 3, scale: 0.35, window: window)
@@ -43,11 +46,13 @@ import Testing
         var k = values(n * shape.cacheRowLength), v = values(n * shape.cacheRowLength)
         var q = values((n - first) * shape.heads * shape.headDim)
         var out = [Float](repeating: 0, count: (n - first) * shape.heads * shape.headDim)
-        let expected = reference(q: q, k: k, v: v, shape: shape, tokens: n, first: first)
+        let positions = gaps ? (0..<n).map { $0 * 3 + ($0 % 2) } : nil
+        let expected = reference(q: q, k: k, v: v, shape: shape, tokens: n, first: first, positions: positions)
         q.withUnsafeMutableBufferPointer { qb in k.withUnsafeMutableBufferPointer { kb in
             v.withUnsafeMutableBufferPointer { vb in out.withUnsafeMutableBufferPointer { ob in
                 Attention.causal(shape, queries: qb.baseAddress!, queryStride: shape.heads * shape.headDim, rows: n - first,
-                                 first: first, keys: kb.baseAddress!, values: vb.baseAddress!, out: ob.baseAddress!)
+                                 first: first, keys: kb.baseAddress!, values: vb.baseAddress!, positions: positions,
+                                 out: ob.baseAddress!)
             } }
         } }
         var worst: Float = 0

@@ -93,6 +93,8 @@ final class Gemma3Model: LanguageModel {
         let qd = c.heads * hd, kvd = c.kvHeads * hd, qkvw = qd + 2 * kvd, f = c.feedForward
         let p = geometry.featuresPerToken
         let first = cache.appendZeroedTokens(positions: positions)
+        // Windows are measured in positions (a cache with evicted tokens has gaps).
+        let cachePositions = cache.positions
         // One rotation table per distinct layer rotation (two in Gemma 3).
         var tables: [RoPE: RoPE.Table] = [:]
         for a in layerAttention where tables[a.rope] == nil { tables[a.rope] = a.rope.table(positions: positions) }
@@ -148,7 +150,8 @@ final class Gemma3Model: LanguageModel {
                     let shape = AttentionShape(heads: c.heads, kvHeads: c.kvHeads, headDim: hd, cacheRowLength: p,
                                                scale: 1 / Float(hd).squareRoot(), window: attention.window)
                     Attention.causal(shape, queries: Q, queryStride: qkvw, rows: n, first: first,
-                                     keys: kBase + l * kvd, values: vBase + l * kvd, out: A, observer: observer)
+                                     keys: kBase + l * kvd, values: vBase + l * kvd,
+                                     positions: attention.window == nil ? nil : cachePositions, out: A, observer: observer)
                     w.output.withUnsafeBufferPointer { W in
                         Linear.apply(x: A, rows: n, weight: W.baseAddress!, outFeatures: e,
                                      inFeatures: qd, y: Y, accumulate: false)

@@ -12,7 +12,9 @@ public struct AttentionShape: Sendable, Equatable {
     public var cacheRowLength: Int
     /// Factor applied to `q . k` before the softmax.
     public var scale: Float
-    /// Most recent tokens a query sees (itself included), or `nil` for all of them.
+    /// Positions a query sees back from its own (itself included): a query at position `q`
+    /// sees keys at positions `q - window + 1 ... q`, as llama.cpp masks sliding-window
+    /// layers; `nil` for all of them.
     public var window: Int?
 
     public init(heads: Int, kvHeads: Int, headDim: Int, cacheRowLength: Int, scale: Float, window: Int?) {
@@ -40,14 +42,27 @@ public enum Attention {
     ///   - queries: row `r` holds the query heads of token `first + r` (rotated), `queryStride`
     ///     floats apart.
     ///   - keys, values: this layer's first kv head in the cache's token 0 row.
+    ///   - positions: the position of every cache token (`first + rows` of them, ascending),
+    ///     which a window is measured in; `nil` means token `i` is at position `i`. A cache
+    ///     with tokens evicted has gaps, and a window then spans fewer tokens.
     ///   - out: `rows x (heads * headDim)` attention outputs.
     public static func causal(_ shape: AttentionShape, queries: UnsafeMutablePointer<Float>, queryStride: Int,
                               rows n: Int, first: Int, keys: UnsafeMutablePointer<Float>,
-                              values: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>,
-                              observer: AttentionObserver? = nil) {
+                              values: UnsafeMutablePointer<Float>, positions: [Int]? = nil,
+                              out: UnsafeMutablePointer<Float>, observer: AttentionObserver? = nil) {
         let hd = shape.headDim, kvHeads = shape.kvHeads, group = shape.heads / kvHeads
         let qd = shape.heads * hd, p = shape.cacheRowLength, scale = shape.scale
         let window = shape.window ?? Int.max
+        precondition(positions == nil || positions!.count >= first + n, "a position for every cache token")
+        /// The first cache token a query of token `t` sees.
+        func firstVisible(_ t: Int) -> Int {
+            guard window != Int.max else { return 0 }
+            guard let positions else { return max(0, t + 1 - window) }
+            let oldest = positions[t] - window + 1
+            var lo = 0, hi = t
+            while lo < hi { let mid = (lo + hi) / 2; if positions[mid] < oldest { lo = mid + 1 } else { hi = mid } }
+            return lo
+        }
         let block = n == 1 ? 1 : 64
         let blocks = (n + block - 1) / block
         let queries = UncheckedSendable(queries), keys = UncheckedSendable(keys)
@@ -61,7 +76,7 @@ public enum Attention {
             let i0 = b * block, i1 = min(n, i0 + block), m = i1 - i0
             let gm = group * m
             // Keys visible to some query of this block: from the first query's window start.
-            let k0 = max(0, first + i0 + 1 - window)
+            let k0 = firstVisible(first + i0)
             let nk = first + i1 - k0
             let kPtr = keys.value + kv * hd + k0 * p
             let vPtr = values.value + kv * hd + k0 * p
@@ -79,9 +94,9 @@ public enum Attention {
                       b: kPtr, ldb: p, c: scores, ldc: nk)
             var inverse = [Float](repeating: 0, count: gm)
             for row in 0..<gm {
-                // Query token `t` sees keys max(0, t + 1 - window) ... t.
+                // Query token `t` sees keys firstVisible(t) ... t.
                 let t = first + i0 + row % m
-                let lo = max(k0, t + 1 - window) - k0, hi = t + 1 - k0
+                let lo = max(k0, firstVisible(t)) - k0, hi = t + 1 - k0
                 let s = scores + row * nk
                 let mx = FastMath.max(s + lo, count: hi - lo)
                 let sum = FastMath.expShiftedSum(s + lo, count: hi - lo, scale: scale, shift: mx * scale)
