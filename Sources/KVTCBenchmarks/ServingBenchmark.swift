@@ -362,7 +362,7 @@ public struct ServingBenchmark: Sendable {
         for t in 0..<turns {
             for c in messages.indices {
                 histories[c].append(ChatMessage(role: .user, content: messages[c][t]))
-                let tokens = model.tokenizer.encode(model.chatTemplate.prompt(histories[c], addGenerationPrompt: true))
+                let tokens = model.chatPromptTokens(histories[c])
                 let o = try await engine.generate(GenerationRequest(promptTokens: tokens, maxTokens: workload.replyTokens))
                 histories[c].append(ChatMessage(role: .assistant, content: o.text))
                 // Redis writes are off the request path; let them land before the next turn.

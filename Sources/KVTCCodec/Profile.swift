@@ -154,7 +154,10 @@ public struct Profile: Sendable {
     public let hashBytes: [UInt8]
 
     /// Builds a profile, truncating each basis to the components its plans use.
-    public init(geometry: KVGeometry, rope: RoPE, layerAttention: [LayerAttention]? = nil, protection: Protection,
+    /// `layerAttention` is every layer's rotation and window, or `nil` when every layer uses
+    /// `rope` over the whole context (no default: a profile derived from another must keep
+    /// its layers).
+    public init(geometry: KVGeometry, rope: RoPE, layerAttention: [LayerAttention]?, protection: Protection,
                 keys: StreamTransform, values: StreamTransform, plans: [RatioPlan], provenance: Provenance) {
         let kUsed = plans.map(\.keys.componentsUsed).max() ?? 0
         let vUsed = plans.map(\.values.componentsUsed).max() ?? 0

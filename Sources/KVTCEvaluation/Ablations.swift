@@ -138,7 +138,8 @@ extension Profile {
             RatioPlan(ratio: $0.ratio, keys: plan($0.ratio, rank: keys.basis.rank), values: plan($0.ratio, rank: values.basis.rank),
                       calibrationErrorKeys: -1, calibrationErrorValues: -1)
         }
-        return Profile(geometry: geometry, rope: rope, protection: protection, keys: keys, values: values, plans: plans,
+        return Profile(geometry: geometry, rope: rope, layerAttention: layerAttention, protection: protection, keys: keys,
+                       values: values, plans: plans,
                        provenance: provenance)
     }
 }

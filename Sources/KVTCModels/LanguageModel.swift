@@ -110,6 +110,19 @@ extension LanguageModel {
         return s
     }
 
+    /// The prompt tokens of a chat: the chat template's rendering (control tokens only where
+    /// the template put them, message contents always text), after the BOS token when the
+    /// tokenizer asks for one (Gemma's template starts with it; ChatML has none).
+    public func chatPromptTokens(_ messages: [ChatMessage], addGenerationPrompt: Bool = true) -> [Int] {
+        tokenizer.encode(chatTemplate.prompt(messages, addGenerationPrompt: addGenerationPrompt), addBOS: tokenizer.addBOS)
+    }
+
+    /// The prompt tokens of one user turn (after `system`, or the template's default system
+    /// prompt), ready for generation.
+    public func chatPromptTokens(user: String, system: String? = nil) -> [Int] {
+        tokenizer.encode(chatTemplate.prompt(user: user, system: system), addBOS: tokenizer.addBOS)
+    }
+
     /// An empty cache for this model.
     public func makeCache(reservingCapacity capacity: Int = 0) -> KVCache {
         KVCache(geometry: geometry, rope: rope, layerAttention: layerAttention, model: identity, reservingCapacity: capacity)

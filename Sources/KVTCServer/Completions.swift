@@ -78,8 +78,7 @@ enum Completions {
         let namespace = try namespace(tenant: principal.tenant, salt: body.cacheSalt)
         try checkPromptBytes(body.messages.reduce(0) { $0 + $1.content.utf8.count }, service: service)
         let model = service.engine.model
-        let tokens = model.tokenizer.encode(model.chatTemplate.prompt(body.messages, addGenerationPrompt: true),
-                                            addBOS: model.tokenizer.addBOS)
+        let tokens = model.chatPromptTokens(body.messages)
         let request = GenerationRequest(promptTokens: tokens, maxTokens: p.maxTokens, sampling: p.sampling, namespace: namespace)
         let id = identifier("chatcmpl-"), created = Int(Date().timeIntervalSince1970), name = service.modelName
         let deadline = Date().addingTimeInterval(service.limits.requestTimeout)

@@ -161,7 +161,7 @@ public enum Routes {
             let messages = body.messages ?? []
             guard !messages.isEmpty else { throw APIError(.badRequest, "'messages' is empty") }
             try Completions.checkPromptBytes(messages.reduce(0) { $0 + $1.content.utf8.count }, service: service)
-            tokens = model.tokenizer.encode(model.chatTemplate.prompt(messages, addGenerationPrompt: true))
+            tokens = model.chatPromptTokens(messages)
         }
         guard let store = service.store else {
             return LookupResponse(totalTokens: tokens.count, matchedTokens: 0, chunkTokens: 0, chunkKeys: [], tailKey: nil)

@@ -47,7 +47,7 @@ struct CaptureCommand: ParsableCommand {
         } else {
             do { input = try String(contentsOfFile: text!, encoding: .utf8) } catch { throw CommandError(text!, "cannot be read as UTF-8 text") }
         }
-        var ids = chat ? model.tokenizer.encode(model.chatTemplate.prompt(user: input))
+        var ids = chat ? model.chatPromptTokens(user: input)
                        : model.tokenizer.encode(input, parseSpecial: false)
         if tokens > 0 { ids = Array(ids.prefix(tokens)) }
         if bos && !chat, let b = model.tokenizer.bosID { ids.insert(b, at: 0) }

@@ -44,7 +44,7 @@ struct ChatCommand: AsyncParsableCommand {
             if text == "/quit" || text == "/exit" { break }
             if text == "/reset" { messages = initial; turn = 0; warn("(conversation reset)"); continue }
             messages.append(ChatMessage(role: .user, content: text))
-            let tokens = model.tokenizer.encode(model.chatTemplate.prompt(messages, addGenerationPrompt: true))
+            let tokens = model.chatPromptTokens(messages)
             let request = GenerationRequest(promptTokens: tokens, maxTokens: maxTokens,
                                             sampling: SamplingOptions(temperature: temperature, seed: UInt64(turn)))
             do {

@@ -49,7 +49,7 @@ struct GenerateCommand: ParsableCommand {
         let model = try modelOptions.load()
         // A raw prompt starts a document, so it gets BOS as in training; the chat template
         // starts with its own turn marker.
-        let tokens = chat ? model.tokenizer.encode(model.chatTemplate.prompt(user: prompt, system: system))
+        let tokens = chat ? model.chatPromptTokens(user: prompt, system: system)
                           : model.tokenizer.encode(prompt, addBOS: true)
         var cache = model.makeCache(reservingCapacity: tokens.count + maxTokens)
         let sampling = SamplingOptions(temperature: temperature, topK: topK, topP: topP, seed: seed)

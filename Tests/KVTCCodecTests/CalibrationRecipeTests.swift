@@ -31,7 +31,7 @@ import KVTCCache
         var provenance = Provenance(rows: 0, sources: [], model: "synthetic")
         provenance.recipe = nil
         let made = try Self.profile(.paper)
-        let old = Profile(geometry: made.geometry, rope: made.rope, protection: made.protection, keys: made.keys,
+        let old = Profile(geometry: made.geometry, rope: made.rope, layerAttention: nil, protection: made.protection, keys: made.keys,
                           values: made.values, plans: made.plans, provenance: provenance)
         #expect(String(decoding: old.encoded().prefix(4096), as: UTF8.self).contains("recipe") == false)
         #expect(try Profile(bytes: old.encoded()).provenance.recipe == nil)

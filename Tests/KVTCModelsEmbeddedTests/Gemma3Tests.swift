@@ -71,6 +71,8 @@ struct Gemma3Reference: Decodable {
             let prompt = m.chatTemplate.prompt(user: "Which river flows through Paris?")
             #expect(prompt.text == reference.chat.text)
             #expect(m.tokenizer.encode(prompt) == reference.chat.ids)
+            // What every chat path feeds the model: BOS first, as Gemma's template has it.
+            #expect(m.chatPromptTokens(user: "Which river flows through Paris?") == [reference.bos] + reference.chat.ids)
             let system = m.chatTemplate.render([ChatMessage(role: .system, content: " Be brief. "),
                                                 ChatMessage(role: .user, content: "Hi")])
             #expect(system == "<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n")

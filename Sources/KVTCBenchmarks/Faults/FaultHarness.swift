@@ -184,7 +184,7 @@ public final class FaultHarness: @unchecked Sendable {
             for text in messages {
                 history.append(["role": "user", "content": text])
                 let chat = history.map { ChatMessage(role: ChatRole(rawValue: $0["role"]!)!, content: $0["content"]!) }
-                let prompt = model.tokenizer.encode(model.chatTemplate.prompt(chat, addGenerationPrompt: true))
+                let prompt = model.chatPromptTokens(chat)
                 var cache = model.makeCache(reservingCapacity: prompt.count + configuration.replyTokens)
                 let result = try model.generate(promptTokens: prompt, cache: &cache, maxTokens: configuration.replyTokens,
                                                 sampling: .greedy)

@@ -106,7 +106,7 @@ extension LanguageModel {
     public func generate(user: String, system: String? = nil, maxTokens: Int,
                          sampling: SamplingOptions = .greedy,
                          onToken: (Int, String) -> Bool = { _, _ in true }) throws(ModelError) -> GenerationResult {
-        let prompt = tokenizer.encode(chatTemplate.prompt(user: user, system: system))
+        let prompt = chatPromptTokens(user: user, system: system)
         var cache = makeCache(reservingCapacity: prompt.count + maxTokens)
         return try generate(promptTokens: prompt, cache: &cache, maxTokens: maxTokens,
                             sampling: sampling, onToken: onToken)
