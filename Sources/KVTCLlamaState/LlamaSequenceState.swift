@@ -69,6 +69,11 @@ public struct LlamaStateLayer: Sendable, Equatable {
     }
 }
 
+extension LlamaStateLayer {
+    /// Bytes one cell's K and V take in this layer, in the state's own types.
+    public var bytesPerCell: Int { keyRowBytes + (valueWidth.map { $0 * valueRowBytes } ?? valueRowBytes) }
+}
+
 /// One stream of a sequence state: its cells and, when it has any, their K and V.
 public struct LlamaStateStream: Sendable, Equatable {
     public var cells: [LlamaStateCell]

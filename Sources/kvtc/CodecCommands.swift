@@ -252,6 +252,16 @@ struct CompressCommand: AsyncParsableCommand {
             let file = LlamaStateContainer(state: state, blob: blob.bytes, exactCells: exactCells, exactBytes: exactBytes).encoded()
             try writeFile(output, file)
             printReport(blob.report, seconds: seconds, wholeFile: false)
+            // What the compressed tokens took in the state's own K/V types (Q8_0 holds about
+            // half of fp16's bytes), against what they take in the blob.
+            let cellBytes = state.streams.first?.layers.reduce(0) { $0 + $1.bytesPerCell } ?? 0
+            let types = Set(state.streams.flatMap(\.layers).flatMap { [$0.keyType, $0.valueType] }).map(\.description).sorted()
+            if cellBytes > 0, types != ["F16"] {
+                let stateBytes = blob.report.compressedTokens * cellBytes
+                print(String(format: "against the state %.2fx over compressed tokens (%@ as %@ -> %@)",
+                             Double(stateBytes) / Double(max(1, blob.report.compressedTokensBytes)), formatBytes(stateBytes),
+                             types.joined(separator: "/"), formatBytes(blob.report.compressedTokensBytes)))
+            }
             print(String(format: "llama.cpp state   %.2fx (%@ state file -> %@ file)", Double(bytes.count) / Double(file.count),
                          formatBytes(bytes.count), formatBytes(file.count)))
             return
