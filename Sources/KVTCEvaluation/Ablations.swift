@@ -11,28 +11,38 @@ extension KVCache {
                     values: values, model: model)
     }
 
-    /// One layer as a cache of its own (geometry with one layer).
-    public func layer(_ l: Int) throws -> KVCache {
-        let g = geometry, f = g.featuresPerLayer, p = g.featuresPerToken
-        var k = [Float](repeating: 0, count: tokenCount * f), v = k
+    /// The layers `indices` as a cache of their own, each keeping its RoPE and window; the
+    /// sub-cache's RoPE is that of its first global layer (of its first layer if none is).
+    public func layers(_ indices: [Int]) throws -> KVCache {
+        let g = geometry, f = g.featuresPerLayer, p = g.featuresPerToken, q = f * indices.count
+        var k = [Float](repeating: 0, count: tokenCount * q), v = k
         for t in 0..<tokenCount {
-            for i in 0..<f { k[t * f + i] = keys[t * p + l * f + i]; v[t * f + i] = values[t * p + l * f + i] }
+            for (j, l) in indices.enumerated() {
+                for i in 0..<f { k[t * q + j * f + i] = keys[t * p + l * f + i]; v[t * q + j * f + i] = values[t * p + l * f + i] }
+            }
         }
-        return try KVCache(geometry: KVGeometry(layers: 1, kvHeads: g.kvHeads, headDim: g.headDim),
-                           rope: layerAttention[l].rope, layerAttention: [layerAttention[l]],
+        let attention = indices.map { layerAttention[$0] }
+        return try KVCache(geometry: KVGeometry(layers: indices.count, kvHeads: g.kvHeads, headDim: g.headDim),
+                           rope: (attention.first { $0.window == nil } ?? attention[0]).rope, layerAttention: attention,
                            positions: positions, keys: k, values: v, model: model)
     }
 
-    /// Reassembles per-layer caches into one, whose RoPE is `rope` (the layers keep theirs).
-    public static func stacking(layers: [KVCache], rope: RoPE) throws -> KVCache {
-        let first = layers[0]
-        let f = first.geometry.featuresPerLayer, L = layers.count, p = f * L, n = first.tokenCount
+    /// Reassembles caches of layer groups (`parts[i]` holding layers `groups[i]`) into one
+    /// cache of `rope`.
+    public static func assembling(_ parts: [KVCache], groups: [[Int]], rope: RoPE) throws -> KVCache {
+        let first = parts[0]
+        let f = first.geometry.featuresPerLayer, L = groups.reduce(0) { $0 + $1.count }, p = f * L, n = first.tokenCount
         var k = [Float](repeating: 0, count: n * p), v = k
-        for (l, c) in layers.enumerated() {
-            for t in 0..<n { for i in 0..<f { k[t * p + l * f + i] = c.keys[t * f + i]; v[t * p + l * f + i] = c.values[t * f + i] } }
+        var attention = [LayerAttention?](repeating: nil, count: L)
+        for (c, group) in zip(parts, groups) {
+            let q = f * group.count
+            for (j, l) in group.enumerated() {
+                attention[l] = c.layerAttention[j]
+                for t in 0..<n { for i in 0..<f { k[t * p + l * f + i] = c.keys[t * q + j * f + i]; v[t * p + l * f + i] = c.values[t * q + j * f + i] } }
+            }
         }
         return try KVCache(geometry: KVGeometry(layers: L, kvHeads: first.geometry.kvHeads, headDim: first.geometry.headDim),
-                           rope: rope, layerAttention: layers.flatMap(\.layerAttention), positions: first.positions,
+                           rope: rope, layerAttention: attention.map { $0! }, positions: first.positions,
                            keys: k, values: v, model: first.model)
     }
 }
@@ -71,36 +81,58 @@ public struct RoPEBlindCompressor: CacheCompressor {
     }
 }
 
-/// KVTC with a separate PCA and bit plan per layer (the paper's ablation): each layer's
-/// cache is compressed by its own profile.
-public struct PerLayerCompressor: CacheCompressor {
-    public let layers: [KVTCCompressor]
-    public var method: String { "kvtc-per-layer-pca" }
-    public var setting: String { layers[0].setting }
+/// KVTC with a separate PCA and bit plan per group of layers: one per layer (the paper's
+/// ablation, `kvtc-per-layer-pca`), or one for a hybrid model's global layers and one for
+/// its sliding-window layers (`kvtc-layer-sets`, against one basis over all layers).
+public struct LayerGroupCompressor: CacheCompressor {
+    /// The layers of each group, in the order their blobs are stored.
+    public let groups: [[Int]]
+    /// One compressor per group.
+    public let compressors: [KVTCCompressor]
+    /// The whole cache's RoPE (its global layers').
+    public let rope: RoPE
+    public let method: String
+    public var setting: String { compressors[0].setting }
 
-    public init(layers: [KVTCCompressor]) { self.layers = layers }
+    public init(groups: [[Int]], compressors: [KVTCCompressor], rope: RoPE, method: String) {
+        precondition(groups.count == compressors.count, "one compressor per group")
+        self.groups = groups
+        self.compressors = compressors
+        self.rope = rope
+        self.method = method
+    }
 
-    /// Calibrates one profile per layer.
-    public static func calibrate(caches: [KVCache], options: CalibrationOptions, provenance: Provenance,
+    /// One group per layer.
+    public static func perLayer(_ layers: Int) -> [[Int]] { (0..<layers).map { [$0] } }
+
+    /// A hybrid model's global layers, then its sliding-window layers (one group if all
+    /// layers are alike).
+    public static func layerSets(_ attention: [LayerAttention]) -> [[Int]] {
+        let global = attention.indices.filter { attention[$0].window == nil }
+        let sliding = attention.indices.filter { attention[$0].window != nil }
+        return [global, sliding].filter { !$0.isEmpty }
+    }
+
+    /// Calibrates one profile per group.
+    public static func calibrate(caches: [KVCache], groups: [[Int]], options: CalibrationOptions, provenance: Provenance,
                                  progress: ((String) -> Void)? = nil) throws -> [Profile] {
-        let L = caches[0].geometry.layers
-        return try (0..<L).map { l in
-            progress?("per-layer PCA: layer \(l + 1)/\(L)")
-            return try Calibrator.calibrate(caches: caches.map { try $0.layer(l) }, options: options, provenance: provenance)
+        try groups.enumerated().map { i, group in
+            progress?("layer groups: group \(i + 1)/\(groups.count) (\(group.count) layers)")
+            return try Calibrator.calibrate(caches: caches.map { try $0.layers(group) }, options: options, provenance: provenance)
         }
     }
 
     public func compress(_ cache: KVCache) throws -> CompressedCache {
         var out = ByteWriter()
         var reports: [CompressionReport] = []
-        for (l, c) in layers.enumerated() {
-            let blob = try c.compress(cache.layer(l))
+        for (group, c) in zip(groups, compressors) {
+            let blob = try c.compress(cache.layers(group))
             out.u32(UInt32(blob.bytes.count))
             out.bytes += blob.bytes
             reports.append(blob.report)
         }
         let protectedBytes = reports.reduce(0) { $0 + $1.totalBytes - $1.compressedTokensBytes }
-        let before = reports.reduce(0) { $0 + $1.compressedTokensBytesBeforeEntropy } + 4 * layers.count
+        let before = reports.reduce(0) { $0 + $1.compressedTokensBytesBeforeEntropy } + 4 * groups.count
         let report = CompressionReport(method: method, tokens: cache.tokenCount, compressedTokens: reports[0].compressedTokens,
                                        nominalRatio: reports[0].nominalRatio,
                                        compressedTokensFP16Bytes: reports.reduce(0) { $0 + $1.compressedTokensFP16Bytes },
@@ -112,14 +144,12 @@ public struct PerLayerCompressor: CacheCompressor {
     public func decompress(_ bytes: [UInt8]) throws -> KVCache {
         var r = ByteReader(bytes)
         var parts: [KVCache] = []
-        for c in layers {
+        for c in compressors {
             let n = Int(try r.u32())
             parts.append(try c.decompress(Array(bytes[try r.take(n)])))
         }
         try r.finish()
-        // The whole cache's RoPE is its global layers' (every layer's, for a uniform model).
-        let rope = parts.first { $0.layerAttention[0].window == nil }?.rope ?? parts[0].rope
-        return try KVCache.stacking(layers: parts, rope: rope)
+        return try KVCache.assembling(parts, groups: groups, rope: rope)
     }
 }
 

@@ -12,6 +12,9 @@ public enum Baseline: String, CaseIterable, Sendable {
     case evictAttention = "evict-attention"
     case dropMiddle = "drop-middle"
     case perLayerPCA = "per-layer-pca"
+    /// For a model with sliding-window layers: one basis for the global layers and one for
+    /// the sliding ones (`kvtc-layer-sets`), beside one basis over all layers.
+    case layerSets = "layer-sets"
     case noRoPERemoval = "no-rope-removal"
     case truncation
     /// KVTC calibrated with each recipe other than the standard one (`kvtc-paper`, ...).
@@ -115,25 +118,38 @@ public struct EvaluationSuite {
                 out += try ratios.map { RoPEBlindCompressor(inner: try KVTCCompressor(profile: blind, ratio: $0, protection: protection), rope: model.rope,
                                                              layerAttention: model.layerAttention) }
             case .perLayerPCA:
-                let profiles = try perLayerProfiles(caches: caches, progress: progress)
-                out += try ratios.map { r in PerLayerCompressor(layers: try profiles.map { try KVTCCompressor(profile: $0, ratio: r, protection: protection) }) }
+                let groups = LayerGroupCompressor.perLayer(model.geometry.layers)
+                let profiles = try groupProfiles(groups, variant: "per-layer", caches: caches, progress: progress)
+                out += try ratios.map { r in
+                    LayerGroupCompressor(groups: groups, compressors: try profiles.map { try KVTCCompressor(profile: $0, ratio: r, protection: protection) },
+                                         rope: model.rope, method: "kvtc-per-layer-pca")
+                }
+            case .layerSets:
+                let groups = LayerGroupCompressor.layerSets(model.layerAttention)
+                guard groups.count > 1 else { continue } // every layer alike: the same as kvtc-paper
+                let profiles = try groupProfiles(groups, variant: "layer-sets", caches: caches, progress: progress)
+                out += try ratios.map { r in
+                    LayerGroupCompressor(groups: groups, compressors: try profiles.map { try KVTCCompressor(profile: $0, ratio: r, protection: protection) },
+                                         rope: model.rope, method: "kvtc-layer-sets")
+                }
             }
         }
         return out
     }
 
-    private func perLayerProfiles(caches: () throws -> [KVCache], progress: @escaping (String) -> Void) throws -> [Profile] {
+    /// One profile per group of layers, with the paper's recipe (as the paper's ablations).
+    private func groupProfiles(_ groups: [[Int]], variant: String, caches: () throws -> [KVCache],
+                               progress: @escaping (String) -> Void) throws -> [Profile] {
         var options = calibration
         options.calibration = paperOptions
-        let key = CorpusCalibration.cacheKey(model: model, corpus: corpus, variant: "per-layer", options: options)
-        let dir = CorpusCalibration.profileDirectory().appendingPathComponent("per-layer-\(key)")
-        let L = model.geometry.layers
-        let files = (0..<L).map { dir.appendingPathComponent("layer\($0).kvtcprofile").path }
+        let key = CorpusCalibration.cacheKey(model: model, corpus: corpus, variant: variant, options: options)
+        let dir = CorpusCalibration.profileDirectory().appendingPathComponent("\(variant)-\(key)")
+        let files = groups.indices.map { dir.appendingPathComponent(groups.count == model.geometry.layers ? "layer\($0).kvtcprofile" : "group\($0).kvtcprofile").path }
         if let loaded = try? files.map({ try Profile(contentsOf: $0) }) { return loaded }
         let c = try caches()
-        let profiles = try PerLayerCompressor.calibrate(caches: c, options: options.calibration,
-                                                        provenance: CorpusCalibration.provenance(model: model, corpus: corpus, caches: c, options: options),
-                                                        progress: progress)
+        let profiles = try LayerGroupCompressor.calibrate(caches: c, groups: groups, options: options.calibration,
+                                                          provenance: CorpusCalibration.provenance(model: model, corpus: corpus, caches: c, options: options),
+                                                          progress: progress)
         try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         for (p, f) in zip(profiles, files) { try? p.write(to: f) }
         return profiles
