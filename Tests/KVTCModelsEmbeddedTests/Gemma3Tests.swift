@@ -128,8 +128,12 @@ struct Gemma3Reference: Decodable {
             let sliding = m.layerAttention.indices.filter { m.layerAttention[$0].window != nil }
             var unchanged = inc
             let reference = try m.decodeStep(token: tokens.last!, cache: &unchanged)
-            #expect(try decodeAfterChangingToken0(inLayers: sliding) == reference, "a sliding layer saw a key 530 tokens back")
-            #expect(try decodeAfterChangingToken0(inLayers: [5]) != reference)
+            // (To float32 rounding: OpenBLAS's thread count, which a forward pass in another
+            // suite switches, sets the summation order of each call.)
+            let hidden = relativeDifference(try decodeAfterChangingToken0(inLayers: sliding), reference)
+            let seen = relativeDifference(try decodeAfterChangingToken0(inLayers: [5]), reference)
+            #expect(hidden < 1e-5, "a sliding layer saw a key 530 tokens back: \(hidden)")
+            #expect(seen > 1e-3, "a global layer ignored a changed key: \(seen)")
         }
     }
 
