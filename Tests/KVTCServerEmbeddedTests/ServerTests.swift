@@ -283,13 +283,23 @@ import KVTCStore
                     try F.decode(ChatCompletionResponse.self, $0.body)
                 }
             }
+            await first.store!.tier.flush()
         }
         let prompt = reply.usage!.promptTokens
         let nextTurn = F.json(["messages": [["role": "user", "content": "Tell me a fact about cats."],
                                             ["role": "assistant", "content": reply.choices[0].message!.content],
                                             ["role": "user", "content": "Another one."]], "max_tokens": 3])
-        let restarted = try F.service(model: model, disk: dir)
-        try await F.app(restarted).test(.live) { client in
+        // The stopped server lets go of the directory once its last task has ended (as a
+        // process does when it exits); that must happen, and soon.
+        var restarted: KVTCService?
+        let deadline = Date().addingTimeInterval(10)
+        while restarted == nil {
+            do { restarted = try F.service(model: model, disk: dir) } catch is TierError where Date() < deadline {
+                try await Task.sleep(for: .milliseconds(50))
+            }
+        }
+        let service = try #require(restarted)
+        try await F.app(service).test(.live) { client in
             let r = try await client.execute(uri: "/v1/chat/completions", method: .post, headers: F.jsonHeaders, body: nextTurn) {
                 try F.decode(ChatCompletionResponse.self, $0.body)
             }
