@@ -103,6 +103,23 @@ public struct KVTCCompressor: CacheCompressor {
     }
 
     public func compress(_ cache: KVCache) throws(KVTCError) -> CompressedCache {
+        assemble(try quantize(cache))
+    }
+
+    /// A cache's compressed tokens projected and quantized: everything a blob holds before
+    /// the code coding and the lossless coder. The projection is an sgemm whose rounding
+    /// follows OpenBLAS's thread count, so two quantizations of one cache may differ by one
+    /// step at a rounding boundary; one quantization assembles to the same values whatever
+    /// the coders.
+    struct QuantizedCache {
+        let cache: KVCache
+        let leading: Int
+        let trailing: Int
+        /// Packed codes and per-token group metadata of the keys, then of the values.
+        let streams: [(coder: StreamCoder, codes: [UInt8], meta: [UInt8])]
+    }
+
+    func quantize(_ cache: KVCache) throws(KVTCError) -> QuantizedCache {
         do { try profile.check(cache) } catch { throw .profile(error) }
         do { try cache.validateFinite() } catch { throw .cache(error) }
         let (lead, trail) = protection.exactTokens(of: cache)
@@ -110,9 +127,7 @@ public struct KVTCCompressor: CacheCompressor {
         guard n > 0 else { throw .nothingToCompress(tokens: cache.tokenCount, protected: lead + trail) }
         let p = cache.geometry.featuresPerToken
         let range = lead..<(lead + n)
-
-        var sections: [(SectionKind, [UInt8], Bool)] = []
-        var rawCompressedBytes = 0
+        var streams: [(coder: StreamCoder, codes: [UInt8], meta: [UInt8])] = []
         for isKeys in [true, false] {
             let tables = isKeys ? keyTables : valueTables
             let coder = StreamCoder(plan: isKeys ? plan.keys : plan.values, tokens: n)
@@ -144,13 +159,26 @@ public struct KVTCCompressor: CacheCompressor {
                     }
                 }
             }
-            rawCompressedBytes += codes.count + meta.count
+            streams.append((coder, codes, meta))
+        }
+        return QuantizedCache(cache: cache, leading: lead, trailing: trail, streams: streams)
+    }
+
+    /// The blob of a quantized cache, with this compressor's code coding and lossless coder.
+    func assemble(_ q: QuantizedCache) -> CompressedCache {
+        let cache = q.cache, lead = q.leading, trail = q.trailing
+        let n = cache.tokenCount - lead - trail
+        let p = cache.geometry.featuresPerToken
+        var sections: [(SectionKind, [UInt8], Bool)] = []
+        var rawCompressedBytes = 0
+        for (isKeys, stream) in zip([true, false], q.streams) {
+            rawCompressedBytes += stream.codes.count + stream.meta.count
             if codeCoding == .rans {
-                sections.append((isKeys ? .keyCodes : .valueCodes, coder.ransSection(packed: codes), false))
+                sections.append((isKeys ? .keyCodes : .valueCodes, stream.coder.ransSection(packed: stream.codes), false))
             } else {
-                sections.append((isKeys ? .keyCodes : .valueCodes, codes, true))
+                sections.append((isKeys ? .keyCodes : .valueCodes, stream.codes, true))
             }
-            sections.append((isKeys ? .keyMeta : .valueMeta, meta, true))
+            sections.append((isKeys ? .keyMeta : .valueMeta, stream.meta, true))
         }
 
         // Protected tokens: fp16 when every value is exactly representable, else f32.
