@@ -52,6 +52,21 @@ public enum BitAllocator {
     public static func allocate(_ table: GroupErrorTable, budgetBitsPerToken budget: Int)
         throws(BitAllocationError) -> (plan: BitPlan, error: Double)
     {
+        try allocate(table, budgetBitsPerToken: budget, errorTarget: nil)
+    }
+
+    /// The cheapest plan whose error (summed over calibration rows) is at most `target`, or
+    /// the optimal one within `budget` bits per token when none is. One DP gives the least
+    /// error of every budget up to `budget`, so the search costs one allocation.
+    public static func cheapestPlan(_ table: GroupErrorTable, errorAtMost target: Double, budgetBitsPerToken budget: Int)
+        throws(BitAllocationError) -> (plan: BitPlan, error: Double)
+    {
+        try allocate(table, budgetBitsPerToken: budget, errorTarget: target)
+    }
+
+    private static func allocate(_ table: GroupErrorTable, budgetBitsPerToken budget: Int, errorTarget: Double?)
+        throws(BitAllocationError) -> (plan: BitPlan, error: Double)
+    {
         guard budget > 0 else { throw .invalidBudget(budget) }
         let r = table.components
         var unit = 0
@@ -97,9 +112,14 @@ public enum BitAllocator {
                 }
             }
         }
-        // Backtrack from (r, units).
+        // The budget to backtrack from: all of it, or the fewest units reaching the target.
+        var end = units
+        if let errorTarget, r > 0, let fewest = (0...units).first(where: { best[r * width + $0] <= errorTarget }) {
+            end = fewest
+        }
+        // Backtrack from (r, end).
         var groups: [PlanGroup] = []
-        var j = r, u = units
+        var j = r, u = end
         while j > 0 {
             let mi = Int(choice[j * width + u])
             precondition(mi != 255, "no feasible plan")
@@ -109,7 +129,7 @@ public enum BitAllocator {
             j -= m.size
             u -= m.cost
         }
-        return (BitPlan(groups: groups), r == 0 ? 0 : best[r * width + units])
+        return (BitPlan(groups: groups), r == 0 ? 0 : best[r * width + end])
     }
 
     private static func gcd(_ a: Int, _ b: Int) -> Int { b == 0 ? a : gcd(b, a % b) }

@@ -23,6 +23,8 @@ public enum BlobError: Error, Equatable, CustomStringConvertible {
 /// What one section of a blob holds.
 enum SectionKind: UInt8, CaseIterable {
     case keyCodes = 1, keyMeta, valueCodes, valueMeta, protectedKeys, protectedValues, positions
+    /// Version 4: codes and metadata of the out-of-window rows (full-context layers only).
+    case outOfWindowKeyCodes, outOfWindowKeyMeta, outOfWindowValueCodes, outOfWindowValueMeta
 }
 
 /// The parsed header of a blob.
@@ -47,8 +49,28 @@ struct BlobHeader: Equatable {
     var model: String
     /// How the code sections are stored (version 2; version 1 is always packed).
     var codeCoding: CodeCoding = .packed
+    /// The first of the compressed tokens that no sliding window can see any more, stored
+    /// for the full-context layers only (version 4; 0 otherwise).
+    var outOfWindowTokens = 0
+    /// Their plans (version 4).
+    var outOfWindowPlan: (keys: BitPlan, values: BitPlan)?
 
+    static func == (a: BlobHeader, b: BlobHeader) -> Bool {
+        a.profileHash == b.profileHash && a.geometry == b.geometry && a.rope == b.rope && a.layerAttention == b.layerAttention
+            && a.tokens == b.tokens && a.leadingProtected == b.leadingProtected && a.trailingProtected == b.trailingProtected
+            && a.nominalRatio == b.nominalRatio && a.keyPlan == b.keyPlan && a.valuePlan == b.valuePlan
+            && a.protectedEncoding == b.protectedEncoding && a.firstPosition == b.firstPosition
+            && a.explicitPositions == b.explicitPositions && a.model == b.model && a.codeCoding == b.codeCoding
+            && a.outOfWindowTokens == b.outOfWindowTokens && a.outOfWindowPlan?.keys == b.outOfWindowPlan?.keys
+            && a.outOfWindowPlan?.values == b.outOfWindowPlan?.values
+    }
+
+    /// Tokens between the protected ones: out-of-window rows, then full rows.
     var compressedTokens: Int { tokens - leadingProtected - trailingProtected }
+    /// Compressed tokens stored with every layer.
+    var fullRows: Int { compressedTokens - outOfWindowTokens }
+    /// Index of the first full row.
+    var firstFullRow: Int { leadingProtected + outOfWindowTokens }
     /// Every layer's rotation and window.
     var attention: [LayerAttention] { layerAttention ?? LayerAttention.uniform(rope, layers: geometry.layers) }
     /// The rotation of the keys, layer by layer.
@@ -78,8 +100,11 @@ struct SectionChunk: Equatable {
 /// protected tokens and positions are stored, and the chunk table (kind, raw and stored
 /// lengths, coding, CRC-32 of the stored bytes). Sections are split into chunks of at most
 /// ``chunkLimit`` raw bytes so that DEFLATE runs on both cores in both directions.
+///
+/// Version 3 adds every layer's rotation and window (after the code-coding byte); version 4
+/// the out-of-window rows: their count (i64) and key and value plans after the layer table.
 public enum Blob {
-    public static let formatVersion = 3
+    public static let formatVersion = 4
     static let magic = Array("KVTCBLOB".utf8)
     static let chunkLimit = 1 << 20
 
@@ -144,7 +169,7 @@ public enum Blob {
         w.u8(h.explicitPositions ? 1 : 0)
         w.string(h.model)
         let paperTypesOnly = (h.keyPlan.groups + h.valuePlan.groups).allSatisfy { ComponentType.paperTypes.contains($0.type) }
-        let version = h.layerAttention != nil ? 3
+        let version = h.outOfWindowTokens > 0 ? 4 : h.layerAttention != nil ? 3
             : chunks.allSatisfy { $0.coding <= 1 } && paperTypesOnly && h.codeCoding == .packed ? 1 : 2
         if version >= 2 { w.u8(h.codeCoding.rawValue) }
         if let layers = h.layerAttention {
@@ -152,6 +177,11 @@ public enum Blob {
                 w.u8(UInt8(RoPELayout.allCases.firstIndex(of: l.rope.layout)!)); w.f64(l.rope.theta); w.u32(UInt32(l.rope.rotaryDims))
                 w.u32(UInt32(l.window ?? 0))
             }
+        }
+        if version >= 4, let plan = h.outOfWindowPlan {
+            w.int(h.outOfWindowTokens)
+            writePlan(plan.keys, &w)
+            writePlan(plan.values, &w)
         }
         w.u32(UInt32(chunks.count))
         for c in chunks {
@@ -218,6 +248,17 @@ public enum Blob {
                 }
                 layerAttention = layers
             }
+            var outOfWindowTokens = 0
+            var outOfWindowPlan: (keys: BitPlan, values: BitPlan)?
+            if version >= 4 {
+                outOfWindowTokens = try h.int(max: limit)
+                guard let layers = layerAttention, OutOfWindowTransforms.fullContextLayers(layers) != nil,
+                      outOfWindowTokens > 0, outOfWindowTokens <= tokens - lead - trail else {
+                    throw BlobError.corrupt("out-of-window rows")
+                }
+                guard let okp = try readPlan(&h), let ovp = try readPlan(&h) else { throw BlobError.corrupt("out-of-window bit plan") }
+                outOfWindowPlan = (okp, ovp)
+            }
             let nChunks = Int(try h.u32())
             guard nChunks <= bytes.count else { throw BlobError.corrupt("chunk count") }
             var chunks: [SectionChunk] = []
@@ -234,7 +275,8 @@ public enum Blob {
             let header = BlobHeader(profileHash: hash, geometry: KVGeometry(layers: L, kvHeads: H, headDim: d), rope: rope,
                                     layerAttention: layerAttention, tokens: tokens, leadingProtected: lead, trailingProtected: trail, nominalRatio: ratio,
                                     keyPlan: kp, valuePlan: vp, protectedEncoding: protectedEncoding, firstPosition: first,
-                                    explicitPositions: explicit, model: model, codeCoding: codeCoding)
+                                    explicitPositions: explicit, model: model, codeCoding: codeCoding,
+                                    outOfWindowTokens: outOfWindowTokens, outOfWindowPlan: outOfWindowPlan)
             let dataStart = headerEnd + 4
             let total = chunks.reduce(0) { $0 + $1.storedLength }
             guard total <= bytes.count - dataStart else { throw BlobError.truncated("chunks need \(total) bytes, \(bytes.count - dataStart) present") }
@@ -300,6 +342,9 @@ public struct BlobSummary: Codable, Sendable {
     /// Every layer's rotation and window, when they differ (version 3).
     public var layerAttention: [LayerAttention]?
     public var tokens: Int
+    /// Compressed tokens no sliding window can see any more, stored for the full-context
+    /// layers only (version 4).
+    public var outOfWindowTokens: Int
     public var leadingExactTokens: Int
     public var trailingExactTokens: Int
     public var nominalRatio: Double
@@ -332,6 +377,7 @@ extension Blob {
         let coders = Set(chunks.map(\.coding)).sorted().map { $0 == 0 ? "stored" : $0 == 1 ? "deflate" : "zstd" }
         return BlobSummary(formatVersion: version, profileHash: hexString(h.profileHash),
                            geometry: h.geometry, rope: h.rope, layerAttention: h.layerAttention, tokens: h.tokens,
+                           outOfWindowTokens: h.outOfWindowTokens,
                            leadingExactTokens: h.leadingProtected,
                            trailingExactTokens: h.trailingProtected, nominalRatio: h.nominalRatio,
                            keyPlan: h.keyPlan.description, valuePlan: h.valuePlan.description,

@@ -24,6 +24,10 @@ public struct CompressionReport: Codable, Sendable, Equatable {
     public var compressedTokensBytes: Int
     /// Size of the whole blob.
     public var totalBytes: Int
+    /// Compressed tokens stored for the full-context layers only, because no sliding window
+    /// can see them any more (`nil` when none). Their dropped layers count in
+    /// ``compressedTokensFP16Bytes``, so ``ratio`` includes the window saving.
+    public var outOfWindowTokens: Int?
 
     /// Ratio over the compressed tokens before entropy coding.
     public var ratioBeforeEntropy: Double { Double(compressedTokensFP16Bytes) / Double(max(1, compressedTokensBytesBeforeEntropy)) }

@@ -89,6 +89,21 @@ public enum Calibrator {
         let budgetFor = { (ratio: Double, keys: Bool) in
             Int((2 * 16.0 * Double(p) / ratio * (keys ? options.keyShare : 1 - options.keyShare)).rounded(.down))
         }
+        // Tokens older than every sliding window keep only the full-context layers: their
+        // features (a column subset of the same rows) get their own fit; copied here, before
+        // the full rows are scaled and centred in place.
+        var windowRows: (layers: [Int], geometry: KVGeometry, keys: [Float], values: [Float])?
+        if let attention = layerAttention, let full = OutOfWindowTransforms.fullContextLayers(attention) {
+            let f = geometry.featuresPerLayer
+            let columns = full.flatMap { (($0 * f)..<(($0 + 1) * f)) }
+            func gather(_ source: [Float]) -> [Float] {
+                var rows = [Float](repeating: 0, count: count * columns.count)
+                for r in 0..<count { for (j, c) in columns.enumerated() { rows[r * columns.count + j] = source[r * p + c] } }
+                return rows
+            }
+            windowRows = (full, KVGeometry(layers: full.count, kvHeads: geometry.kvHeads, headDim: geometry.headDim),
+                          gather(keyRows), gather(valueRows))
+        }
         var keyFit: (StreamTransform, [(BitPlan, Double)])!
         var valueFit: (StreamTransform, [(BitPlan, Double)])!
         for isKeys in [true, false] {
@@ -106,20 +121,54 @@ public enum Calibrator {
                 }
             if isKeys { keyFit = fit } else { valueFit = fit }
         }
+        // The out-of-window rows are coded to the full rows' error per feature at each
+        // ratio (in the recipe's scaled domain), with no more bits than a full row: the
+        // cross-layer redundancy a full row's PCA exploits is not there for a few layers, so
+        // the same ratio would leave them several times the error.
+        var outOfWindowFit: (layers: [Int], keys: (StreamTransform, [(BitPlan, Double)]), values: (StreamTransform, [(BitPlan, Double)]))?
+        if var w = windowRows {
+            let pw = w.geometry.featuresPerToken
+            var fits: [(StreamTransform, [(BitPlan, Double)])] = []
+            for isKeys in [true, false] {
+                let name = isKeys ? "keys" : "values"
+                let full = isKeys ? keyFit.1 : valueFit.1
+                let targets = full.map { $0.1 / Double(p) * Double(pw) }
+                let weights = (isKeys ? options.featureWeights?.keys : options.featureWeights?.values).map { weights in
+                    w.layers.flatMap { l in weights[(l * geometry.featuresPerLayer)..<((l + 1) * geometry.featuresPerLayer)] }
+                }
+                var rows = isKeys ? w.keys : w.values
+                if isKeys { w.keys = [] } else { w.values = [] }
+                fits.append(try rows.withUnsafeMutableBufferPointer { b throws(CalibrationError) in
+                    try fitStream(rows: b.baseAddress!, count: count, geometry: w.geometry, options: options, weights: weights,
+                                  budgets: options.ratios.map { budgetFor($0, isKeys) }, errorTargets: targets,
+                                  progress: { progress?("\(name) beyond the windows: \($0)") })
+                })
+            }
+            outOfWindowFit = (w.layers, fits[0], fits[1])
+        }
         let plans = options.ratios.enumerated().map { i, r in
             RatioPlan(ratio: r, keys: keyFit.1[i].0, values: valueFit.1[i].0,
                       calibrationErrorKeys: keyFit.1[i].1 / Double(count),
-                      calibrationErrorValues: valueFit.1[i].1 / Double(count))
+                      calibrationErrorValues: valueFit.1[i].1 / Double(count),
+                      outOfWindow: outOfWindowFit.map {
+                          OutOfWindowPlan(keys: $0.keys.1[i].0, values: $0.values.1[i].0,
+                                          calibrationErrorKeys: $0.keys.1[i].1 / Double(count),
+                                          calibrationErrorValues: $0.values.1[i].1 / Double(count))
+                      })
         }
+        let outOfWindow = outOfWindowFit.map { OutOfWindowTransforms(layers: $0.layers, keys: $0.keys.0, values: $0.values.0) }
         var provenance = provenance
         provenance.recipe = options.recipe
         provenance.keyShare = options.keyShare
         return Profile(geometry: geometry, rope: rope, layerAttention: layerAttention, protection: options.protection, keys: keyFit.0,
-                       values: valueFit.0, plans: plans, provenance: provenance)
+                       values: valueFit.0, outOfWindow: outOfWindow, plans: plans, provenance: provenance)
     }
 
+    /// PCA of one stream's rows and a plan per budget: the least error within each budget,
+    /// or with `errorTargets` (summed over the rows, one per budget) the fewest bits within
+    /// the budget that reach the target.
     private static func fitStream(rows: UnsafeMutablePointer<Float>, count: Int, geometry: KVGeometry,
-                                  options: CalibrationOptions, weights: [Float]?, budgets: [Int],
+                                  options: CalibrationOptions, weights: [Float]?, budgets: [Int], errorTargets: [Double]? = nil,
                                   progress: @escaping (String) -> Void) throws(CalibrationError) -> (StreamTransform, [(BitPlan, Double)]) {
         let p = geometry.featuresPerToken
         var scale: [Float]? = nil
@@ -173,10 +222,16 @@ public enum Calibrator {
         let captured = basis.variances.reduce(0, +)
         let residual = max(0, basis.totalVariance - captured) * Double(count)
         var plans: [(BitPlan, Double)] = []
-        for b in budgets {
+        for (i, b) in budgets.enumerated() {
             progress("allocating \(b) bits per token")
             let result: (plan: BitPlan, error: Double)
-            do throws(BitAllocationError) { result = try BitAllocator.allocate(table, budgetBitsPerToken: b) } catch {
+            do throws(BitAllocationError) {
+                if let target = errorTargets?[i] {
+                    result = try BitAllocator.cheapestPlan(table, errorAtMost: target - residual, budgetBitsPerToken: b)
+                } else {
+                    result = try BitAllocator.allocate(table, budgetBitsPerToken: b)
+                }
+            } catch {
                 throw .invalidRatio(16 * Double(p) / Double(b))
             }
             plans.append((result.plan, result.error + residual))

@@ -84,8 +84,16 @@ public struct KVTCCompressor: CacheCompressor {
     /// (`kvtc bench codec --layouts`; README).
     public static let defaultCoder = LosslessCoder.deflate(level: 1)
 
+    /// Whether tokens that every sliding window has passed keep only the full-context
+    /// layers (when the profile has ``Profile/outOfWindow`` transforms). On by default; a
+    /// blob made so restores a cache that continues exactly from its end, but not from an
+    /// earlier position (its sliding layers lack the rows an earlier query would see).
+    public var trimsWindows = true
+
     let keyTables: StreamTables
     let valueTables: StreamTables
+    /// Tables of the out-of-window transforms at this ratio's plan.
+    let outOfWindowTables: (keys: StreamTables, values: StreamTables)?
 
     /// Name reported for this compressor (variants such as ablations rename it).
     public var methodName = "kvtc"
@@ -100,6 +108,11 @@ public struct KVTCCompressor: CacheCompressor {
         self.coder = coder
         keyTables = StreamTables(profile.keys, rank: plan.keys.componentsUsed)
         valueTables = StreamTables(profile.values, rank: plan.values.componentsUsed)
+        if let w = profile.outOfWindow, let o = plan.outOfWindow {
+            outOfWindowTables = (StreamTables(w.keys, rank: o.keys.componentsUsed), StreamTables(w.values, rank: o.values.componentsUsed))
+        } else {
+            outOfWindowTables = nil
+        }
     }
 
     public func compress(_ cache: KVCache) throws(KVTCError) -> CompressedCache {
@@ -112,11 +125,56 @@ public struct KVTCCompressor: CacheCompressor {
     /// step at a rounding boundary; one quantization assembles to the same values whatever
     /// the coders.
     struct QuantizedCache {
+        typealias Stream = (coder: StreamCoder, codes: [UInt8], meta: [UInt8])
         let cache: KVCache
         let leading: Int
         let trailing: Int
-        /// Packed codes and per-token group metadata of the keys, then of the values.
-        let streams: [(coder: StreamCoder, codes: [UInt8], meta: [UInt8])]
+        /// Packed codes and per-token group metadata of the full rows' keys, then values.
+        let streams: [Stream]
+        /// The leading compressed tokens stored for the full-context layers only, and their
+        /// keys' and values' codes.
+        let outOfWindowTokens: Int
+        let outOfWindowStreams: [Stream]
+    }
+
+    /// How many of the compressed tokens `range` no sliding window can see any more: a
+    /// future query comes after the cache's last position `P`, so a layer with window `W`
+    /// never again reads a token at a position below `P + 2 - W`.
+    func outOfWindowCount(_ cache: KVCache, compressed range: Range<Int>) -> Int {
+        guard trimsWindows, outOfWindowTables != nil, let last = cache.positions.last,
+              let window = cache.layerAttention.compactMap(\.window).max() else { return 0 }
+        let limit = last + 2 - window
+        var m = 0
+        while m < range.count, cache.positions[range.lowerBound + m] < limit { m += 1 }
+        return m
+    }
+
+    /// Projects `count` rows (`stride` apart) on `tables` and quantizes them with `plan`.
+    private static func quantizeRows(_ x: UnsafePointer<Float>, count: Int, stride: Int, tables: StreamTables,
+                                     plan: BitPlan) -> QuantizedCache.Stream {
+        let coder = StreamCoder(plan: plan, tokens: count)
+        var coefficients = [Float](repeating: 0, count: count * tables.rank)
+        if count > 0 {
+            coefficients.withUnsafeMutableBufferPointer { y in
+                tables.encode.withUnsafeBufferPointer { e in
+                    BLAS.gemm(.normal, .transposed, m: count, n: tables.rank, k: tables.dimension, a: x, lda: stride,
+                              b: e.baseAddress!, ldb: tables.dimension, c: y.baseAddress!, ldc: tables.rank)
+                }
+            }
+        }
+        var codes = [UInt8](repeating: 0, count: coder.codeBytes)
+        var meta = [UInt8](repeating: 0, count: coder.metaBytes)
+        coefficients.withUnsafeBufferPointer { y in
+            tables.offset.withUnsafeBufferPointer { off in
+                codes.withUnsafeMutableBufferPointer { c in
+                    meta.withUnsafeMutableBufferPointer { m in
+                        coder.encode(rows: y.baseAddress!, stride: tables.rank, subtract: off.baseAddress,
+                                     codes: c.baseAddress!, meta: m.baseAddress!)
+                    }
+                }
+            }
+        }
+        return (coder, codes, meta)
     }
 
     func quantize(_ cache: KVCache) throws(KVTCError) -> QuantizedCache {
@@ -127,41 +185,40 @@ public struct KVTCCompressor: CacheCompressor {
         guard n > 0 else { throw .nothingToCompress(tokens: cache.tokenCount, protected: lead + trail) }
         let p = cache.geometry.featuresPerToken
         let range = lead..<(lead + n)
-        var streams: [(coder: StreamCoder, codes: [UInt8], meta: [UInt8])] = []
+        let m = outOfWindowCount(cache, compressed: range)
+        var streams: [QuantizedCache.Stream] = [], windowStreams: [QuantizedCache.Stream] = []
         for isKeys in [true, false] {
-            let tables = isKeys ? keyTables : valueTables
-            let coder = StreamCoder(plan: isKeys ? plan.keys : plan.values, tokens: n)
-            var coefficients = [Float](repeating: 0, count: n * tables.rank)
-            let project = { (x: UnsafePointer<Float>) in
-                coefficients.withUnsafeMutableBufferPointer { y in
-                    tables.encode.withUnsafeBufferPointer { e in
-                        BLAS.gemm(.normal, .transposed, m: n, n: tables.rank, k: p, a: x, lda: p,
-                                  b: e.baseAddress!, ldb: p, c: y.baseAddress!, ldc: tables.rank)
-                    }
-                }
-            }
+            // Rows of the compressed tokens: keys un-rotated, values as they are.
+            var unrotated: [Float] = []
             if isKeys {
-                var x = [Float](repeating: 0, count: n * p)
-                x.withUnsafeMutableBufferPointer { FeatureRows.unrotatedKeys(of: cache, tokens: range, into: $0.baseAddress!) }
-                x.withUnsafeBufferPointer { project($0.baseAddress!) }
-            } else {
-                cache.values.withUnsafeBufferPointer { project($0.baseAddress! + lead * p) }
+                unrotated = [Float](repeating: 0, count: n * p)
+                unrotated.withUnsafeMutableBufferPointer { FeatureRows.unrotatedKeys(of: cache, tokens: range, into: $0.baseAddress!) }
             }
-            var codes = [UInt8](repeating: 0, count: coder.codeBytes)
-            var meta = [UInt8](repeating: 0, count: coder.metaBytes)
-            coefficients.withUnsafeBufferPointer { y in
-                tables.offset.withUnsafeBufferPointer { off in
-                    codes.withUnsafeMutableBufferPointer { c in
-                        meta.withUnsafeMutableBufferPointer { m in
-                            coder.encode(rows: y.baseAddress!, stride: tables.rank, subtract: off.baseAddress,
-                                         codes: c.baseAddress!, meta: m.baseAddress!)
+            let stream = isKeys ? unrotated : cache.values
+            let first = isKeys ? 0 : lead
+            stream.withUnsafeBufferPointer { x in
+                let rows = x.baseAddress! + first * p
+                streams.append(Self.quantizeRows(rows + m * p, count: n - m, stride: p, tables: isKeys ? keyTables : valueTables,
+                                                 plan: isKeys ? plan.keys : plan.values))
+                if m > 0, let w = profile.outOfWindow, let tables = outOfWindowTables, let o = plan.outOfWindow {
+                    // The full-context layers' features of the out-of-window rows, side by side.
+                    let f = cache.geometry.featuresPerLayer, pw = w.layers.count * f
+                    var sub = [Float](repeating: 0, count: m * pw)
+                    for t in 0..<m {
+                        for (j, l) in w.layers.enumerated() {
+                            for i in 0..<f { sub[t * pw + j * f + i] = rows[t * p + l * f + i] }
                         }
                     }
+                    sub.withUnsafeBufferPointer {
+                        windowStreams.append(Self.quantizeRows($0.baseAddress!, count: m, stride: pw,
+                                                               tables: isKeys ? tables.keys : tables.values,
+                                                               plan: isKeys ? o.keys : o.values))
+                    }
                 }
             }
-            streams.append((coder, codes, meta))
         }
-        return QuantizedCache(cache: cache, leading: lead, trailing: trail, streams: streams)
+        return QuantizedCache(cache: cache, leading: lead, trailing: trail, streams: streams,
+                              outOfWindowTokens: m, outOfWindowStreams: windowStreams)
     }
 
     /// The blob of a quantized cache, with this compressor's code coding and lossless coder.
@@ -171,14 +228,17 @@ public struct KVTCCompressor: CacheCompressor {
         let p = cache.geometry.featuresPerToken
         var sections: [(SectionKind, [UInt8], Bool)] = []
         var rawCompressedBytes = 0
-        for (isKeys, stream) in zip([true, false], q.streams) {
+        let kinds: [(SectionKind, SectionKind)] = [(.keyCodes, .keyMeta), (.valueCodes, .valueMeta),
+                                                   (.outOfWindowKeyCodes, .outOfWindowKeyMeta),
+                                                   (.outOfWindowValueCodes, .outOfWindowValueMeta)]
+        for ((codesKind, metaKind), stream) in zip(kinds, q.streams + q.outOfWindowStreams) {
             rawCompressedBytes += stream.codes.count + stream.meta.count
             if codeCoding == .rans {
-                sections.append((isKeys ? .keyCodes : .valueCodes, stream.coder.ransSection(packed: stream.codes), false))
+                sections.append((codesKind, stream.coder.ransSection(packed: stream.codes), false))
             } else {
-                sections.append((isKeys ? .keyCodes : .valueCodes, stream.codes, true))
+                sections.append((codesKind, stream.codes, true))
             }
-            sections.append((isKeys ? .keyMeta : .valueMeta, stream.meta, true))
+            sections.append((metaKind, stream.meta, true))
         }
 
         // Protected tokens: fp16 when every value is exactly representable, else f32.
@@ -200,16 +260,20 @@ public struct KVTCCompressor: CacheCompressor {
                                 layerAttention: cache.isUniform ? nil : cache.layerAttention, tokens: cache.tokenCount, leadingProtected: lead, trailingProtected: trail,
                                 nominalRatio: plan.ratio, keyPlan: plan.keys, valuePlan: plan.values,
                                 protectedEncoding: exact, firstPosition: first,
-                                explicitPositions: !contiguous, model: cache.model, codeCoding: codeCoding)
+                                explicitPositions: !contiguous, model: cache.model, codeCoding: codeCoding,
+                                outOfWindowTokens: q.outOfWindowTokens,
+                                outOfWindowPlan: q.outOfWindowTokens > 0 ? plan.outOfWindow.map { ($0.keys, $0.values) } : nil)
         let (bytes, chunks) = Blob.assemble(header: header, sections: sections, coder: coder)
         let protectedStored = chunks.filter { $0.kind == .protectedKeys || $0.kind == .protectedValues }.reduce(0) { $0 + $1.storedLength }
-        let codeStored = chunks.filter { [.keyCodes, .keyMeta, .valueCodes, .valueMeta].contains($0.kind) }.reduce(0) { $0 + $1.storedLength }
+        let codeStored = chunks.filter { $0.kind != .protectedKeys && $0.kind != .protectedValues && $0.kind != .positions }
+            .reduce(0) { $0 + $1.storedLength }
         let overhead = bytes.count - protectedStored - codeStored
-        let report = CompressionReport(method: method, tokens: cache.tokenCount, compressedTokens: n,
+        var report = CompressionReport(method: method, tokens: cache.tokenCount, compressedTokens: n,
                                        nominalRatio: plan.ratio, compressedTokensFP16Bytes: 4 * n * p,
                                        cacheFP16Bytes: cache.fp16Bytes,
                                        compressedTokensBytesBeforeEntropy: rawCompressedBytes + overhead,
                                        compressedTokensBytes: codeStored + overhead, totalBytes: bytes.count)
+        report.outOfWindowTokens = q.outOfWindowTokens > 0 ? q.outOfWindowTokens : nil
         return CompressedCache(bytes: bytes, report: report)
     }
 
@@ -268,6 +332,8 @@ public struct LayerwiseDecoder: Sendable {
     /// `compressedTokens x rank` coefficients per stream.
     let keyCoefficients: [Float]
     let valueCoefficients: [Float]
+    /// The out-of-window rows: the full-context layers, their tables and coefficients.
+    let outOfWindow: (layers: [Int], keys: StreamTables, values: StreamTables, keyCoefficients: [Float], valueCoefficients: [Float])?
     let protectedKeys: [Float]
     let protectedValues: [Float]
     /// Absolute position of every token.
@@ -294,7 +360,7 @@ public struct LayerwiseDecoder: Sendable {
             throw .blob(.corrupt("bit plan uses components the profile lacks"))
         }
         let p = h.geometry.featuresPerToken
-        let n = h.compressedTokens
+        let n = h.fullRows, m = h.outOfWindowTokens
         let kc = StreamCoder(plan: h.keyPlan, tokens: n), vc = StreamCoder(plan: h.valuePlan, tokens: n)
         let protectedTokens = h.leadingProtected + h.trailingProtected
         var expected: [SectionKind: Int] = [
@@ -302,19 +368,41 @@ public struct LayerwiseDecoder: Sendable {
             .protectedKeys: h.protectedEncoding.byteCount(values: protectedTokens * p),
             .protectedValues: h.protectedEncoding.byteCount(values: protectedTokens * p),
         ]
+        var windowCoders: (keys: StreamCoder, values: StreamCoder)?
+        var windowTables: (keys: StreamTables, values: StreamTables)?
+        if let plan = h.outOfWindowPlan {
+            guard let w = profile.outOfWindow else { throw .blob(.corrupt("out-of-window rows, but the profile has no transforms for them")) }
+            guard plan.keys.validate(components: w.keys.basis.rank), plan.values.validate(components: w.values.basis.rank) else {
+                throw .blob(.corrupt("out-of-window bit plan uses components the profile lacks"))
+            }
+            let coders = (StreamCoder(plan: plan.keys, tokens: m), StreamCoder(plan: plan.values, tokens: m))
+            expected[.outOfWindowKeyCodes] = coders.0.codeBytes
+            expected[.outOfWindowKeyMeta] = coders.0.metaBytes
+            expected[.outOfWindowValueCodes] = coders.1.codeBytes
+            expected[.outOfWindowValueMeta] = coders.1.metaBytes
+            windowCoders = coders
+            // Reuse the compressor's tables when its plan is the blob's.
+            if let t = compressor.outOfWindowTables, let o = compressor.plan.outOfWindow, o.keys == plan.keys, o.values == plan.values {
+                windowTables = t
+            } else {
+                windowTables = (StreamTables(w.keys, rank: plan.keys.componentsUsed), StreamTables(w.values, rank: plan.values.componentsUsed))
+            }
+        }
         if h.explicitPositions { expected[.positions] = 8 * h.tokens }
+        let codeKinds: [(SectionKind, StreamCoder)] = [(.keyCodes, kc), (.valueCodes, vc)]
+            + (windowCoders.map { [(.outOfWindowKeyCodes, $0.keys), (.outOfWindowValueCodes, $0.values)] } ?? [])
         if h.codeCoding == .rans {
             // rANS sections have no length the plan implies; their own directory is checked.
-            for kind in [SectionKind.keyCodes, .valueCodes] {
+            for (kind, _) in codeKinds {
                 expected[kind] = chunks.filter { $0.kind == kind }.reduce(0) { $0 + $1.rawLength }
             }
         }
         var sections: [SectionKind: [UInt8]]
         do { sections = try Blob.sections(bytes, chunks: chunks, dataStart: dataStart, expected: expected) } catch { throw .blob(error) }
         if h.codeCoding == .rans {
-            for (kind, coder) in [(SectionKind.keyCodes, kc), (.valueCodes, vc)] {
+            for (kind, coder) in codeKinds {
                 do { sections[kind] = try coder.packedSection(rans: sections[kind] ?? []) } catch {
-                    throw .blob(.corrupt("\(kind == .keyCodes ? "key" : "value") codes: \(error.reason)"))
+                    throw .blob(.corrupt("\(kind) codes: \(error.reason)"))
                 }
             }
         }
@@ -323,7 +411,7 @@ public struct LayerwiseDecoder: Sendable {
         keyTables = h.keyPlan == compressor.plan.keys ? compressor.keyTables : StreamTables(profile.keys, rank: h.keyPlan.componentsUsed)
         valueTables = h.valuePlan == compressor.plan.values ? compressor.valueTables : StreamTables(profile.values, rank: h.valuePlan.componentsUsed)
         func dequantize(_ coder: StreamCoder, _ codes: [UInt8], _ meta: [UInt8]) throws(KVTCError) -> [Float] {
-            var y = [Float](repeating: 0, count: n * coder.plan.componentsUsed)
+            var y = [Float](repeating: 0, count: coder.tokens * coder.plan.componentsUsed)
             var bad: StreamCoder.InvalidMetadata?
             y.withUnsafeMutableBufferPointer { out in
                 codes.withUnsafeBufferPointer { c in
@@ -337,6 +425,13 @@ public struct LayerwiseDecoder: Sendable {
         }
         keyCoefficients = try dequantize(kc, sections[.keyCodes] ?? [], sections[.keyMeta] ?? [])
         valueCoefficients = try dequantize(vc, sections[.valueCodes] ?? [], sections[.valueMeta] ?? [])
+        var window: (layers: [Int], keys: StreamTables, values: StreamTables, keyCoefficients: [Float], valueCoefficients: [Float])?
+        if let coders = windowCoders, let tables = windowTables, let w = profile.outOfWindow {
+            let yk = try dequantize(coders.keys, sections[.outOfWindowKeyCodes] ?? [], sections[.outOfWindowKeyMeta] ?? [])
+            let yv = try dequantize(coders.values, sections[.outOfWindowValueCodes] ?? [], sections[.outOfWindowValueMeta] ?? [])
+            window = (w.layers, tables.keys, tables.values, yk, yv)
+        }
+        outOfWindow = window
         func floats(_ b: [UInt8]) throws(KVTCError) -> [Float] {
             guard b.count == h.protectedEncoding.byteCount(values: protectedTokens * p) else { throw .blob(.corrupt("protected tokens")) }
             let out = h.protectedEncoding.decode(b[...])
@@ -360,13 +455,38 @@ public struct LayerwiseDecoder: Sendable {
     /// into `out` (row stride `stride`).
     private func reconstruct(keys: Bool, columns: Range<Int>, into out: UnsafeMutablePointer<Float>, stride: Int) {
         copyProtected(keys: keys, columns: columns, into: out, stride: stride)
+        reconstructOutOfWindow(keys: keys, columns: columns, into: out, stride: stride)
         let h = header
-        let lead = h.leadingProtected
+        let first = h.firstFullRow
         (keys ? keyCoefficients : valueCoefficients).withUnsafeBufferPointer { y in
             Self.reconstructCompressed(tables: keys ? keyTables : valueTables, coefficients: y.baseAddress!,
-                                       rows: h.compressedTokens, rotation: keys ? h.keyRotation : nil,
-                                       positions: positions[lead..<(lead + h.compressedTokens)],
-                                       columns: columns, into: out + lead * stride, stride: stride)
+                                       rows: h.fullRows, rotation: keys ? h.keyRotation : nil,
+                                       positions: positions[first..<(first + h.fullRows)],
+                                       columns: columns, into: out + first * stride, stride: stride)
+        }
+    }
+
+    /// Writes the out-of-window rows of `columns` (of the whole feature row) into their
+    /// places in `out` (row 0 is the blob's first token): the full-context layers'
+    /// features reconstructed, the sliding layers' zero (no query will read them).
+    private func reconstructOutOfWindow(keys: Bool, columns: Range<Int>, into out: UnsafeMutablePointer<Float>, stride: Int) {
+        let h = header
+        guard let w = outOfWindow, h.outOfWindowTokens > 0 else { return }
+        let m = h.outOfWindowTokens, lead = h.leadingProtected
+        let rows = out + lead * stride
+        for t in 0..<m { (rows + t * stride).update(repeating: 0, count: columns.count) }
+        let f = h.geometry.featuresPerLayer
+        for (j, l) in w.layers.enumerated() {
+            let block = (l * f)..<((l + 1) * f)
+            let wanted = block.clamped(to: columns)
+            guard !wanted.isEmpty else { continue }
+            let basisColumns = (j * f + wanted.lowerBound - l * f)..<(j * f + wanted.upperBound - l * f)
+            (keys ? w.keyCoefficients : w.valueCoefficients).withUnsafeBufferPointer { y in
+                Self.reconstructCompressed(tables: keys ? w.keys : w.values, coefficients: y.baseAddress!, rows: m,
+                                           rotation: keys ? h.keyRotation : nil, positions: positions[lead..<(lead + m)],
+                                           columns: wanted, basisColumns: basisColumns,
+                                           into: rows + (wanted.lowerBound - columns.lowerBound), stride: stride)
+            }
         }
     }
 
@@ -383,22 +503,27 @@ public struct LayerwiseDecoder: Sendable {
         }
     }
 
-    /// Writes `rows` reconstructed rows `Y * B[:, columns] + mean[columns]` into `out` (row
-    /// stride `stride`), re-applying each layer's rotation (keys) at `positions`.
+    /// Writes `rows` reconstructed rows `Y * B[:, basisColumns] + mean[basisColumns]` into
+    /// `out` (row stride `stride`), re-applying the rotation (keys) of the feature columns
+    /// `columns` at `positions`. `basisColumns` defaults to `columns` (tables over every
+    /// layer); the out-of-window tables hold the full-context layers only.
     static func reconstructCompressed(tables: StreamTables, coefficients y: UnsafePointer<Float>, rows n: Int,
                                       rotation: KeyRotation?, positions: ArraySlice<Int>, columns: Range<Int>,
+                                      basisColumns: Range<Int>? = nil,
                                       into c: UnsafeMutablePointer<Float>, stride: Int) {
         guard n > 0 else { return }
         let p = tables.dimension
         let width = columns.count
+        let source = basisColumns ?? columns
+        precondition(source.count == width)
         tables.decode.withUnsafeBufferPointer { b in
             BLAS.gemm(m: n, n: width, k: tables.rank, a: y, lda: max(1, tables.rank),
-                      b: b.baseAddress! + columns.lowerBound, ldb: p, c: c, ldc: stride)
+                      b: b.baseAddress! + source.lowerBound, ldb: p, c: c, ldc: stride)
         }
         if tables.rank == 0 { for t in 0..<n { (c + t * stride).update(repeating: 0, count: width) } }
         let box = UncheckedSendable(c)
         tables.mean.withUnsafeBufferPointer { m in
-            let mb = UncheckedSendable(m.baseAddress! + columns.lowerBound)
+            let mb = UncheckedSendable(m.baseAddress! + source.lowerBound)
             Parallel.forEachRange(n, minimumPerTask: 256) { r in
                 for t in r {
                     let row = box.value + t * stride
@@ -439,6 +564,7 @@ public struct LayerwiseDecoder: Sendable {
         var lo = 0
         for i in 1...decoders.count {
             let split = i == decoders.count || decoders[i].header.leadingProtected > 0 || decoders[i - 1].header.trailingProtected > 0
+                || decoders[i].header.outOfWindowTokens > 0
                 || decoders[i].keyTables !== decoders[lo].keyTables || decoders[i].valueTables !== decoders[lo].valueTables
             if split { runs.append(lo..<i); lo = i }
         }
@@ -449,14 +575,16 @@ public struct LayerwiseDecoder: Sendable {
             for (i, d) in decoders.enumerated() {
                 d.copyProtected(keys: true, columns: 0..<p, into: k.baseAddress! + starts[i] * p, stride: p)
                 d.copyProtected(keys: false, columns: 0..<p, into: v.baseAddress! + starts[i] * p, stride: p)
+                d.reconstructOutOfWindow(keys: true, columns: 0..<p, into: k.baseAddress! + starts[i] * p, stride: p)
+                d.reconstructOutOfWindow(keys: false, columns: 0..<p, into: v.baseAddress! + starts[i] * p, stride: p)
             }
             for run in runs {
                 let head = decoders[run.lowerBound]
-                let rows = run.reduce(0) { $0 + decoders[$1].header.compressedTokens }
-                let out = starts[run.lowerBound] + head.header.leadingProtected
+                let rows = run.reduce(0) { $0 + decoders[$1].header.fullRows }
+                let out = starts[run.lowerBound] + head.header.firstFullRow
                 let positions = run.flatMap { i in
                     let h = decoders[i].header
-                    return decoders[i].positions[h.leadingProtected..<(h.leadingProtected + h.compressedTokens)]
+                    return decoders[i].positions[h.firstFullRow..<(h.firstFullRow + h.fullRows)]
                 }
                 for keys in [true, false] {
                     let tables = keys ? head.keyTables : head.valueTables

@@ -26,6 +26,9 @@ public enum LayoutStudy {
         let parsed: (BlobHeader, [SectionChunk], Int)
         do { parsed = try Blob.parseHeader(blob) } catch { throw .blob(error) }
         let (h, chunks, start) = parsed
+        guard h.outOfWindowTokens == 0 else {
+            throw .blob(.corrupt("the layout study takes blobs without out-of-window rows (compress with trimsWindows off)"))
+        }
         let n = h.compressedTokens
         let kc = StreamCoder(plan: h.keyPlan, tokens: n), vc = StreamCoder(plan: h.valuePlan, tokens: n)
         let codeLength = { (kind: SectionKind, coder: StreamCoder) in

@@ -41,12 +41,59 @@ public struct RatioPlan: Hashable, Codable, Sendable {
     public var calibrationErrorKeys: Double
     public var calibrationErrorValues: Double
 
-    public init(ratio: Double, keys: BitPlan, values: BitPlan, calibrationErrorKeys: Double, calibrationErrorValues: Double) {
+    /// Plans for the tokens every sliding window has passed (only the full-context layers'
+    /// features), for profiles with ``Profile/outOfWindow`` transforms.
+    public var outOfWindow: OutOfWindowPlan?
+
+    public init(ratio: Double, keys: BitPlan, values: BitPlan, calibrationErrorKeys: Double, calibrationErrorValues: Double,
+                outOfWindow: OutOfWindowPlan? = nil) {
         self.ratio = ratio
         self.keys = keys
         self.values = values
         self.calibrationErrorKeys = calibrationErrorKeys
         self.calibrationErrorValues = calibrationErrorValues
+        self.outOfWindow = outOfWindow
+    }
+}
+
+/// Bit plans at one ratio for the rows of tokens that no sliding-window layer can see any
+/// more, which hold only the full-context layers' features.
+public struct OutOfWindowPlan: Hashable, Codable, Sendable {
+    public var keys: BitPlan
+    public var values: BitPlan
+    /// Mean squared error per calibration row (keys, values), as in ``RatioPlan``.
+    public var calibrationErrorKeys: Double
+    public var calibrationErrorValues: Double
+
+    public init(keys: BitPlan, values: BitPlan, calibrationErrorKeys: Double, calibrationErrorValues: Double) {
+        self.keys = keys
+        self.values = values
+        self.calibrationErrorKeys = calibrationErrorKeys
+        self.calibrationErrorValues = calibrationErrorValues
+    }
+}
+
+/// The transforms of tokens older than every sliding window. A sliding-window layer never
+/// attends to a token its window has passed, so for such tokens a cache only needs the
+/// layers that attend over the whole context: their features (keys un-rotated, layer by
+/// layer in ``layers`` order) get their own PCA, fitted on the same calibration rows.
+public struct OutOfWindowTransforms: Sendable, Equatable {
+    /// The full-context layers, ascending; their features make the rows of these transforms.
+    public var layers: [Int]
+    public var keys: StreamTransform
+    public var values: StreamTransform
+
+    public init(layers: [Int], keys: StreamTransform, values: StreamTransform) {
+        self.layers = layers
+        self.keys = keys
+        self.values = values
+    }
+
+    /// The full-context layers of a model whose layers `attention` describes, or `nil` when
+    /// no layer has a window or every layer has one (nothing to trim, or nothing to keep).
+    public static func fullContextLayers(_ attention: [LayerAttention]) -> [Int]? {
+        let full = attention.indices.filter { attention[$0].window == nil }
+        return full.isEmpty || full.count == attention.count ? nil : full
     }
 }
 
@@ -131,10 +178,11 @@ public enum ProfileError: Error, Equatable, CustomStringConvertible {
 /// A profile is immutable and identified by ``contentHash``, the SHA-256 of its encoding;
 /// blobs record that hash and refuse to decode with any other profile.
 public struct Profile: Sendable {
-    /// Newest version of the file format written by ``encoded()``: 2 for profiles whose
+    /// Newest version of the file format written by ``encoded()``: 3 for profiles with
+    /// ``outOfWindow`` transforms (their arrays follow the values'), 2 for profiles whose
     /// layers differ in rotation or window (the header lists every layer's), 1 otherwise
     /// (byte for byte as before, so uniform profiles keep their hashes).
-    public static let formatVersion = 2
+    public static let formatVersion = 3
     static let magic = Array("KVTCPRF\u{1}".utf8)
 
     public let geometry: KVGeometry
@@ -145,6 +193,10 @@ public struct Profile: Sendable {
     public let protection: Protection
     public let keys: StreamTransform
     public let values: StreamTransform
+    /// Transforms of the tokens every sliding window has passed (version 3), for models
+    /// with both sliding-window and full-context layers; `nil` in profiles that keep every
+    /// layer of every token.
+    public let outOfWindow: OutOfWindowTransforms?
     /// Plans, ascending by ratio.
     public let plans: [RatioPlan]
     public let provenance: Provenance
@@ -158,12 +210,21 @@ public struct Profile: Sendable {
     /// `rope` over the whole context (no default: a profile derived from another must keep
     /// its layers).
     public init(geometry: KVGeometry, rope: RoPE, layerAttention: [LayerAttention]?, protection: Protection,
-                keys: StreamTransform, values: StreamTransform, plans: [RatioPlan], provenance: Provenance) {
+                keys: StreamTransform, values: StreamTransform, outOfWindow: OutOfWindowTransforms? = nil,
+                plans: [RatioPlan], provenance: Provenance) {
         let kUsed = plans.map(\.keys.componentsUsed).max() ?? 0
         let vUsed = plans.map(\.values.componentsUsed).max() ?? 0
         var k = keys, v = values
         k.basis = keys.basis.truncated(to: kUsed)
         v.basis = values.basis.truncated(to: vUsed)
+        var window = outOfWindow
+        if var w = window {
+            precondition(plans.allSatisfy { $0.outOfWindow != nil }, "out-of-window transforms need a plan at every ratio")
+            w.keys.basis = w.keys.basis.truncated(to: plans.map { $0.outOfWindow!.keys.componentsUsed }.max() ?? 0)
+            w.values.basis = w.values.basis.truncated(to: plans.map { $0.outOfWindow!.values.componentsUsed }.max() ?? 0)
+            window = w
+        }
+        self.outOfWindow = window
         self.geometry = geometry
         self.rope = rope
         let layers = layerAttention ?? LayerAttention.uniform(rope, layers: geometry.layers)
@@ -174,7 +235,7 @@ public struct Profile: Sendable {
         self.plans = plans.sorted { $0.ratio < $1.ratio }
         self.provenance = provenance
         let body = Profile.encodeBody(geometry: geometry, rope: rope, layers: layers, protection: protection, keys: k,
-                                      values: v, plans: self.plans, provenance: provenance)
+                                      values: v, outOfWindow: window, plans: self.plans, provenance: provenance)
         let digest = Array(SHA256.hash(data: body))
         self.hashBytes = digest
         self.contentHash = hexString(digest)
@@ -227,38 +288,71 @@ public struct Profile: Sendable {
         var valuesRank: Int
         var keysTotalVariance: Double
         var valuesTotalVariance: Double
+        /// Version 3: the out-of-window transforms' layers, ranks and total variances.
+        var outOfWindow: OutOfWindowHeader?
+    }
+
+    private struct OutOfWindowHeader: Codable {
+        var layers: [Int]
+        var keysRank: Int
+        var valuesRank: Int
+        var keysTotalVariance: Double
+        var valuesTotalVariance: Double
+    }
+
+    private static func writeStream(_ s: StreamTransform, _ w: inout ByteWriter) {
+        w.floats(s.basis.mean)
+        w.floats(s.featureScale ?? [])
+        w.u64(UInt64(s.basis.variances.count))
+        for v in s.basis.variances { w.f64(v) }
+        w.floats(s.basis.components.elements)
+    }
+
+    private static func readStream(_ r: inout ByteReader<[UInt8]>, dimension p: Int, rank: Int, totalVariance: Double) throws -> StreamTransform {
+        let mean = try r.floats(maxCount: p)
+        let scale = try r.floats(maxCount: p)
+        let nv = try r.int(max: p)
+        var vars: [Double] = []
+        for _ in 0..<nv { vars.append(try r.f64()) }
+        let comps = try r.floats(maxCount: p * p)
+        guard mean.count == p, scale.isEmpty || scale.count == p, nv == rank, comps.count == rank * p else {
+            throw ProfileError.corrupt("array sizes do not match the geometry")
+        }
+        let basis = PCABasis(mean: mean, components: Matrix(rows: rank, columns: p, elements: comps),
+                             variances: vars, totalVariance: totalVariance)
+        return StreamTransform(basis: basis, featureScale: scale.isEmpty ? nil : scale)
     }
 
     private static func encodeBody(geometry: KVGeometry, rope: RoPE, layers: [LayerAttention], protection: Protection,
-                                   keys: StreamTransform, values: StreamTransform, plans: [RatioPlan],
-                                   provenance: Provenance) -> [UInt8] {
+                                   keys: StreamTransform, values: StreamTransform, outOfWindow: OutOfWindowTransforms?,
+                                   plans: [RatioPlan], provenance: Provenance) -> [UInt8] {
         let uniform = LayerAttention.areUniform(layers, rope: rope)
+        let window = outOfWindow.map {
+            OutOfWindowHeader(layers: $0.layers, keysRank: $0.keys.basis.rank, valuesRank: $0.values.basis.rank,
+                              keysTotalVariance: $0.keys.basis.totalVariance, valuesTotalVariance: $0.values.basis.totalVariance)
+        }
         let header = Header(geometry: geometry, rope: rope, layerAttention: uniform ? nil : layers, protection: protection,
                             plans: plans, provenance: provenance,
                             keysRank: keys.basis.rank, valuesRank: values.basis.rank,
-                            keysTotalVariance: keys.basis.totalVariance, valuesTotalVariance: values.basis.totalVariance)
+                            keysTotalVariance: keys.basis.totalVariance, valuesTotalVariance: values.basis.totalVariance,
+                            outOfWindow: window)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         let json = Array(try! encoder.encode(header))
         var w = ByteWriter()
         w.raw(magic)
-        w.u32(uniform ? 1 : 2)
+        w.u32(outOfWindow != nil ? 3 : uniform ? 1 : 2)
         w.u32(UInt32(json.count))
         w.raw(json)
-        for s in [keys, values] {
-            w.floats(s.basis.mean)
-            w.floats(s.featureScale ?? [])
-            w.u64(UInt64(s.basis.variances.count))
-            for v in s.basis.variances { w.f64(v) }
-            w.floats(s.basis.components.elements)
-        }
+        for s in [keys, values] { writeStream(s, &w) }
+        if let outOfWindow { for s in [outOfWindow.keys, outOfWindow.values] { writeStream(s, &w) } }
         return w.bytes
     }
 
     /// The profile file's bytes.
     public func encoded() -> [UInt8] {
         var body = Profile.encodeBody(geometry: geometry, rope: rope, layers: layerAttention, protection: protection,
-                                      keys: keys, values: values, plans: plans, provenance: provenance)
+                                      keys: keys, values: values, outOfWindow: outOfWindow, plans: plans, provenance: provenance)
         body.append(contentsOf: hashBytes)
         return body
     }
@@ -282,23 +376,31 @@ public struct Profile: Sendable {
             guard h.geometry.layers > 0, h.geometry.kvHeads > 0, h.geometry.headDim > 0, p < 1 << 24 else { throw ProfileError.corrupt("geometry") }
             var streams: [StreamTransform] = []
             for (rank, total) in [(h.keysRank, h.keysTotalVariance), (h.valuesRank, h.valuesTotalVariance)] {
-                let mean = try r.floats(maxCount: p)
-                let scale = try r.floats(maxCount: p)
-                let nv = try r.int(max: p)
-                var vars: [Double] = []
-                for _ in 0..<nv { vars.append(try r.f64()) }
-                let comps = try r.floats(maxCount: p * p)
-                guard mean.count == p, scale.isEmpty || scale.count == p, nv == rank, comps.count == rank * p else {
-                    throw ProfileError.corrupt("array sizes do not match the geometry")
+                streams.append(try Profile.readStream(&r, dimension: p, rank: rank, totalVariance: total))
+            }
+            var window: OutOfWindowTransforms?
+            if let w = h.outOfWindow {
+                guard version >= 3, let layers = h.layerAttention, let full = OutOfWindowTransforms.fullContextLayers(layers),
+                      full == w.layers else {
+                    throw ProfileError.corrupt("out-of-window transforms without sliding and full-context layers")
                 }
-                let basis = PCABasis(mean: mean, components: Matrix(rows: rank, columns: p, elements: comps),
-                                     variances: vars, totalVariance: total)
-                streams.append(StreamTransform(basis: basis, featureScale: scale.isEmpty ? nil : scale))
+                let pw = w.layers.count * h.geometry.featuresPerLayer
+                let k = try Profile.readStream(&r, dimension: pw, rank: w.keysRank, totalVariance: w.keysTotalVariance)
+                let v = try Profile.readStream(&r, dimension: pw, rank: w.valuesRank, totalVariance: w.valuesTotalVariance)
+                window = OutOfWindowTransforms(layers: w.layers, keys: k, values: v)
             }
             guard r.remaining == 0 else { throw ProfileError.corrupt("trailing bytes") }
             for plan in h.plans {
                 guard plan.keys.validate(components: h.keysRank), plan.values.validate(components: h.valuesRank) else {
                     throw ProfileError.corrupt("plan for \(plan.ratio)x uses components the basis lacks")
+                }
+                guard (plan.outOfWindow == nil) == (h.outOfWindow == nil) else {
+                    throw ProfileError.corrupt("plan for \(plan.ratio)x and the out-of-window transforms disagree")
+                }
+                if let o = plan.outOfWindow, let w = h.outOfWindow {
+                    guard o.keys.validate(components: w.keysRank), o.values.validate(components: w.valuesRank) else {
+                        throw ProfileError.corrupt("out-of-window plan for \(plan.ratio)x uses components the basis lacks")
+                    }
                 }
             }
             if let layers = h.layerAttention {
@@ -314,6 +416,7 @@ public struct Profile: Sendable {
             self.protection = h.protection
             self.keys = streams[0]
             self.values = streams[1]
+            self.outOfWindow = window
             self.plans = h.plans
             self.provenance = h.provenance
             self.hashBytes = stored

@@ -199,10 +199,19 @@ public final class CacheStore: Sendable {
 
     /// A KVTC compressor for chunks: the profile's sink tokens exact (decided by absolute
     /// position, so only the first chunk has any) and no recent tokens (the tail keeps them).
+    ///
+    /// Chunks keep every layer of every token (no window trimming): a chunk is a restore
+    /// point for every later prefix, and a chunk-only match restores up to
+    /// ``StoreConfiguration/recentTokens`` before a chunk's end, where a sliding layer still
+    /// sees `window - 1` tokens back. A chunk of `C` tokens has a row no such restore reads
+    /// only when `C > window + recentTokens` (1,152 tokens for Gemma 3's window of 512 and
+    /// the default 128), far beyond the default 256.
     public static func kvtcChunkCodec(profile: Profile, ratio: Double, coder: LosslessCoder = KVTCCompressor.defaultCoder) throws(KVTCError) -> KVTCCompressor {
-        try KVTCCompressor(profile: profile, ratio: ratio,
-                           protection: Protection(sinkTokens: profile.protection.sinkTokens, recentTokens: 0),
-                           coder: coder)
+        var c = try KVTCCompressor(profile: profile, ratio: ratio,
+                                   protection: Protection(sinkTokens: profile.protection.sinkTokens, recentTokens: 0),
+                                   coder: coder)
+        c.trimsWindows = false
+        return c
     }
 
     /// Running totals.

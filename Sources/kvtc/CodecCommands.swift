@@ -274,6 +274,9 @@ struct CompressCommand: AsyncParsableCommand {
 func printReport(_ r: CompressionReport, seconds: Double?, wholeFile: Bool = true) {
     print("tokens            \(r.tokens) (\(r.compressedTokens) compressed, \(r.tokens - r.compressedTokens) exact)")
     if let n = r.nominalRatio { print(String(format: "nominal ratio     %.1fx", n)) }
+    if let m = r.outOfWindowTokens {
+        print("out of window     \(m) compressed tokens keep only the full-context layers (no sliding window sees them again)")
+    }
     print(String(format: "before entropy    %.2fx over compressed tokens", r.ratioBeforeEntropy))
     print(String(format: "after entropy     %.2fx over compressed tokens (%@ -> %@, all bytes counted)", r.ratio,
                  formatBytes(r.compressedTokensFP16Bytes), formatBytes(r.compressedTokensBytes)))

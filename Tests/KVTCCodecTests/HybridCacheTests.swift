@@ -44,7 +44,9 @@ import Testing
         let profile = try Self.profile(layers: Self.layers, rope: Self.rope)
         #expect(profile.layerAttention == Self.layers)
         let hybrid = Self.cache(tokens: 600, seed: 7)
-        let c = try KVTCCompressor(profile: profile, ratio: 4)
+        // Every layer of every token (the window trimming has its own test).
+        var c = try KVTCCompressor(profile: profile, ratio: 4)
+        c.trimsWindows = false
         let blob = try c.compress(hybrid)
         #expect(try Blob.summary(of: blob.bytes).formatVersion == 3)
         let restored = try c.decompress(blob.bytes)
@@ -75,14 +77,25 @@ import Testing
         #expect(wrongError > 2 * hybridError, "one RoPE for every layer: \(wrongError), per layer: \(hybridError)")
     }
 
-    /// Profiles of hybrid caches are version 2 and keep every layer's facts; uniform ones
-    /// stay version 1; a profile refuses caches whose layers differ from its own.
+    /// Profiles of hybrid caches keep every layer's facts and the out-of-window transforms
+    /// (version 3; version 2 without them, which still reads); uniform ones stay version 1;
+    /// a profile refuses caches whose layers differ from its own.
     @Test func profilesCarryEveryLayerAndRefuseOthers() throws {
         let profile = try Self.profile(layers: Self.layers, rope: Self.rope)
         let bytes = profile.encoded()
-        #expect(bytes[8] == 2)
+        #expect(bytes[8] == 3)
         let read = try Profile(bytes: bytes)
         #expect(read.layerAttention == Self.layers && read.contentHash == profile.contentHash)
+        #expect(read.outOfWindow == profile.outOfWindow && read.outOfWindow?.layers == [3])
+        #expect(read.plans.allSatisfy { $0.outOfWindow != nil })
+        // Without the out-of-window transforms: version 2, read back as it was written.
+        let plain = Profile(geometry: profile.geometry, rope: profile.rope, layerAttention: profile.layerAttention,
+                            protection: profile.protection, keys: profile.keys, values: profile.values,
+                            plans: profile.plans.map { var p = $0; p.outOfWindow = nil; return p }, provenance: profile.provenance)
+        #expect(plain.encoded()[8] == 2)
+        let plainRead = try Profile(bytes: plain.encoded())
+        #expect(plainRead.outOfWindow == nil && plainRead.contentHash == plain.contentHash)
+        #expect(try KVTCCompressor(profile: plainRead, ratio: 4).compress(Self.cache(tokens: 600, seed: 3)).report.outOfWindowTokens == nil)
         #expect(Fixtures.profile(ratios: [4]).encoded()[8] == 1)
         let uniform = Self.cache(tokens: 300, seed: 3, layers: nil)
         #expect(throws: ProfileError.self) { try profile.check(uniform) }
@@ -91,6 +104,90 @@ import Testing
         let blob = try KVTCCompressor(profile: profile, ratio: 4).compress(Self.cache(tokens: 300, seed: 4))
         let other = try KVTCCompressor(profile: try Self.profile(layers: nil, rope: Self.rope), ratio: 4)
         #expect(throws: KVTCError.self) { _ = try other.decompress(blob.bytes) }
+    }
+
+    /// Tokens no sliding window will see again keep only the full-context layer: the blob
+    /// shrinks by about the dropped layers' share, the kept layer's rows are as accurate as
+    /// with every layer kept, the dropped rows restore as zeros (a query after the cache's
+    /// end never reads them), and every other row is what the untrimmed blob restores.
+    @Test func tokensBeyondEveryWindowKeepOnlyTheFullContextLayers() throws {
+        let profile = try Self.profile(layers: Self.layers, rope: Self.rope)
+        let cache = Self.cache(tokens: 600, seed: 8)
+        // Few recent tokens, so that some compressed tokens are still inside the window of 64.
+        let protection = Protection(sinkTokens: 4, recentTokens: 16)
+        let trimmed = try KVTCCompressor(profile: profile, ratio: 4, protection: protection)
+        var whole = trimmed
+        whole.trimsWindows = false
+        let a = try trimmed.compress(cache), b = try whole.compress(cache)
+        // A query after position 599 sees positions 537 and later in a window of 64.
+        let expectedOut = 537 - 4
+        #expect(a.report.outOfWindowTokens == expectedOut && b.report.outOfWindowTokens == nil)
+        let summary = try Blob.summary(of: a.bytes)
+        #expect(summary.formatVersion == 4 && summary.outOfWindowTokens == expectedOut)
+        #expect(try Blob.summary(of: b.bytes).formatVersion == 3)
+        // 533 of 580 compressed tokens keep 1 of 4 layers, coded to the full rows' error per
+        // feature. Every layer here mixes the same 12 factors, so one layer needs most of the
+        // bits of four (real caches save more: README); never more than a full row's.
+        #expect(Double(a.bytes.count) < 0.8 * Double(b.bytes.count), "\(a.bytes.count) vs \(b.bytes.count)")
+
+        let ra = try trimmed.decompress(a.bytes), rb = try whole.decompress(b.bytes)
+        #expect(ra.positions == cache.positions && ra.layerAttention == Self.layers)
+        let p = Self.geometry.featuresPerToken, f = Self.geometry.featuresPerLayer
+        func rows(_ c: KVCache, keys: Bool, tokens: Range<Int>, layer l: Int) -> [Float] {
+            let s = keys ? c.keys : c.values
+            var out: [Float] = []
+            for t in tokens {
+                let start: Int = t * p + l * f
+                out += s[start..<(start + f)]
+            }
+            return out
+        }
+        let out = 4..<537
+        for keys in [true, false] {
+            // The full-context layer of out-of-window tokens: its own PCA at the same ratio.
+            let trimmedError = Fixtures.relativeError(rows(ra, keys: keys, tokens: out, layer: 3), rows(cache, keys: keys, tokens: out, layer: 3))
+            let wholeError = Fixtures.relativeError(rows(rb, keys: keys, tokens: out, layer: 3), rows(cache, keys: keys, tokens: out, layer: 3))
+            #expect(trimmedError < 1.5 * wholeError + 1e-3, "keys \(keys): trimmed \(trimmedError), whole \(wholeError)")
+            // Sliding layers of out-of-window tokens: zero.
+            for l in 0..<3 { #expect(rows(ra, keys: keys, tokens: out, layer: l).allSatisfy { $0 == 0 }) }
+            // Everything else: as the untrimmed blob restores it (sinks and recent rows exactly).
+            for l in 0..<4 {
+                #expect(rows(ra, keys: keys, tokens: 0..<4, layer: l) == rows(cache, keys: keys, tokens: 0..<4, layer: l))
+                #expect(rows(ra, keys: keys, tokens: 584..<600, layer: l) == rows(cache, keys: keys, tokens: 584..<600, layer: l))
+                let inWindow = Fixtures.relativeError(rows(ra, keys: keys, tokens: 537..<584, layer: l), rows(rb, keys: keys, tokens: 537..<584, layer: l))
+                #expect(inWindow < 1e-5, "layer \(l): \(inWindow)")
+            }
+        }
+        // Layer by layer as whole.
+        let decoder = try LayerwiseDecoder(a.bytes, compressor: trimmed)
+        for l in 0..<4 {
+            let layer = decoder.layer(l)
+            #expect(layer.keys == rows(ra, keys: true, tokens: 0..<600, layer: l))
+            #expect(layer.values == rows(ra, keys: false, tokens: 0..<600, layer: l))
+        }
+        // rANS-coded and packed codes restore the same trimmed cache.
+        var packed = trimmed
+        packed.codeCoding = .packed
+        let q = try trimmed.quantize(cache)
+        #expect(try trimmed.decompress(packed.assemble(q).bytes).keys == trimmed.decompress(trimmed.assemble(q).bytes).keys)
+    }
+
+    /// A trimmed blob appended after another restores as each blob alone (its rows start
+    /// after the out-of-window ones, so it is never merged with the previous blob's rows).
+    @Test func trimmedBlobsDecodeInASequence() throws {
+        let profile = try Self.profile(layers: Self.layers, rope: Self.rope)
+        let cache = Self.cache(tokens: 700, seed: 9)
+        let c = try KVTCCompressor(profile: profile, ratio: 8, protection: Protection(sinkTokens: 4, recentTokens: 0))
+        // Each blob trims before its own last position + 2 - 64.
+        let first = try c.compress(cache.tokens(0..<300)), second = try c.compress(cache.tokens(300..<700))
+        #expect(first.report.outOfWindowTokens == 299 + 2 - 64 - 4, "\(String(describing: first.report.outOfWindowTokens))")
+        #expect(second.report.outOfWindowTokens == 699 + 2 - 64 - 300, "\(String(describing: second.report.outOfWindowTokens))")
+        var sequence = KVCache(geometry: cache.geometry, rope: cache.rope, layerAttention: cache.layerAttention)
+        try c.decompress(sequence: [first.bytes, second.bytes], appendingTo: &sequence)
+        var separate = try c.decompress(first.bytes)
+        try c.decompress(second.bytes, appendingTo: &separate)
+        #expect(sequence.positions == cache.positions)
+        #expect(Fixtures.relativeError(sequence.keys, separate.keys) < 1e-5 && Fixtures.relativeError(sequence.values, separate.values) < 1e-5)
     }
 
     /// Damaged per-layer tables in a version 3 blob are refused, not misread.
