@@ -130,8 +130,15 @@ public enum CorpusCalibration {
         let text = [model.identity, corpus.hash, variant, "\(options.tokens)", "\(options.windowTokens)",
                     c.ratios.map { "\($0)" }.joined(separator: ","), "\(c.rankCap ?? 0)", c.recipe.rawValue, "keys \(c.keyShare)", "\(c.types ?? c.recipe.componentTypes)",
                     options.sensitivityWindows == 3 && options.sensitivityTokens == 64 ? "" : "sensitivity \(options.sensitivityWindows)x\(options.sensitivityTokens)",
-                    "\(c.protection.sinkTokens)", "\(c.groupSizes)", "v\(Profile.formatVersion)"].joined(separator: "|")
+                    "\(c.protection.sinkTokens)", "\(c.groupSizes)", "v\(profileGeneration(model))"].joined(separator: "|")
         return hexString(Array(SHA256.hash(data: Array(text.utf8)).prefix(12)))
+    }
+
+    /// The last profile format version that changed what calibration makes for `model`:
+    /// version 3 added out-of-window transforms, which only models with both sliding-window
+    /// and full-context layers get, so other models keep their cached profiles (keyed 2).
+    static func profileGeneration(_ model: any LanguageModel) -> Int {
+        OutOfWindowTransforms.fullContextLayers(model.layerAttention) == nil ? 2 : Profile.formatVersion
     }
 
     /// Loads a cached profile for `key`, or builds it with `make` and caches it.

@@ -81,15 +81,21 @@ public struct EvaluationSuite {
             }
         }
         let main = try recipeProfile(calibration.calibration.recipe, variant: "kvtc")
-        /// KVTC at every ratio with `profile`, reported under `name`.
-        func kvtc(_ profile: Profile, named name: String) throws -> [any CacheCompressor] {
+        /// KVTC at every ratio with `profile`, reported under `name`; every layer of every
+        /// token kept unless `trimsWindows`.
+        func kvtc(_ profile: Profile, named name: String, trimsWindows: Bool = false) throws -> [any CacheCompressor] {
             try ratios.map { r in
                 var c = try KVTCCompressor(profile: profile, ratio: r, protection: protection)
                 c.methodName = name
+                c.trimsWindows = trimsWindows
                 return c
             }
         }
+        // `kvtc` keeps every layer (the codec's own ratio, comparable across models and with
+        // the other methods); for a model with sliding windows `kvtc-window` is what
+        // `kvtc compress` does by default, and its ratio includes the window saving.
         var out = try kvtc(main, named: "kvtc")
+        if main.outOfWindow != nil { out += try kvtc(main, named: "kvtc-window", trimsWindows: true) }
         for b in baselines {
             switch b {
             case .fp8: out.append(ProtectedCompressor(FP8Codec(), protection: protection))

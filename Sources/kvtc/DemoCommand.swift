@@ -67,6 +67,14 @@ struct DemoCommand: AsyncParsableCommand {
         print(String(repeating: "─", count: 100))
         print(String(format: "cache size     exact fp16 %@  ->  compressed %@   (%.1fx whole cache; %.1fx over the %d compressed tokens, all bytes counted)",
                      formatBytes(r.cacheFP16Bytes), formatBytes(r.totalBytes), r.wholeCacheRatio, r.ratio, r.compressedTokens))
+        if let m = r.outOfWindowTokens, let layers = profile.outOfWindow?.layers {
+            // The window saving as its own figure: the same cache with every layer kept.
+            var everyLayer = compressor
+            everyLayer.trimsWindows = false
+            let kept = try everyLayer.compress(exact).report
+            print(String(format: "sliding window %d of the compressed tokens keep only the %d full-context layers of %d (no window reads them again): %.1fx whole cache, against %.1fx keeping every layer",
+                         m, layers.count, model.geometry.layers, r.wholeCacheRatio, kept.wholeCacheRatio))
+        }
         print(String(format: "quality        mean KL %.4f nats, top-1 agreement %.1f%%, perplexity %.2f exact vs %.2f decoded (%d tokens)",
                      metrics.meanKL, 100 * metrics.top1, exp(metrics.nllReference), exp(metrics.nllCandidate), metrics.positions))
         print(String(format: "time           restore %.3f s  vs  recompute prefill %.3f s  (%.1fx faster); compress %.3f s",
