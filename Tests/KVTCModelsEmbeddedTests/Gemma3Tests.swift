@@ -115,14 +115,16 @@ struct Gemma3Reference: Decodable {
                 #expect(relativeDifference(all.row(505 + i), last) < 1e-3, "token \(505 + i)")
             }
             #expect(relativeDifference(full.keys, inc.keys) < 1e-3)
-            // Token 0 is 530 positions back, outside every sliding layer's window: changing its
-            // keys in the sliding layers changes nothing; in a global layer, it changes the logits.
-            let f = m.geometry.featuresPerLayer
-            func decodeAfterChangingToken0(inLayers layers: [Int]) throws -> [Float] {
+            // The next token (position 530) sees positions 19 and later in a window of 512:
+            // zeroing the sliding layers' rows before that, as a window-trimming codec restores
+            // them, changes nothing; changing a global layer's changes the logits.
+            let f = m.geometry.featuresPerLayer, p = m.geometry.featuresPerToken
+            let reach = 530 + 1 - 512
+            func decodeAfterChangingRowsBeforeTheReach(inLayers layers: [Int]) throws -> [Float] {
                 var changed = inc
-                var keys = changed.keys
-                for l in layers { for i in 0..<f { keys[l * f + i] = 100 } }
-                try changed.replaceStreams(keys: keys, values: changed.values)
+                var keys = changed.keys, values = changed.values
+                for t in 0..<reach { for l in layers { for i in 0..<f { keys[t * p + l * f + i] = t == 0 ? 100 : 0; values[t * p + l * f + i] = 0 } } }
+                try changed.replaceStreams(keys: keys, values: values)
                 return try m.decodeStep(token: tokens.last!, cache: &changed)
             }
             let sliding = m.layerAttention.indices.filter { m.layerAttention[$0].window != nil }
@@ -130,9 +132,9 @@ struct Gemma3Reference: Decodable {
             let reference = try m.decodeStep(token: tokens.last!, cache: &unchanged)
             // (To float32 rounding: OpenBLAS's thread count, which a forward pass in another
             // suite switches, sets the summation order of each call.)
-            let hidden = relativeDifference(try decodeAfterChangingToken0(inLayers: sliding), reference)
-            let seen = relativeDifference(try decodeAfterChangingToken0(inLayers: [5]), reference)
-            #expect(hidden < 1e-5, "a sliding layer saw a key 530 tokens back: \(hidden)")
+            let hidden = relativeDifference(try decodeAfterChangingRowsBeforeTheReach(inLayers: sliding), reference)
+            let seen = relativeDifference(try decodeAfterChangingRowsBeforeTheReach(inLayers: [5]), reference)
+            #expect(hidden < 1e-5, "a sliding layer saw a row its window has passed: \(hidden)")
             #expect(seen > 1e-3, "a global layer ignored a changed key: \(seen)")
         }
     }
