@@ -95,7 +95,7 @@ let package = Package(
                                                    .product(name: "Logging", package: "swift-log")],
                 swiftSettings: checked),
         // Benchmark workloads: codec, model and serving.
-        .target(name: "KVTCBenchmarks", dependencies: ["KVTCCodec", "KVTCModels", "KVTCRuntime", "KVTCCalibration", "KVTCStore", "KVTCGGUF",
+        .target(name: "KVTCBenchmarks", dependencies: ["KVTCCodec", "KVTCModels", "KVTCRuntime", "KVTCCalibration", "KVTCEvaluation", "KVTCStore", "KVTCGGUF",
                                                        "KVTCCache", "KVTCRedis", "KVTCRedisTier"],
                 swiftSettings: checked),
 

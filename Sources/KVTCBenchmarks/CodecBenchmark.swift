@@ -1,6 +1,7 @@
 import Foundation
 import KVTCCache
 import KVTCCodec
+import KVTCEvaluation
 import KVTCNumerics
 
 /// Figures of one `kvtc bench codec` run (field names as in the committed JSON).
@@ -100,7 +101,16 @@ public struct CodecBenchmark: Sendable {
         let n = blob.report.compressedTokens
         let p = prof.geometry.featuresPerToken
         let rk = compressor.plan.keys.componentsUsed, rv = compressor.plan.values.componentsUsed
-        let gemm = ProjectionGEMM.times(tokens: n, features: p, keyRank: rk, valueRank: rv, repeats: repeats)
+        let m = blob.report.outOfWindowTokens ?? 0
+        var gemm = ProjectionGEMM.times(tokens: n - m, features: p, keyRank: rk, valueRank: rv, repeats: repeats)
+        if m > 0, let w = prof.outOfWindow, let o = compressor.plan.outOfWindow {
+            // Tokens every window has passed: the full-context layers on their own bases.
+            let rest = ProjectionGEMM.times(tokens: m, features: w.layers.count * prof.geometry.featuresPerLayer,
+                                            keyRank: o.keys.componentsUsed, valueRank: o.values.componentsUsed, repeats: repeats)
+            gemm = (gemm.compress + rest.compress, gemm.decompress + rest.decompress, gemm.gflops)
+        }
+        // Over the rows a later query can read (a window-trimmed blob restores the others as zeros).
+        let errors = relativeErrors(exact: input, decoded: restored)
         let inputBytes = input.fp16Bytes
         let result = CodecBenchResult(
             source: source, tokens: input.tokenCount, geometry: prof.geometry, ratio: ratio, input_bytes: inputBytes,
@@ -111,18 +121,11 @@ public struct CodecBenchmark: Sendable {
             compress_gemm_seconds: gemm.compress, decompress_gemm_seconds: gemm.decompress, gemm_gflops: gemm.gflops,
             compress_mb_per_second: Double(inputBytes) / best.c / 1e6, decompress_mb_per_second: Double(inputBytes) / best.d / 1e6,
             compress_over_gemm: best.c / gemm.compress, decompress_over_gemm: best.d / gemm.decompress,
-            relative_error_keys: Self.relativeError(restored.keys, input.keys),
-            relative_error_values: Self.relativeError(restored.values, input.values),
+            relative_error_keys: errors.keys, relative_error_values: errors.values,
             threads: BLAS.threadCount)
         return Outcome(result: result, blob: blob, compressor: compressor)
     }
 
-    /// `||a - b|| / ||b||`.
-    static func relativeError(_ a: [Float], _ b: [Float]) -> Double {
-        var num = 0.0, den = 0.0
-        for i in a.indices { let d = Double(a[i] - b[i]); num += d * d; den += Double(b[i]) * Double(b[i]) }
-        return (num / max(den, 1e-30)).squareRoot()
-    }
 }
 
 /// Times the projection GEMMs of compression and decompression on their own.

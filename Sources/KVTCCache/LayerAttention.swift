@@ -68,3 +68,14 @@ public struct KeyRotation: Sendable {
     }
 }
 
+
+extension KVCache {
+    /// Per layer, the first position a query after the cache's last token can read: for a
+    /// sliding layer with window `W`, `P + 2 - W` after a last position `P` (the next query,
+    /// at `P + 1`, sees `W` positions ending at its own); `Int.min` for a full-context layer.
+    /// A sliding layer's rows before its reach are never read again.
+    public var laterQueryReach: [Int] {
+        let next = (positions.last ?? -1) + 1
+        return layerAttention.map { $0.window.map { next + 1 - $0 } ?? Int.min }
+    }
+}

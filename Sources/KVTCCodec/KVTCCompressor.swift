@@ -137,13 +137,12 @@ public struct KVTCCompressor: CacheCompressor {
         let outOfWindowStreams: [Stream]
     }
 
-    /// How many of the compressed tokens `range` no sliding window can see any more: a
-    /// future query comes after the cache's last position `P`, so a layer with window `W`
-    /// never again reads a token at a position below `P + 2 - W`.
+    /// How many of the compressed tokens `range` no sliding window can see any more: those
+    /// before every sliding layer's ``KVCache/laterQueryReach``.
     func outOfWindowCount(_ cache: KVCache, compressed range: Range<Int>) -> Int {
-        guard trimsWindows, outOfWindowTables != nil, let last = cache.positions.last,
-              let window = cache.layerAttention.compactMap(\.window).max() else { return 0 }
-        let limit = last + 2 - window
+        let reach = cache.laterQueryReach, attention = cache.layerAttention
+        guard trimsWindows, outOfWindowTables != nil,
+              let limit = reach.indices.filter({ attention[$0].window != nil }).map({ reach[$0] }).min() else { return 0 }
         var m = 0
         while m < range.count, cache.positions[range.lowerBound + m] < limit { m += 1 }
         return m

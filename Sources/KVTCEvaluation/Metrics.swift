@@ -9,10 +9,9 @@ public func relativeErrors(exact: KVCache, decoded: KVCache) -> (keys: Double, v
     let p = exact.geometry.featuresPerToken, f = exact.geometry.featuresPerLayer
     var index: [Int: Int] = [:]
     for (i, pos) in decoded.positions.enumerated() { index[pos] = i }
-    // A sliding layer's rows before its window's reach from the next position are never
-    // read again (a window-trimming codec drops them): they are not counted.
-    let next = (exact.positions.last ?? -1) + 1
-    let reach = exact.layerAttention.map { $0.window.map { next + 1 - $0 } ?? Int.min }
+    // A sliding layer's rows before its reach are never read again (a window-trimming
+    // codec drops them): they are not counted.
+    let reach = exact.laterQueryReach
     var nk = 0.0, dk = 0.0, nv = 0.0, dv = 0.0
     for t in 0..<exact.tokenCount {
         let j = index[exact.positions[t]]
