@@ -44,10 +44,12 @@ let package = Package(
                        providers: [.apt(["libdeflate-dev"])]),
         .systemLibrary(name: "CZstd", path: "Sources/CZstd",
                        providers: [.apt(["libzstd-dev"])]),
+        .systemLibrary(name: "CDNNL", path: "Sources/CDNNL",
+                       providers: [.apt(["libdnnl-dev"])]),
 
-        // Numerics: matrices, BLAS/LAPACK wrappers, half floats, parallel loops, DEFLATE/CRC,
+        // Numerics: matrices, BLAS/LAPACK wrappers, oneDNN bf16 matmul, half floats, parallel loops, DEFLATE/CRC,
         // byte reading and writing, seeded random numbers.
-        .target(name: "KVTCNumerics", dependencies: ["CBLAS", "CDeflate", "CZstd"], swiftSettings: kernels),
+        .target(name: "KVTCNumerics", dependencies: ["CBLAS", "CDeflate", "CZstd", "CDNNL"], swiftSettings: kernels),
         // The KV cache value type, RoPE (the one rotation kernel) and the safetensors interchange file.
         .target(name: "KVTCCache", dependencies: ["KVTCNumerics", crypto], swiftSettings: checked),
         // The transform codec: PCA, bit allocation, quantization, container, profiles.

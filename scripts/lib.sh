@@ -5,7 +5,7 @@ set -euo pipefail
 # fetching the embedded model needs (pip), and the Redis server and redis-cli that the tests
 # of the Redis tier start (a standalone node, a TLS one with certificates made by openssl,
 # and a three-master cluster on loopback).
-KVTC_DEBIAN_PACKAGES=(libopenblas-dev liblapacke-dev libdeflate-dev libzstd-dev python3-pip redis-server redis-tools openssl)
+KVTC_DEBIAN_PACKAGES=(libopenblas-dev liblapacke-dev libdeflate-dev libzstd-dev libdnnl-dev python3-pip redis-server redis-tools openssl)
 
 ensure_debian_packages() {
     local missing=()

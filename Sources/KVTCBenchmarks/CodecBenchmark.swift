@@ -30,6 +30,23 @@ public struct CodecBenchResult: Codable, Sendable {
     public var relative_error_keys: Double
     public var relative_error_values: Double
     public var threads: Int
+    /// The backend of the figures above (`openblas`, `onednn`) and the ISA oneDNN uses.
+    public var backend: String
+    public var onednn_isa: String
+    /// The f32 OpenBLAS path in the same run, when the backend is another.
+    public var reference: ReferencePath?
+}
+
+/// The f32 OpenBLAS path measured beside another backend.
+public struct ReferencePath: Codable, Sendable {
+    public var compress_seconds: Double
+    public var decompress_seconds: Double
+    public var compress_mb_per_second: Double
+    public var decompress_mb_per_second: Double
+    public var gemm_gflops: Double
+    /// `||backend - f32||^2 / ||f32||^2` of the decoded caches' keys and values.
+    public var relative_squared_difference_keys: Double
+    public var relative_squared_difference_values: Double
 }
 
 /// Times compression and decompression of one cache against their projection GEMMs alone.
@@ -46,6 +63,8 @@ public struct CodecBenchmark: Sendable {
     public var codeCoding = KVTCCompressor.defaultCodeCoding
     /// Timed repetitions; the best is reported.
     public var repeats = 3
+    /// The backend timed (the f32 OpenBLAS path is timed beside any other).
+    public var backend = GEMMBackend.preferred
 
     public init() {}
 
@@ -83,35 +102,58 @@ public struct CodecBenchmark: Sendable {
             progress("generating a \(tokens)-token synthetic cache")
             input = SyntheticCaches.cache(geometry: prof.geometry, rope: prof.rope, tokens: tokens, seed: 2)
         }
-        var compressor = try KVTCCompressor(profile: prof, ratio: ratio, coder: coder)
-        compressor.codeCoding = codeCoding
-        var best = (c: Double.infinity, d: Double.infinity)
-        var blob: CompressedCache?
-        var restored: KVCache?
-        for i in 0..<max(1, repeats) {
-            progress("timing compress/decompress (\(i + 1)/\(repeats))")
-            let (b, tc) = try Stopwatch.time { try compressor.compress(input) }
-            let (r, td) = try Stopwatch.time { try compressor.decompress(b.bytes) }
-            best = (min(best.c, tc), min(best.d, td))
-            blob = b
-            restored = r
+        /// Best compress and decompress times with `backend`, the last blob and its decoding,
+        /// and the GEMMs alone.
+        func measure(_ backend: GEMMBackend) throws -> (c: Double, d: Double, blob: CompressedCache, restored: KVCache,
+                                                      compressor: KVTCCompressor, gemm: (compress: Double, decompress: Double, gflops: Double)) {
+            var compressor = try KVTCCompressor(profile: prof, ratio: ratio, coder: coder, backend: backend)
+            compressor.codeCoding = codeCoding
+            var best = (c: Double.infinity, d: Double.infinity)
+            var last: (CompressedCache, KVCache)?
+            for i in 0..<max(1, repeats) {
+                progress("timing compress/decompress with \(backend) (\(i + 1)/\(repeats))")
+                let (b, tc) = try Stopwatch.time { try compressor.compress(input) }
+                let (r, td) = try Stopwatch.time { try compressor.decompress(b.bytes) }
+                best = (min(best.c, tc), min(best.d, td))
+                last = (b, r)
+            }
+            guard let (blob, restored) = last else { preconditionFailure("at least one repetition runs") }
+            progress("timing the projection GEMMs alone with \(backend)")
+            let n = blob.report.compressedTokens
+            let p = prof.geometry.featuresPerToken
+            let rk = compressor.plan.keys.componentsUsed, rv = compressor.plan.values.componentsUsed
+            let m = blob.report.outOfWindowTokens ?? 0
+            var gemm = ProjectionGEMM.times(tokens: n - m, features: p, keyRank: rk, valueRank: rv, repeats: repeats, backend: backend)
+            if m > 0, let w = prof.outOfWindow, let o = compressor.plan.outOfWindow {
+                // Tokens every window has passed: the full-context layers on their own bases.
+                let rest = ProjectionGEMM.times(tokens: m, features: w.layers.count * prof.geometry.featuresPerLayer,
+                                                keyRank: o.keys.componentsUsed, valueRank: o.values.componentsUsed, repeats: repeats,
+                                                backend: backend)
+                gemm = (gemm.compress + rest.compress, gemm.decompress + rest.decompress, gemm.gflops)
+            }
+            return (best.c, best.d, blob, restored, compressor, gemm)
         }
-        guard let blob, let restored else { preconditionFailure("at least one repetition runs") }
-        progress("timing the projection GEMMs alone")
-        let n = blob.report.compressedTokens
-        let p = prof.geometry.featuresPerToken
+        let measured = try measure(backend)
+        let (blob, restored, compressor, gemm) = (measured.blob, measured.restored, measured.compressor, measured.gemm)
+        let best = (c: measured.c, d: measured.d)
         let rk = compressor.plan.keys.componentsUsed, rv = compressor.plan.values.componentsUsed
-        let m = blob.report.outOfWindowTokens ?? 0
-        var gemm = ProjectionGEMM.times(tokens: n - m, features: p, keyRank: rk, valueRank: rv, repeats: repeats)
-        if m > 0, let w = prof.outOfWindow, let o = compressor.plan.outOfWindow {
-            // Tokens every window has passed: the full-context layers on their own bases.
-            let rest = ProjectionGEMM.times(tokens: m, features: w.layers.count * prof.geometry.featuresPerLayer,
-                                            keyRank: o.keys.componentsUsed, valueRank: o.values.componentsUsed, repeats: repeats)
-            gemm = (gemm.compress + rest.compress, gemm.decompress + rest.decompress, gemm.gflops)
-        }
         // Over the rows a later query can read (a window-trimmed blob restores the others as zeros).
         let errors = relativeErrors(exact: input, decoded: restored)
         let inputBytes = input.fp16Bytes
+        var reference: ReferencePath?
+        if backend != .openblas {
+            let f32 = try measure(.openblas)
+            func difference(_ a: [Float], _ b: [Float]) -> Double {
+                var num = 0.0, den = 0.0
+                for i in a.indices { let d = Double(a[i] - b[i]); num += d * d; den += Double(b[i]) * Double(b[i]) }
+                return num / max(den, 1e-30)
+            }
+            reference = ReferencePath(compress_seconds: f32.c, decompress_seconds: f32.d,
+                                      compress_mb_per_second: Double(inputBytes) / f32.c / 1e6,
+                                      decompress_mb_per_second: Double(inputBytes) / f32.d / 1e6, gemm_gflops: f32.gemm.gflops,
+                                      relative_squared_difference_keys: difference(restored.keys, f32.restored.keys),
+                                      relative_squared_difference_values: difference(restored.values, f32.restored.values))
+        }
         let result = CodecBenchResult(
             source: source, tokens: input.tokenCount, geometry: prof.geometry, ratio: ratio, input_bytes: inputBytes,
             blob_bytes: blob.bytes.count, compressed_tokens_ratio: blob.report.ratio, whole_cache_ratio: blob.report.wholeCacheRatio,
@@ -122,7 +164,7 @@ public struct CodecBenchmark: Sendable {
             compress_mb_per_second: Double(inputBytes) / best.c / 1e6, decompress_mb_per_second: Double(inputBytes) / best.d / 1e6,
             compress_over_gemm: best.c / gemm.compress, decompress_over_gemm: best.d / gemm.decompress,
             relative_error_keys: errors.keys, relative_error_values: errors.values,
-            threads: BLAS.threadCount)
+            threads: BLAS.threadCount, backend: backend.rawValue, onednn_isa: OneDNN.isa, reference: reference)
         return Outcome(result: result, blob: blob, compressor: compressor)
     }
 
@@ -130,26 +172,37 @@ public struct CodecBenchmark: Sendable {
 
 /// Times the projection GEMMs of compression and decompression on their own.
 public enum ProjectionGEMM {
-    public static func times(tokens n: Int, features p: Int, keyRank rk: Int, valueRank rv: Int, repeats: Int)
-        -> (compress: Double, decompress: Double, gflops: Double)
+    /// With ``GEMMBackend/onednn``, the basis is converted to bfloat16 once (as the codec's
+    /// tables are) and every product converts its f32 left operand.
+    public static func times(tokens n: Int, features p: Int, keyRank rk: Int, valueRank rv: Int, repeats: Int,
+                             backend: GEMMBackend = .openblas) -> (compress: Double, decompress: Double, gflops: Double)
     {
         let x = [Float](repeating: 0.5, count: n * p)
         var y = [Float](repeating: 0, count: n * max(rk, rv))
         let basis = [Float](repeating: 0.01, count: max(rk, rv) * p)
         var out = [Float](repeating: 0, count: n * p)
+        let half = backend == .onednn ? [rk, rv].map { r in try? BF16Matrix(Array(basis[0..<(r * p)]), rows: r, columns: p) } : []
         var bestC = Double.infinity, bestD = Double.infinity
         for _ in 0..<repeats {
             let sc = Stopwatch()
-            for r in [rk, rv] {
+            for (i, r) in [rk, rv].enumerated() {
                 x.withUnsafeBufferPointer { a in basis.withUnsafeBufferPointer { b in y.withUnsafeMutableBufferPointer { c in
-                    BLAS.gemm(.normal, .transposed, m: n, n: r, k: p, a: a.baseAddress!, lda: p, b: b.baseAddress!, ldb: p, c: c.baseAddress!, ldc: r)
+                    if let m = half.isEmpty ? nil : half[i] {
+                        try? m.multiply(a.baseAddress!, rows: n, lda: p, transposed: true, into: c.baseAddress!, ldc: r)
+                    } else {
+                        BLAS.gemm(.normal, .transposed, m: n, n: r, k: p, a: a.baseAddress!, lda: p, b: b.baseAddress!, ldb: p, c: c.baseAddress!, ldc: r)
+                    }
                 } } }
             }
             bestC = min(bestC, sc.elapsed)
             let sd = Stopwatch()
-            for r in [rk, rv] {
+            for (i, r) in [rk, rv].enumerated() {
                 y.withUnsafeBufferPointer { a in basis.withUnsafeBufferPointer { b in out.withUnsafeMutableBufferPointer { c in
-                    BLAS.gemm(m: n, n: p, k: r, a: a.baseAddress!, lda: r, b: b.baseAddress!, ldb: p, c: c.baseAddress!, ldc: p)
+                    if let m = half.isEmpty ? nil : half[i] {
+                        try? m.multiply(a.baseAddress!, rows: n, lda: r, transposed: false, into: c.baseAddress!, ldc: p)
+                    } else {
+                        BLAS.gemm(m: n, n: p, k: r, a: a.baseAddress!, lda: r, b: b.baseAddress!, ldb: p, c: c.baseAddress!, ldc: p)
+                    }
                 } } }
             }
             bestD = min(bestD, sd.elapsed)

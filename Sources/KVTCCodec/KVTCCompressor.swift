@@ -35,8 +35,10 @@ final class StreamTables: Sendable {
     let mean: [Float]
     let rank: Int
     let dimension: Int
+    /// ``encode`` and ``decode`` in bfloat16 for the oneDNN backend (`nil`: OpenBLAS f32).
+    let bf16: (encode: BF16Matrix, decode: BF16Matrix)?
 
-    init(_ t: StreamTransform, rank: Int) {
+    init(_ t: StreamTransform, rank: Int, backend: GEMMBackend = .openblas) {
         let p = t.basis.dimension
         let b = Array(t.basis.components.elements[0..<(rank * p)])
         var enc = b, dec = b, mean = t.basis.mean
@@ -56,6 +58,34 @@ final class StreamTables: Sendable {
         self.mean = mean
         self.rank = rank
         self.dimension = p
+        // Where oneDNN has no bfloat16 matmul (below AVX-512) the tables stay f32 and
+        // OpenBLAS multiplies.
+        bf16 = backend == .onednn && rank > 0 && OneDNN.canMultiplyBF16
+            ? try? (BF16Matrix(enc, rows: rank, columns: p), BF16Matrix(dec, rows: rank, columns: p)) : nil
+    }
+
+    /// `y (count x rank) = x (count x dimension, row stride lda) * encode^T`.
+    func project(_ x: UnsafePointer<Float>, count: Int, lda: Int, into y: UnsafeMutablePointer<Float>) {
+        guard count > 0, rank > 0 else { return }
+        if let b = bf16 {
+            do { try b.encode.multiply(x, rows: count, lda: lda, transposed: true, into: y, ldc: rank); return } catch {}
+        }
+        encode.withUnsafeBufferPointer { e in
+            BLAS.gemm(.normal, .transposed, m: count, n: rank, k: dimension, a: x, lda: lda,
+                      b: e.baseAddress!, ldb: dimension, c: y, ldc: rank)
+        }
+    }
+
+    /// `c (count x columns.count, row stride ldc) = y (count x rank) * decode[:, columns]`.
+    func reconstruct(_ y: UnsafePointer<Float>, count: Int, columns: Range<Int>, into c: UnsafeMutablePointer<Float>, ldc: Int) {
+        guard count > 0 else { return }
+        if let b = bf16 {
+            do { try b.decode.multiply(y, rows: count, lda: rank, transposed: false, columns: columns, into: c, ldc: ldc); return } catch {}
+        }
+        decode.withUnsafeBufferPointer { b in
+            BLAS.gemm(m: count, n: columns.count, k: rank, a: y, lda: max(1, rank),
+                      b: b.baseAddress! + columns.lowerBound, ldb: dimension, c: c, ldc: ldc)
+        }
     }
 }
 
@@ -101,15 +131,23 @@ public struct KVTCCompressor: CacheCompressor {
     public var method: String { methodName }
     public var setting: String { Profile.formatRatio(plan.ratio) }
 
-    public init(profile: Profile, ratio: Double, protection: Protection? = nil, coder: LosslessCoder = KVTCCompressor.defaultCoder) throws(KVTCError) {
+    /// Which library multiplies the projection and reconstruction matrices.
+    public let backend: GEMMBackend
+
+    /// A compressor for `profile` at `ratio`; `backend` defaults to
+    /// ``GEMMBackend/preferred`` (oneDNN's bfloat16 products where the CPU has the unit).
+    public init(profile: Profile, ratio: Double, protection: Protection? = nil, coder: LosslessCoder = KVTCCompressor.defaultCoder,
+                backend: GEMMBackend = .preferred) throws(KVTCError) {
+        self.backend = backend
         self.profile = profile
         do { self.plan = try profile.plan(ratio: ratio) } catch { throw .profile(error) }
         self.protection = protection ?? profile.protection
         self.coder = coder
-        keyTables = StreamTables(profile.keys, rank: plan.keys.componentsUsed)
-        valueTables = StreamTables(profile.values, rank: plan.values.componentsUsed)
+        keyTables = StreamTables(profile.keys, rank: plan.keys.componentsUsed, backend: backend)
+        valueTables = StreamTables(profile.values, rank: plan.values.componentsUsed, backend: backend)
         if let w = profile.outOfWindow, let o = plan.outOfWindow {
-            outOfWindowTables = (StreamTables(w.keys, rank: o.keys.componentsUsed), StreamTables(w.values, rank: o.values.componentsUsed))
+            outOfWindowTables = (StreamTables(w.keys, rank: o.keys.componentsUsed, backend: backend),
+                                 StreamTables(w.values, rank: o.values.componentsUsed, backend: backend))
         } else {
             outOfWindowTables = nil
         }
@@ -155,10 +193,7 @@ public struct KVTCCompressor: CacheCompressor {
         var coefficients = [Float](repeating: 0, count: count * tables.rank)
         if count > 0 {
             coefficients.withUnsafeMutableBufferPointer { y in
-                tables.encode.withUnsafeBufferPointer { e in
-                    BLAS.gemm(.normal, .transposed, m: count, n: tables.rank, k: tables.dimension, a: x, lda: stride,
-                              b: e.baseAddress!, ldb: tables.dimension, c: y.baseAddress!, ldc: tables.rank)
-                }
+                tables.project(x, count: count, lda: stride, into: y.baseAddress!)
             }
         }
         var codes = [UInt8](repeating: 0, count: coder.codeBytes)
@@ -384,7 +419,8 @@ public struct LayerwiseDecoder: Sendable {
             if let t = compressor.outOfWindowTables, let o = compressor.plan.outOfWindow, o.keys == plan.keys, o.values == plan.values {
                 windowTables = t
             } else {
-                windowTables = (StreamTables(w.keys, rank: plan.keys.componentsUsed), StreamTables(w.values, rank: plan.values.componentsUsed))
+                windowTables = (StreamTables(w.keys, rank: plan.keys.componentsUsed, backend: compressor.backend),
+                                StreamTables(w.values, rank: plan.values.componentsUsed, backend: compressor.backend))
             }
         }
         if h.explicitPositions { expected[.positions] = 8 * h.tokens }
@@ -407,8 +443,10 @@ public struct LayerwiseDecoder: Sendable {
         }
 
         // Reuse the compressor's tables when its plan is the blob's; otherwise build them.
-        keyTables = h.keyPlan == compressor.plan.keys ? compressor.keyTables : StreamTables(profile.keys, rank: h.keyPlan.componentsUsed)
-        valueTables = h.valuePlan == compressor.plan.values ? compressor.valueTables : StreamTables(profile.values, rank: h.valuePlan.componentsUsed)
+        keyTables = h.keyPlan == compressor.plan.keys ? compressor.keyTables
+            : StreamTables(profile.keys, rank: h.keyPlan.componentsUsed, backend: compressor.backend)
+        valueTables = h.valuePlan == compressor.plan.values ? compressor.valueTables
+            : StreamTables(profile.values, rank: h.valuePlan.componentsUsed, backend: compressor.backend)
         func dequantize(_ coder: StreamCoder, _ codes: [UInt8], _ meta: [UInt8]) throws(KVTCError) -> [Float] {
             var y = [Float](repeating: 0, count: coder.tokens * coder.plan.componentsUsed)
             var bad: StreamCoder.InvalidMetadata?
@@ -511,14 +549,10 @@ public struct LayerwiseDecoder: Sendable {
                                       basisColumns: Range<Int>? = nil,
                                       into c: UnsafeMutablePointer<Float>, stride: Int) {
         guard n > 0 else { return }
-        let p = tables.dimension
         let width = columns.count
         let source = basisColumns ?? columns
         precondition(source.count == width)
-        tables.decode.withUnsafeBufferPointer { b in
-            BLAS.gemm(m: n, n: width, k: tables.rank, a: y, lda: max(1, tables.rank),
-                      b: b.baseAddress! + source.lowerBound, ldb: p, c: c, ldc: stride)
-        }
+        tables.reconstruct(y, count: n, columns: source, into: c, ldc: stride)
         if tables.rank == 0 { for t in 0..<n { (c + t * stride).update(repeating: 0, count: width) } }
         let box = UncheckedSendable(c)
         tables.mean.withUnsafeBufferPointer { m in

@@ -23,6 +23,8 @@ struct BenchCodecCommand: AsyncParsableCommand {
     @Option(help: "Lossless coder of the chunks: deflate-1...12 or zstd-1...19.") var coder: LosslessCoder = KVTCCompressor.defaultCoder
     @Option(help: "How the codes are stored: rans or packed.") var codeCoding: CodeCoding = KVTCCompressor.defaultCodeCoding
     @Option(help: "Timed repetitions (best is reported).") var repeats: Int = 3
+    @Option(help: "Backend timed: onednn or openblas (the f32 OpenBLAS path is timed beside any other); default: the preferred one here.")
+    var backend: GEMMBackend = .preferred
     @Option(help: "Write the figures as JSON to this file.") var json: String?
     @Flag(help: "Also measure alternative code layouts and lossless coders (DEFLATE and Zstandard levels).") var layouts = false
 
@@ -40,6 +42,7 @@ struct BenchCodecCommand: AsyncParsableCommand {
         bench.coder = coder
         bench.codeCoding = codeCoding
         bench.repeats = repeats
+        bench.backend = backend
         let prof = try profile.map(loadProfile)
         let input = try cache.map(loadCache)
         let outcome = try bench.run(profile: prof, cache: input, source: cache ?? "synthetic") { progress.status($0) }
@@ -53,8 +56,20 @@ struct BenchCodecCommand: AsyncParsableCommand {
                      result.compress_gemm_seconds, result.compress_over_gemm))
         print(String(format: "decompress    %8.3f   %9.0f   %11.3f   %13.2f", result.decompress_seconds, result.decompress_mb_per_second,
                      result.decompress_gemm_seconds, result.decompress_over_gemm))
-        print(String(format: "GEMM rate     %.1f GFLOP/s (sgemm, OpenBLAS %@ kernels, %d threads); components kept: keys %d, values %d",
-                     result.gemm_gflops, BLAS.coreName, result.threads, result.key_components, result.value_components))
+        if result.backend == GEMMBackend.onednn.rawValue {
+            print(String(format: "GEMM rate     %.1f GFLOP/s (oneDNN bf16 matmul, f32 accumulation, %@); components kept: keys %d, values %d",
+                         result.gemm_gflops, OneDNN.isa, result.key_components, result.value_components))
+        } else {
+            print(String(format: "GEMM rate     %.1f GFLOP/s (sgemm, OpenBLAS %@ kernels, %d threads); components kept: keys %d, values %d",
+                         result.gemm_gflops, BLAS.coreName, result.threads, result.key_components, result.value_components))
+        }
+        if let f = result.reference {
+            print(String(format: "f32 OpenBLAS  compress %.3f s (%.0f MB/s), decompress %.3f s (%.0f MB/s), sgemm %.1f GFLOP/s (%@ kernels) in the same run",
+                         f.compress_seconds, f.compress_mb_per_second, f.decompress_seconds, f.decompress_mb_per_second,
+                         f.gemm_gflops, BLAS.coreName))
+            print(String(format: "vs f32        decoded keys %.2e, values %.2e relative squared difference",
+                         f.relative_squared_difference_keys, f.relative_squared_difference_values))
+        }
         print(String(format: "ratio         %.2fx over compressed tokens, %.2fx whole cache (%@ -> %@)", result.compressed_tokens_ratio,
                      result.whole_cache_ratio, formatBytes(result.input_bytes), formatBytes(result.blob_bytes)))
         print(String(format: "rel. error    keys %.4f, values %.4f", result.relative_error_keys, result.relative_error_values))

@@ -361,6 +361,7 @@ struct DecompressCommand: AsyncParsableCommand {
 }
 
 extension CalibrationRecipe: ExpressibleByArgument {}
+extension GEMMBackend: ExpressibleByArgument {}
 
 extension CodeCoding: ExpressibleByArgument {
     public init?(argument: String) { self.init(argument) }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import KVTCNumerics
 import KVTCGGUF
 import KVTCModels
 import KVTCTokenizers
@@ -73,6 +74,10 @@ struct GenerateCommand: ParsableCommand {
 struct ModelCommandOptions: ParsableArguments {
     @Option(name: .long, help: "A model name from `kvtc models` or a GGUF file (default: \(ModelRegistry.defaultModelName), fetched into the kvtc cache).")
     var model: String?
+    @Option(help: "Matrix products of the codec: onednn (bfloat16 on the CPU's BF16 unit) or openblas (f32); default: KVTC_BACKEND, else onednn where the CPU has the unit.")
+    var backend: GEMMBackend?
+
+    func validate() throws { GEMMBackend.select(backend) }
 
     /// Loads the model, reporting progress on standard error.
     func load() throws -> any LanguageModel {

@@ -210,6 +210,28 @@ import KVTCNumerics
         #expect(LosslessCoder("zstd-3") == .zstd(level: 3) && LosslessCoder("deflate-13") == nil && LosslessCoder("lz4-1") == nil)
     }
 
+    /// The oneDNN backend (bfloat16 operands, f32 accumulation) decodes to the f32 OpenBLAS
+    /// path's cache within 1e-3 relative squared difference, and blobs do not depend on the
+    /// backend that made them: each backend decodes the other's.
+    @Test func backendsDecodeToTheSameCacheWithinBFloat16Rounding() throws {
+        let cache = Fixtures.cache(tokens: 600, seed: 11)
+        let f32 = try KVTCCompressor(profile: Self.profile, ratio: 8, backend: .openblas)
+        let bf16 = try KVTCCompressor(profile: Self.profile, ratio: 8, backend: .onednn)
+        func difference(_ a: KVCache, _ b: KVCache) -> Double {
+            var num = 0.0, den = 0.0
+            for (x, y) in zip(a.keys + a.values, b.keys + b.values) { num += Double(x - y) * Double(x - y); den += Double(y) * Double(y) }
+            return num / den
+        }
+        let reference = try f32.decompress(f32.compress(cache).bytes)
+        let blob = try bf16.compress(cache).bytes
+        let viaBF16 = try bf16.decompress(blob), crossed = try f32.decompress(blob)
+        #expect(difference(viaBF16, reference) < 1e-3, "\(difference(viaBF16, reference))")
+        #expect(difference(crossed, reference) < 1e-3, "\(difference(crossed, reference))")
+        #expect(difference(try bf16.decompress(f32.compress(cache).bytes), reference) < 1e-3)
+        // And both are as close to the original as the codec is.
+        #expect(abs(difference(viaBF16, cache) - difference(reference, cache)) < 0.1 * difference(reference, cache) + 1e-6)
+    }
+
     /// Chunks whose coder byte names no coder, or a coder a version-1 blob cannot hold, are
     /// refused with a typed error rather than decoded.
     @Test func unknownChunkCodersAreRefused() throws {

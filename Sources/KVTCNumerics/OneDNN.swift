@@ -1,0 +1,231 @@
+import CDNNL
+import Foundation
+
+/// Which library multiplies the codec's matrices.
+public enum GEMMBackend: String, Sendable, CaseIterable, CustomStringConvertible {
+    /// OpenBLAS `sgemm` in f32: the reference path, and the path where oneDNN finds no
+    /// bfloat16 unit.
+    case openblas
+    /// oneDNN `matmul` with bfloat16 operands and f32 accumulation and results, on the
+    /// CPU's AVX-512 BF16 (or AMX) units.
+    case onednn
+
+    public var description: String { rawValue }
+
+    /// The backend a compressor gets unless told otherwise: `KVTC_BACKEND` if set, else
+    /// oneDNN where it dispatches to a bfloat16 unit (it measures about twice OpenBLAS's
+    /// f32 rate there: `kvtc bench codec`), else OpenBLAS.
+    public static var preferred: GEMMBackend {
+        if let b = selection.current { return b }
+        if let name = ProcessInfo.processInfo.environment["KVTC_BACKEND"], let b = GEMMBackend(rawValue: name) { return b }
+        return OneDNN.hasBF16Unit && OneDNN.canMultiplyBF16 ? .onednn : .openblas
+    }
+
+    private static let selection = Locked<GEMMBackend?>(nil)
+
+    /// Makes `backend` the ``preferred`` one for the rest of the process (`nil`: back to the
+    /// environment's or the machine's choice); the command line's `--backend`.
+    public static func select(_ backend: GEMMBackend?) { selection.withLock { $0 = backend } }
+}
+
+/// An error oneDNN returned (a status other than success).
+public struct OneDNNError: Error, CustomStringConvertible {
+    public let call: String
+    public let status: Int
+    public var description: String { "oneDNN \(call) failed with status \(status)" }
+}
+
+/// The oneDNN engine, stream and primitive caches behind ``BF16Matrix``.
+///
+/// Primitives are created once per shape and reused; executions are serialized (each uses
+/// every OpenMP thread), as are creations.
+public enum OneDNN {
+    private final class Context: @unchecked Sendable {
+        var engine: dnnl_engine_t?
+        var stream: dnnl_stream_t?
+        var matmuls: [MatmulShape: dnnl_primitive_t] = [:]
+        var reorders: [ReorderShape: dnnl_primitive_t] = [:]
+        let lock = NSLock()
+
+        init() {
+            guard dnnl_engine_create(&engine, dnnl_cpu, 0) == dnnl_success,
+                  dnnl_stream_create(&stream, engine, dnnl_stream_default_flags.rawValue) == dnnl_success else {
+                engine = nil
+                stream = nil
+                return
+            }
+        }
+    }
+
+    private static let context = Context()
+
+    struct MatmulShape: Hashable {
+        var m: Int, n: Int, k: Int, lda: Int, ldb: Int, ldc: Int, transposedB: Bool
+    }
+
+    struct ReorderShape: Hashable {
+        var rows: Int, columns: Int, ld: Int, toBF16: Bool
+    }
+
+    /// The instruction set oneDNN dispatches to on this CPU (after `ONEDNN_MAX_CPU_ISA`).
+    public static var isa: String {
+        switch dnnl_get_effective_cpu_isa() {
+        case dnnl_cpu_isa_avx512_core_amx: return "AVX-512 + AMX"
+        case dnnl_cpu_isa_avx512_core_bf16: return "AVX-512 BF16"
+        case dnnl_cpu_isa_avx512_core_vnni: return "AVX-512 VNNI"
+        case dnnl_cpu_isa_avx512_core: return "AVX-512"
+        case dnnl_cpu_isa_avx2_vnni: return "AVX2 VNNI"
+        case dnnl_cpu_isa_avx2: return "AVX2"
+        default: return "older than AVX2"
+        }
+    }
+
+    /// Whether oneDNN computes bfloat16 products in hardware here (AVX-512 BF16 or AMX).
+    public static var hasBF16Unit: Bool {
+        let i = dnnl_get_effective_cpu_isa()
+        return context.engine != nil && (i == dnnl_cpu_isa_avx512_core_bf16 || i == dnnl_cpu_isa_avx512_core_amx)
+    }
+
+    /// Whether oneDNN has a bfloat16 matmul for this ISA at all (it has none below
+    /// AVX-512): where it has not, ``GEMMBackend/onednn`` falls back to OpenBLAS's f32.
+    public static let canMultiplyBF16: Bool = {
+        guard let one = try? BF16Matrix([1], rows: 1, columns: 1) else { return false }
+        var x: Float = 2, y: Float = 0
+        return (try? one.multiply(&x, rows: 1, lda: 1, transposed: true, into: &y, ldc: 1)) != nil && y == 2
+    }()
+
+    static func check(_ status: dnnl_status_t, _ call: String) throws(OneDNNError) {
+        guard status == dnnl_success else { throw OneDNNError(call: call, status: Int(status.rawValue)) }
+    }
+
+    /// A 2-D memory descriptor with explicit strides.
+    static func descriptor(rows: Int, columns: Int, rowStride: Int, columnStride: Int, type: dnnl_data_type_t) throws(OneDNNError) -> dnnl_memory_desc_t {
+        var md = dnnl_memory_desc_t()
+        let dims: [Int64] = [Int64(rows), Int64(columns)]
+        let strides: [Int64] = [Int64(rowStride), Int64(columnStride)]
+        try check(dnnl_memory_desc_init_by_strides(&md, 2, dims, type, strides), "memory_desc_init_by_strides")
+        return md
+    }
+
+    /// Runs `primitive` on `pointers` bound to `descriptors` under `argument` indices.
+    private static func execute(_ primitive: dnnl_primitive_t, _ bindings: [(Int32, dnnl_memory_desc_t, UnsafeMutableRawPointer)]) throws(OneDNNError) {
+        let c = context
+        var memories: [dnnl_memory_t?] = []
+        defer { for m in memories { dnnl_memory_destroy(m) } }
+        var args: [dnnl_exec_arg_t] = []
+        for (arg, desc, pointer) in bindings {
+            var md = desc
+            var memory: dnnl_memory_t?
+            try check(dnnl_memory_create(&memory, &md, c.engine, pointer), "memory_create")
+            memories.append(memory)
+            args.append(dnnl_exec_arg_t(arg: arg, memory: memory))
+        }
+        try check(dnnl_primitive_execute(primitive, c.stream, Int32(args.count), args), "primitive_execute")
+        try check(dnnl_stream_wait(c.stream), "stream_wait")
+    }
+
+    /// Converts a row-major `rows x columns` matrix (row stride `ld`) between f32 and a
+    /// dense bf16 one (row stride `columns`), with oneDNN's reorder (round to nearest even).
+    static func convert(rows: Int, columns: Int, ld: Int, toBF16: Bool, from source: UnsafeRawPointer,
+                        to destination: UnsafeMutableRawPointer) throws(OneDNNError) {
+        guard rows > 0, columns > 0 else { return }
+        let c = context
+        c.lock.lock()
+        defer { c.lock.unlock() }
+        guard c.engine != nil else { throw OneDNNError(call: "engine_create", status: -1) }
+        let f32 = try descriptor(rows: rows, columns: columns, rowStride: toBF16 ? ld : columns, columnStride: 1, type: dnnl_f32)
+        let bf16 = try descriptor(rows: rows, columns: columns, rowStride: toBF16 ? columns : ld, columnStride: 1, type: dnnl_bf16)
+        let (src, dst) = toBF16 ? (f32, bf16) : (bf16, f32)
+        let shape = ReorderShape(rows: rows, columns: columns, ld: ld, toBF16: toBF16)
+        let primitive: dnnl_primitive_t
+        if let p = c.reorders[shape] { primitive = p } else {
+            var s = src, d = dst
+            var pd: dnnl_primitive_desc_t?
+            try check(dnnl_reorder_primitive_desc_create(&pd, &s, c.engine, &d, c.engine, nil), "reorder_primitive_desc_create")
+            defer { dnnl_primitive_desc_destroy(pd) }
+            var p: dnnl_primitive_t?
+            try check(dnnl_primitive_create(&p, pd), "primitive_create")
+            primitive = p!
+            c.reorders[shape] = primitive
+        }
+        try execute(primitive, [(DNNL_ARG_SRC, src, UnsafeMutableRawPointer(mutating: source)),
+                                (DNNL_ARG_DST, dst, destination)])
+    }
+
+    /// `C (m x n, f32, row stride ldc) = A (m x k, bf16, dense) * op(B)`, where `B` is bf16
+    /// row-major with row stride `ldb`: `k x n` as stored, or `n x k` when `transposedB`.
+    static func matmul(m: Int, n: Int, k: Int, a: UnsafeRawPointer, b: UnsafeRawPointer, ldb: Int, transposedB: Bool,
+                       c cPointer: UnsafeMutablePointer<Float>, ldc: Int) throws(OneDNNError) {
+        let c = context
+        c.lock.lock()
+        defer { c.lock.unlock() }
+        guard c.engine != nil else { throw OneDNNError(call: "engine_create", status: -1) }
+        let aMD = try descriptor(rows: m, columns: k, rowStride: k, columnStride: 1, type: dnnl_bf16)
+        let bMD = transposedB ? try descriptor(rows: k, columns: n, rowStride: 1, columnStride: ldb, type: dnnl_bf16)
+                              : try descriptor(rows: k, columns: n, rowStride: ldb, columnStride: 1, type: dnnl_bf16)
+        let cMD = try descriptor(rows: m, columns: n, rowStride: ldc, columnStride: 1, type: dnnl_f32)
+        let shape = MatmulShape(m: m, n: n, k: k, lda: k, ldb: ldb, ldc: ldc, transposedB: transposedB)
+        let primitive: dnnl_primitive_t
+        if let p = c.matmuls[shape] { primitive = p } else {
+            var desc = dnnl_matmul_desc_t()
+            var a = aMD, b = bMD, d = cMD
+            try check(dnnl_matmul_desc_init(&desc, &a, &b, nil, &d), "matmul_desc_init")
+            var pd: dnnl_primitive_desc_t?
+            try check(dnnl_primitive_desc_create(&pd, &desc, nil, c.engine, nil), "primitive_desc_create(matmul)")
+            defer { dnnl_primitive_desc_destroy(pd) }
+            var p: dnnl_primitive_t?
+            try check(dnnl_primitive_create(&p, pd), "primitive_create")
+            primitive = p!
+            c.matmuls[shape] = primitive
+        }
+        try execute(primitive, [(DNNL_ARG_SRC, aMD, UnsafeMutableRawPointer(mutating: a)),
+                                (DNNL_ARG_WEIGHTS, bMD, UnsafeMutableRawPointer(mutating: b)),
+                                (DNNL_ARG_DST, cMD, UnsafeMutableRawPointer(cPointer))])
+    }
+}
+
+/// A row-major matrix held in bfloat16 for oneDNN products (converted once, kept).
+public final class BF16Matrix: @unchecked Sendable {
+    public let rows: Int
+    public let columns: Int
+    private let storage: UnsafeMutableRawPointer
+
+    /// Converts a row-major f32 matrix (round to nearest even).
+    public init(_ values: [Float], rows: Int, columns: Int) throws(OneDNNError) {
+        precondition(values.count == rows * columns)
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: max(2, 2 * rows * columns), alignment: 64)
+        let result: Result<Void, OneDNNError> = values.withUnsafeBytes { v in
+            do throws(OneDNNError) {
+                try OneDNN.convert(rows: rows, columns: columns, ld: columns, toBF16: true, from: v.baseAddress!, to: buffer)
+                return .success(())
+            } catch { return .failure(error) }
+        }
+        if case .failure(let e) = result { buffer.deallocate(); throw e }
+        self.rows = rows
+        self.columns = columns
+        storage = buffer
+    }
+
+    deinit { storage.deallocate() }
+
+    /// `C = A * op(B[:, columns])` with `A` (`m x k` f32, row stride `lda`) converted to
+    /// bfloat16 first; `B` is this matrix, used as stored (`k x n`, `k = rows`, a block of
+    /// its columns) or transposed (`n x k`: `n = rows`, `k = columns`, all of them). f32
+    /// accumulation and result (`m x n`, row stride `ldc`).
+    public func multiply(_ a: UnsafePointer<Float>, rows m: Int, lda: Int, transposed: Bool, columns block: Range<Int>? = nil,
+                         into c: UnsafeMutablePointer<Float>, ldc: Int) throws(OneDNNError) {
+        let k = transposed ? columns : rows
+        let cols = block ?? 0..<columns
+        let n = transposed ? rows : cols.count
+        guard m > 0, n > 0 else { return }
+        guard k > 0 else {
+            for r in 0..<m { (c + r * ldc).update(repeating: 0, count: n) }
+            return
+        }
+        let a16 = UnsafeMutableRawPointer.allocate(byteCount: 2 * m * k, alignment: 64)
+        defer { a16.deallocate() }
+        try OneDNN.convert(rows: m, columns: k, ld: lda, toBF16: true, from: a, to: a16)
+        let b = transposed ? UnsafeRawPointer(storage) : UnsafeRawPointer(storage + 2 * cols.lowerBound)
+        try OneDNN.matmul(m: m, n: n, k: k, a: a16, b: b, ldb: columns, transposedB: transposed, c: c, ldc: ldc)
+    }
+}

@@ -1,0 +1,79 @@
+import Testing
+@testable import KVTCNumerics
+
+/// oneDNN's bfloat16 products against OpenBLAS's f32 ones. Rounding an operand to
+/// bfloat16 (8-bit significand, round to nearest) moves it by at most 2^-9 of itself, so a
+/// product of two rounded operands, accumulated in f32, differs from the f32 product by at
+/// most about 2 * 2^-9 * sum |a_i| |b_i| (plus f32 rounding): the tolerance below is
+/// 2^-7 of that sum, four times the bound. These run on any ISA (oneDNN emulates bfloat16
+/// without the unit: `ONEDNN_MAX_CPU_ISA=AVX2`).
+@Suite struct OneDNNTests {
+    static func matrix(_ rows: Int, _ columns: Int, seed: UInt64) -> [Float] {
+        var rng = SplitMix64(seed: seed)
+        return (0..<(rows * columns)).map { _ in Float(Int64(rng.next() % 20_001) - 10_000) / 7_000 }
+    }
+
+    /// Checks `c` against the f32 product `a (m x k) * b (k x n, element (i, j) at b[i * bi + j * bj])`.
+    static func withinBound(_ c: [Float], ldc: Int, _ a: [Float], lda: Int, m: Int, k: Int, n: Int,
+                            b: (Int, Int) -> Float) -> Bool {
+        for i in 0..<m {
+            for j in 0..<n {
+                var exact = 0.0, magnitude = 0.0
+                for t in 0..<k {
+                    let x = Double(a[i * lda + t]) * Double(b(t, j))
+                    exact += x
+                    magnitude += abs(x)
+                }
+                if abs(Double(c[i * ldc + j]) - exact) > magnitude / 128 + 1e-6 { return false }
+            }
+        }
+        return true
+    }
+
+    @Test func productsMatchF32WithinBFloat16Rounding() throws {
+        #expect(!OneDNN.isa.isEmpty)
+        let m = 37, k = 70, rank = 24
+        // The projection's shape: rows (stride 80) times the transposed basis (rank x k).
+        let x = Self.matrix(m, 80, seed: 1), basis = Self.matrix(rank, k, seed: 2)
+        let bf16 = try BF16Matrix(basis, rows: rank, columns: k)
+        var y = [Float](repeating: 0, count: m * rank)
+        guard OneDNN.canMultiplyBF16 else {
+            // Below AVX-512 oneDNN has no bfloat16 matmul: a typed error, and the codec's
+            // oneDNN backend is OpenBLAS's (`KVTCCompressorTests`).
+            #expect(!OneDNN.hasBF16Unit)
+            #expect(throws: OneDNNError.self) {
+                try x.withUnsafeBufferPointer { xp in
+                    try y.withUnsafeMutableBufferPointer { try bf16.multiply(xp.baseAddress!, rows: m, lda: 80, transposed: true, into: $0.baseAddress!, ldc: rank) }
+                }
+            }
+            return
+        }
+        try x.withUnsafeBufferPointer { xp in
+            try y.withUnsafeMutableBufferPointer { try bf16.multiply(xp.baseAddress!, rows: m, lda: 80, transposed: true, into: $0.baseAddress!, ldc: rank) }
+        }
+        #expect(Self.withinBound(y, ldc: rank, x, lda: 80, m: m, k: k, n: rank) { t, j in basis[j * k + t] })
+        // The reconstruction's shape: coefficients (m x rank) times a column block of the
+        // basis, written with a row stride wider than the block.
+        let cols = 16..<52
+        var out = [Float](repeating: .nan, count: m * 60)
+        try y.withUnsafeBufferPointer { yp in
+            try out.withUnsafeMutableBufferPointer {
+                try bf16.multiply(yp.baseAddress!, rows: m, lda: rank, transposed: false, columns: cols, into: $0.baseAddress!, ldc: 60)
+            }
+        }
+        #expect(Self.withinBound(out, ldc: 60, y, lda: rank, m: m, k: rank, n: cols.count) { t, j in basis[t * k + cols.lowerBound + j] })
+        // Columns outside the block are not touched.
+        #expect((0..<m).allSatisfy { r in out[(r * 60 + cols.count)..<(r * 60 + 60)].allSatisfy(\.isNaN) })
+        // A second product of the same shape reuses the primitive and gives the same result.
+        var again = [Float](repeating: 0, count: m * rank)
+        try x.withUnsafeBufferPointer { xp in
+            try again.withUnsafeMutableBufferPointer { try bf16.multiply(xp.baseAddress!, rows: m, lda: 80, transposed: true, into: $0.baseAddress!, ldc: rank) }
+        }
+        #expect(again == y)
+    }
+
+    @Test func backendsAreNamedForTheCommandLine() {
+        #expect(GEMMBackend(rawValue: "onednn") == .onednn && GEMMBackend(rawValue: "openblas") == .openblas)
+        #expect(GEMMBackend(rawValue: "mkl") == nil)
+    }
+}
