@@ -19,10 +19,16 @@ import KVTCNumerics
 /// generic SSE3 family on a CPU with AVX-512 or AVX2 it does not recognise
 /// (``BLAS/betterCoreType(chosen:cpuFlags:)``), by setting `OPENBLAS_CORETYPE`; a value set by
 /// the user or the machine is left alone.
+///
+/// oneDNN's OpenMP threads (libgomp) likewise spin after each parallel region unless
+/// `OMP_WAIT_POLICY` is `PASSIVE`, read when libgomp loads: spinning next to OpenBLAS's
+/// workers and the server's tasks, they made a store restore of 4,096 tokens take 0.76 s
+/// with the bfloat16 codec (0.70 s in f32); passive, 0.32 s (`kvtc bench serve`).
 enum OpenBLASTuning {
     static let variable = "OPENBLAS_THREAD_TIMEOUT"
     static let defaultTimeout = "18"
     static let coreTypeVariable = "OPENBLAS_CORETYPE"
+    static let openMPWaitPolicy = "OMP_WAIT_POLICY"
 
     /// The CPU's feature flags from `/proc/cpuinfo` (empty where it cannot be read).
     static func cpuFlags() -> Set<String> {
@@ -40,6 +46,10 @@ enum OpenBLASTuning {
         var changed = false
         if getenv(variable) == nil {
             setenv(variable, defaultTimeout, 1)
+            changed = true
+        }
+        if getenv(openMPWaitPolicy) == nil {
+            setenv(openMPWaitPolicy, "PASSIVE", 1)
             changed = true
         }
         if getenv(coreTypeVariable) == nil, let core = BLAS.betterCoreType(cpuFlags: cpuFlags()) {
