@@ -53,11 +53,8 @@ final class LlamaModel: LanguageModel {
     }
 
     var attentionOutputEnergy: [[Float]] {
-        let qd = config.heads * config.headDim, e = config.embedding
-        return weights.layers.map { w in
-            var energy = [Float](repeating: 0, count: qd)
-            for r in 0..<e { for j in 0..<qd { let x = w.output[r * qd + j]; energy[j] += x * x } }
-            return energy
+        weights.layers.map {
+            Linear.columnEnergy(weight: $0.output, outFeatures: config.embedding, inFeatures: config.heads * config.headDim)
         }
     }
 
@@ -76,17 +73,6 @@ final class LlamaModel: LanguageModel {
     }
 
     func logits(hidden: Matrix) -> Matrix {
-        var out = Matrix(rows: hidden.rows, columns: config.vocabularySize)
-        guard hidden.rows > 0 else { return out }
-        hidden.elements.withUnsafeBufferPointer { h in
-            weights.output.withUnsafeBufferPointer { w in
-                out.elements.withUnsafeMutableBufferPointer { o in
-                    Linear.apply(x: h.baseAddress!, rows: hidden.rows, weight: w.baseAddress!,
-                                 outFeatures: config.vocabularySize, inFeatures: config.embedding,
-                                 y: o.baseAddress!, accumulate: false)
-                }
-            }
-        }
-        return out
+        Linear.apply(hidden, weight: weights.output, outFeatures: config.vocabularySize)
     }
 }
