@@ -88,3 +88,11 @@ struct BenchCodecCommand: AsyncParsableCommand {
         }
     }
 }
+
+/// What multiplies the codec's and the model's matrices in this process, for benchmark
+/// headers.
+func backendSummary() -> String {
+    let codec = GEMMBackend.preferred == .onednn && OneDNN.canMultiplyBF16
+        ? "oneDNN bf16 matmul (\(OneDNN.isa))" : "OpenBLAS f32 sgemm (\(BLAS.coreName) kernels)"
+    return "codec: \(codec); model: OpenBLAS f32 (\(BLAS.coreName) kernels, \(BLAS.threadCount) threads); oneDNN ISA here: \(OneDNN.isa)"
+}

@@ -36,6 +36,7 @@ struct BenchModelCommand: ParsableCommand {
         print(String(format: "prefill 2048 useful  %9.1f GFLOP/s (%.0f%% of the GEMM rate; floor 40%%)",
                      result.prefillUsefulGflops2048, 100 * result.prefillGemmEfficiency))
         print(String(format: "sgemm rate           %9.1f GFLOP/s (OpenBLAS %@ kernels, %d threads)", result.gemmGflops, BLAS.coreName, BLAS.threadCount))
+        print("backends: \(backendSummary())")
         if let json { try data.write(to: URL(fileURLWithPath: json), options: .atomic) }
     }
 }
