@@ -107,6 +107,22 @@ public enum OneDNN {
         return md
     }
 
+    /// The primitive cached under `shape` in `table`, or a new one made from the primitive
+    /// descriptor `describe` fills in (destroyed once the primitive exists) and cached.
+    /// Callers hold the context's lock.
+    private static func cachedPrimitive<Shape: Hashable>(_ shape: Shape, in table: ReferenceWritableKeyPath<Context, [Shape: dnnl_primitive_t]>,
+                                                         describe: (inout dnnl_primitive_desc_t?) throws(OneDNNError) -> Void) throws(OneDNNError) -> dnnl_primitive_t {
+        let c = context
+        if let p = c[keyPath: table][shape] { return p }
+        var pd: dnnl_primitive_desc_t?
+        defer { if pd != nil { dnnl_primitive_desc_destroy(pd) } }
+        try describe(&pd)
+        var p: dnnl_primitive_t?
+        try check(dnnl_primitive_create(&p, pd), "primitive_create")
+        c[keyPath: table][shape] = p!
+        return p!
+    }
+
     /// Runs `primitive` on `pointers` bound to `descriptors` under `argument` indices.
     private static func execute(_ primitive: dnnl_primitive_t, _ bindings: [(Int32, dnnl_memory_desc_t, UnsafeMutableRawPointer)]) throws(OneDNNError) {
         let c = context
@@ -137,16 +153,9 @@ public enum OneDNN {
         let bf16 = try descriptor(rows: rows, columns: columns, rowStride: toBF16 ? columns : ld, columnStride: 1, type: dnnl_bf16)
         let (src, dst) = toBF16 ? (f32, bf16) : (bf16, f32)
         let shape = ReorderShape(rows: rows, columns: columns, ld: ld, toBF16: toBF16)
-        let primitive: dnnl_primitive_t
-        if let p = c.reorders[shape] { primitive = p } else {
+        let primitive = try cachedPrimitive(shape, in: \.reorders) { (pd) throws(OneDNNError) in
             var s = src, d = dst
-            var pd: dnnl_primitive_desc_t?
             try check(dnnl_reorder_primitive_desc_create(&pd, &s, c.engine, &d, c.engine, nil), "reorder_primitive_desc_create")
-            defer { dnnl_primitive_desc_destroy(pd) }
-            var p: dnnl_primitive_t?
-            try check(dnnl_primitive_create(&p, pd), "primitive_create")
-            primitive = p!
-            c.reorders[shape] = primitive
         }
         try execute(primitive, [(DNNL_ARG_SRC, src, UnsafeMutableRawPointer(mutating: source)),
                                 (DNNL_ARG_DST, dst, destination)])
@@ -165,18 +174,11 @@ public enum OneDNN {
                               : try descriptor(rows: k, columns: n, rowStride: ldb, columnStride: 1, type: dnnl_bf16)
         let cMD = try descriptor(rows: m, columns: n, rowStride: ldc, columnStride: 1, type: dnnl_f32)
         let shape = MatmulShape(m: m, n: n, k: k, lda: k, ldb: ldb, ldc: ldc, transposedB: transposedB)
-        let primitive: dnnl_primitive_t
-        if let p = c.matmuls[shape] { primitive = p } else {
+        let primitive = try cachedPrimitive(shape, in: \.matmuls) { (pd) throws(OneDNNError) in
             var desc = dnnl_matmul_desc_t()
             var a = aMD, b = bMD, d = cMD
             try check(dnnl_matmul_desc_init(&desc, &a, &b, nil, &d), "matmul_desc_init")
-            var pd: dnnl_primitive_desc_t?
             try check(dnnl_primitive_desc_create(&pd, &desc, nil, c.engine, nil), "primitive_desc_create(matmul)")
-            defer { dnnl_primitive_desc_destroy(pd) }
-            var p: dnnl_primitive_t?
-            try check(dnnl_primitive_create(&p, pd), "primitive_create")
-            primitive = p!
-            c.matmuls[shape] = primitive
         }
         try execute(primitive, [(DNNL_ARG_SRC, aMD, UnsafeMutableRawPointer(mutating: a)),
                                 (DNNL_ARG_WEIGHTS, bMD, UnsafeMutableRawPointer(mutating: b)),
