@@ -94,12 +94,10 @@ public enum Calibrator {
         // the full rows are scaled and centred in place.
         var windowRows: (layers: [Int], geometry: KVGeometry, keys: [Float], values: [Float])?
         if let attention = layerAttention, let full = OutOfWindowTransforms.fullContextLayers(attention) {
-            let f = geometry.featuresPerLayer
-            let columns = full.flatMap { (($0 * f)..<(($0 + 1) * f)) }
             func gather(_ source: [Float]) -> [Float] {
-                var rows = [Float](repeating: 0, count: count * columns.count)
-                for r in 0..<count { for (j, c) in columns.enumerated() { rows[r * columns.count + j] = source[r * p + c] } }
-                return rows
+                source.withUnsafeBufferPointer {
+                    FeatureRows.selecting(layers: full, featuresPerLayer: geometry.featuresPerLayer, of: $0.baseAddress!, count: count, stride: p)
+                }
             }
             windowRows = (full, KVGeometry(layers: full.count, kvHeads: geometry.kvHeads, headDim: geometry.headDim),
                           gather(keyRows), gather(valueRows))
@@ -134,7 +132,9 @@ public enum Calibrator {
                 let full = isKeys ? keyFit.1 : valueFit.1
                 let targets = full.map { $0.1 / Double(p) * Double(pw) }
                 let weights = (isKeys ? options.featureWeights?.keys : options.featureWeights?.values).map { weights in
-                    w.layers.flatMap { l in weights[(l * geometry.featuresPerLayer)..<((l + 1) * geometry.featuresPerLayer)] }
+                    weights.withUnsafeBufferPointer {
+                        FeatureRows.selecting(layers: w.layers, featuresPerLayer: geometry.featuresPerLayer, of: $0.baseAddress!, count: 1, stride: p)
+                    }
                 }
                 var rows = isKeys ? w.keys : w.values
                 if isKeys { w.keys = [] } else { w.values = [] }

@@ -13,6 +13,22 @@ public enum FeatureRows {
         cache.keyRotation.rotate(rows: dst, stride: p, columns: 0..<p, positions: Array(cache.positions[tokens]), inverse: true)
     }
 
+    /// The features of `layers` (in that order, side by side) of `count` rows whose
+    /// features are `featuresPerLayer` per layer, `stride` apart: the rows of the
+    /// out-of-window transforms.
+    static func selecting(layers: [Int], featuresPerLayer f: Int, of rows: UnsafePointer<Float>, count: Int, stride: Int) -> [Float] {
+        let width = layers.count * f
+        var out = [Float](repeating: 0, count: count * width)
+        out.withUnsafeMutableBufferPointer { o in
+            for t in 0..<count {
+                for (j, l) in layers.enumerated() {
+                    (o.baseAddress! + t * width + j * f).update(from: rows + t * stride + l * f, count: f)
+                }
+            }
+        }
+        return out
+    }
+
     /// Rows for calibration from several caches: all tokens whose position is at least
     /// `skipPositionsBelow` (the attention sinks are not representative).
     public static func calibrationRows(_ caches: [KVCache], skipPositionsBelow sinks: Int, keys: Bool) -> (rows: [Float], count: Int) {

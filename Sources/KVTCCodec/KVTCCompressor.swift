@@ -237,12 +237,7 @@ public struct KVTCCompressor: CacheCompressor {
                 if m > 0, let w = profile.outOfWindow, let tables = outOfWindowTables, let o = plan.outOfWindow {
                     // The full-context layers' features of the out-of-window rows, side by side.
                     let f = cache.geometry.featuresPerLayer, pw = w.layers.count * f
-                    var sub = [Float](repeating: 0, count: m * pw)
-                    for t in 0..<m {
-                        for (j, l) in w.layers.enumerated() {
-                            for i in 0..<f { sub[t * pw + j * f + i] = rows[t * p + l * f + i] }
-                        }
-                    }
+                    let sub = FeatureRows.selecting(layers: w.layers, featuresPerLayer: f, of: rows, count: m, stride: p)
                     sub.withUnsafeBufferPointer {
                         windowStreams.append(Self.quantizeRows($0.baseAddress!, count: m, stride: pw,
                                                                tables: isKeys ? tables.keys : tables.values,
