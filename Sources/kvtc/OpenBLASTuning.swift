@@ -20,15 +20,20 @@ import KVTCNumerics
 /// (``BLAS/betterCoreType(chosen:cpuFlags:)``), by setting `OPENBLAS_CORETYPE`; a value set by
 /// the user or the machine is left alone.
 ///
-/// oneDNN's OpenMP threads (libgomp) likewise spin after each parallel region unless
-/// `OMP_WAIT_POLICY` is `PASSIVE`, read when libgomp loads: spinning next to OpenBLAS's
-/// workers and the server's tasks, they made a store restore of 4,096 tokens take 0.76 s
-/// with the bfloat16 codec (0.70 s in f32); passive, 0.32 s (`kvtc bench serve`).
+/// oneDNN's OpenMP threads (libgomp) likewise spin after each parallel region, for
+/// `GOMP_SPINCOUNT` iterations (default 300,000), read when libgomp loads. Spinning that long
+/// next to OpenBLAS's workers and the server's tasks made a store restore of 4,096 tokens
+/// take 0.76 s with the bfloat16 codec instead of 0.32 s (`kvtc bench serve`); not spinning
+/// at all (`OMP_WAIT_POLICY=PASSIVE`) put a futex wake-up in each of a decode step's ~250
+/// oneDNN calls: 71 tokens/s, against 150 with a spin of 10,000 (`kvtc bench model`). The
+/// process runs with ``spinCount`` unless `OMP_WAIT_POLICY` or `GOMP_SPINCOUNT` is set.
 enum OpenBLASTuning {
     static let variable = "OPENBLAS_THREAD_TIMEOUT"
     static let defaultTimeout = "18"
     static let coreTypeVariable = "OPENBLAS_CORETYPE"
     static let openMPWaitPolicy = "OMP_WAIT_POLICY"
+    static let openMPSpinCount = "GOMP_SPINCOUNT"
+    static let spinCount = "10000"
 
     /// The CPU's feature flags from `/proc/cpuinfo` (empty where it cannot be read).
     static func cpuFlags() -> Set<String> {
@@ -48,8 +53,8 @@ enum OpenBLASTuning {
             setenv(variable, defaultTimeout, 1)
             changed = true
         }
-        if getenv(openMPWaitPolicy) == nil {
-            setenv(openMPWaitPolicy, "PASSIVE", 1)
+        if getenv(openMPWaitPolicy) == nil, getenv(openMPSpinCount) == nil {
+            setenv(openMPSpinCount, spinCount, 1)
             changed = true
         }
         if getenv(coreTypeVariable) == nil, let core = BLAS.betterCoreType(cpuFlags: cpuFlags()) {

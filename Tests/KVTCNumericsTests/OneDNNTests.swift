@@ -2,10 +2,10 @@ import Testing
 @testable import KVTCNumerics
 
 /// oneDNN's bfloat16 products against OpenBLAS's f32 ones. Rounding an operand to
-/// bfloat16 (8-bit significand, round to nearest) moves it by at most 2^-9 of itself, so a
-/// product of two rounded operands, accumulated in f32, differs from the f32 product by at
-/// most about 2 * 2^-9 * sum |a_i| |b_i| (plus f32 rounding): the tolerance below is
-/// 2^-7 of that sum, four times the bound. These run on any ISA (oneDNN emulates bfloat16
+/// bfloat16 (8-bit significand, round to nearest) moves it by at most half an ulp, 2^-8 of
+/// itself, so a product of two rounded operands, accumulated in f32, differs from the f32
+/// product by at most about 2 * 2^-8 * sum |a_i| |b_i| (plus f32 rounding): the tolerance
+/// below, 2^-7 of that sum. These run on any ISA (oneDNN emulates bfloat16
 /// without the unit: `ONEDNN_MAX_CPU_ISA=AVX2`).
 @Suite struct OneDNNTests {
     static func matrix(_ rows: Int, _ columns: Int, seed: UInt64) -> [Float] {
@@ -70,6 +70,61 @@ import Testing
             try again.withUnsafeMutableBufferPointer { try bf16.multiply(xp.baseAddress!, rows: m, lda: 80, transposed: true, into: $0.baseAddress!, ldc: rank) }
         }
         #expect(again == y)
+    }
+
+    /// A linear layer's packed bfloat16 weight against the f32 product, for one row (a
+    /// decode step) and many (a prefill) with the same weight, overwriting and accumulating.
+    @Test func packedWeightsMatchF32WithinBFloat16Rounding() throws {
+        let out = 45, inFeatures = 70
+        let w = Self.matrix(out, inFeatures, seed: 3)
+        guard OneDNN.canMultiplyBF16 else {
+            #expect(throws: OneDNNError.self) { _ = try BF16Weights(w, outFeatures: out, inFeatures: inFeatures) }
+            return
+        }
+        let weights = try BF16Weights(w, outFeatures: out, inFeatures: inFeatures)
+        #expect(weights.byteCount >= 2 * out * inFeatures)
+        for rows in [1, 5, 300] {
+            let x = Self.matrix(rows, inFeatures, seed: UInt64(10 + rows))
+            var y = [Float](repeating: .nan, count: rows * out)
+            try x.withUnsafeBufferPointer { xp in
+                try y.withUnsafeMutableBufferPointer { try weights.apply(xp.baseAddress!, rows: rows, into: $0.baseAddress!, accumulate: false) }
+            }
+            #expect(Self.withinBound(y, ldc: out, x, lda: inFeatures, m: rows, k: inFeatures, n: out) { t, j in w[j * inFeatures + t] },
+                    "\(rows) rows")
+            // Accumulating adds the same product to what the output held.
+            let before = Self.matrix(rows, out, seed: UInt64(20 + rows))
+            var sum = before
+            try x.withUnsafeBufferPointer { xp in
+                try sum.withUnsafeMutableBufferPointer { try weights.apply(xp.baseAddress!, rows: rows, into: $0.baseAddress!, accumulate: true) }
+            }
+            let accumulated = (0..<y.count).allSatisfy { (i: Int) -> Bool in
+                let added: Float = sum[i] - before[i]
+                return abs(added - y[i]) <= 1e-5 * (1 + abs(before[i]))
+            }
+            #expect(accumulated, "\(rows) rows accumulated")
+        }
+        // The values held are the f32 ones rounded to bfloat16 (low 16 bits clear, within 2^-8).
+        let held = try weights.floats()
+        #expect(held.count == w.count)
+        let rounded = (0..<w.count).allSatisfy { (i: Int) -> Bool in
+            held[i].bitPattern & 0xFFFF == 0 && abs(held[i] - w[i]) <= abs(w[i]) / 256
+        }
+        #expect(rounded)
+    }
+
+    /// An embedding row looked up in bfloat16 is the row's bfloat16 values, widened exactly.
+    @Test func bfloat16RowsWidenExactly() throws {
+        let table = Self.matrix(9, 33, seed: 4)
+        guard let bf16 = try? BF16Matrix(table, rows: 9, columns: 33) else {
+            #expect(!OneDNN.canMultiplyBF16)
+            return
+        }
+        var row = [Float](repeating: 0, count: 33)
+        row.withUnsafeMutableBufferPointer { bf16.copyRow(7, scale: 2, into: $0.baseAddress!) }
+        for j in 0..<33 {
+            let widened: Float = row[j] / 2, original: Float = table[7 * 33 + j]
+            #expect(abs(widened - original) <= abs(original) / 256 && widened.bitPattern & 0xFFFF == 0, "column \(j)")
+        }
     }
 
     @Test func backendsAreNamedForTheCommandLine() {

@@ -1,0 +1,72 @@
+import CDNNL
+
+/// A linear layer's weight `W` (`out x in`) held in bfloat16 in the blocked layout oneDNN's
+/// matmul reads fastest, converted and packed once: `y = x W^T` for any number of rows `x`.
+///
+/// The layout depends only on the weight's shape, so one copy serves a one-row decode step
+/// and a 2048-row prefill alike.
+public final class BF16Weights: @unchecked Sendable {
+    /// Rows of `W`: the features a product has.
+    public let outFeatures: Int
+    /// Columns of `W`: the features an input row has.
+    public let inFeatures: Int
+    private let layout: dnnl_memory_desc_t
+    private let storage: UnsafeMutableRawPointer
+    /// Bytes the packed weight occupies.
+    public let byteCount: Int
+
+    /// Converts a row-major f32 `outFeatures x inFeatures` weight (round to nearest even).
+    public init(_ values: [Float], outFeatures: Int, inFeatures: Int) throws(OneDNNError) {
+        precondition(values.count == outFeatures * inFeatures && outFeatures > 0 && inFeatures > 0)
+        let layout = try OneDNN.packedLayout(n: outFeatures, k: inFeatures)
+        var md = layout
+        let byteCount = dnnl_memory_desc_get_size(&md)
+        let storage = UnsafeMutableRawPointer.allocate(byteCount: byteCount, alignment: 64)
+        // `W` row-major is `W^T` (`in x out`) with strides (1, in): the matmul's `B`.
+        let result: Result<Void, OneDNNError> = values.withUnsafeBytes { v in
+            do throws(OneDNNError) {
+                let source = try OneDNN.descriptor(rows: inFeatures, columns: outFeatures, rowStride: 1,
+                                                   columnStride: inFeatures, type: dnnl_f32)
+                try OneDNN.reorder(v.baseAddress!, from: source, into: storage, to: layout)
+                return .success(())
+            } catch { return .failure(error) }
+        }
+        if case .failure(let e) = result { storage.deallocate(); throw e }
+        self.layout = layout
+        self.byteCount = byteCount
+        self.storage = storage
+        self.outFeatures = outFeatures
+        self.inFeatures = inFeatures
+    }
+
+    deinit { storage.deallocate() }
+
+    /// `y = x W^T` (`+ y` when `accumulate`): `x` is `rows x inFeatures` f32 (dense),
+    /// converted to bfloat16 first; `y` is `rows x outFeatures` f32 (dense); f32
+    /// accumulation.
+    public func apply(_ x: UnsafePointer<Float>, rows: Int, into y: UnsafeMutablePointer<Float>,
+                      accumulate: Bool) throws(OneDNNError) {
+        guard rows > 0 else { return }
+        let x16 = UnsafeMutableRawPointer.allocate(byteCount: 2 * rows * inFeatures, alignment: 64)
+        defer { x16.deallocate() }
+        try OneDNN.convert(rows: rows, columns: inFeatures, ld: inFeatures, toBF16: true, from: x, to: x16)
+        try OneDNN.matmul(m: rows, n: outFeatures, k: inFeatures, a: x16, b: storage, layout: .packed(layout),
+                          c: y, ldc: outFeatures, accumulate: accumulate)
+    }
+
+    /// The weight back in f32, row-major `outFeatures x inFeatures` (each value exactly the
+    /// bfloat16 one held).
+    public func floats() throws(OneDNNError) -> [Float] {
+        var out = [Float](repeating: 0, count: outFeatures * inFeatures)
+        let destination = try OneDNN.descriptor(rows: inFeatures, columns: outFeatures, rowStride: 1,
+                                                columnStride: inFeatures, type: dnnl_f32)
+        let result: Result<Void, OneDNNError> = out.withUnsafeMutableBytes { o in
+            do throws(OneDNNError) {
+                try OneDNN.reorder(storage, from: layout, into: o.baseAddress!, to: destination)
+                return .success(())
+            } catch { return .failure(error) }
+        }
+        if case .failure(let e) = result { throw e }
+        return out
+    }
+}
