@@ -27,8 +27,111 @@ public struct ModelBenchmarkResult: Sendable, Codable, Equatable {
     }
 }
 
+/// One projection's product rate at one number of rows, with each library.
+public struct ProjectionRate: Sendable, Codable, Equatable {
+    public var name: String
+    /// Rows multiplied at once: 1 is a decode step, the prefill chunk a prefill.
+    public var rows: Int
+    public var outFeatures: Int
+    public var inFeatures: Int
+    /// oneDNN with packed bfloat16 weights, in GFLOP/s (`nil` without a bfloat16 matmul).
+    public var bf16Gflops: Double?
+    /// OpenBLAS with f32 weights, in GFLOP/s.
+    public var f32Gflops: Double
+
+    enum CodingKeys: String, CodingKey {
+        case name, rows
+        case outFeatures = "out_features"
+        case inFeatures = "in_features"
+        case bf16Gflops = "bf16_gflops"
+        case f32Gflops = "f32_gflops"
+    }
+}
+
+/// `kvtc bench model`'s figures: the model at its precision, the f32 reference path in the
+/// same run, and each projection's product rate with both libraries.
+public struct ModelBenchmarkReport: Sendable, Codable, Equatable {
+    /// The precision the model ran at (`bf16`, `f32`).
+    public var precision: String
+    /// What oneDNN dispatched to on this CPU.
+    public var onednnISA: String
+    public var model: ModelBenchmarkResult
+    /// The same benchmark at f32 (OpenBLAS), when the model ran at another precision.
+    public var reference: ModelBenchmarkResult?
+    public var projections: [ProjectionRate]
+
+    public init(precision: String, onednnISA: String, model: ModelBenchmarkResult, reference: ModelBenchmarkResult?,
+                projections: [ProjectionRate]) {
+        self.precision = precision
+        self.onednnISA = onednnISA
+        self.model = model
+        self.reference = reference
+        self.projections = projections
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case precision, model, reference, projections
+        case onednnISA = "onednn_isa"
+    }
+}
+
 /// Measures GEMM, prefill and decode throughput.
 public enum ModelBenchmark {
+    /// Product rates of `projections` at each of `rows`, with oneDNN's packed bfloat16
+    /// weights (where it has a bfloat16 matmul) and OpenBLAS's f32 ones, best of
+    /// `repeats`. A one-row product cycles through `layers` copies of a block's weight, as a
+    /// decode step reads each layer's own from memory.
+    public static func projectionRates(_ projections: [ProjectionShape], layers: Int, rows: [Int],
+                                       repeats: Int = 3) -> [ProjectionRate] {
+        var rates: [ProjectionRate] = []
+        for shape in projections {
+            let out = shape.outFeatures, inF = shape.inFeatures
+            var rng = SplitMix64(seed: UInt64(out * 31 + inF))
+            let weight = (0..<(out * inF)).map { _ in Float(Int(rng.next() % 2001) - 1000) / 1000 }
+            let bf16 = OneDNN.canMultiplyBF16 ? try? BF16Weights(weight, outFeatures: out, inFeatures: inF) : nil
+            for m in rows {
+                let copies = m == 1 && shape.perLayer ? layers : 1
+                let f32Copies = (0..<copies).map { _ in weight.withUnsafeBufferPointer { Array($0) } } // own storage each
+                let bf16Copies = bf16 == nil ? [] : (0..<copies).compactMap { _ in try? BF16Weights(weight, outFeatures: out, inFeatures: inF) }
+                let x = (0..<(m * inF)).map { _ in Float(Int(rng.next() % 2001) - 1000) / 1000 }
+                var y = [Float](repeating: 0, count: m * out)
+                let flops = 2 * Double(m) * Double(out) * Double(inF) * Double(copies)
+                func best(_ body: () -> Void) -> Double {
+                    body()
+                    var t = Double.infinity
+                    for _ in 0..<max(1, repeats) { let s = Stopwatch(); body(); t = min(t, s.elapsed) }
+                    return flops / t / 1e9
+                }
+                let f32 = best {
+                    x.withUnsafeBufferPointer { xp in
+                        y.withUnsafeMutableBufferPointer { yp in
+                            for w in f32Copies {
+                                w.withUnsafeBufferPointer { wp in
+                                    if m == 1 {
+                                        BLAS.gemv(.normal, m: out, n: inF, a: wp.baseAddress!, lda: inF, x: xp.baseAddress!, y: yp.baseAddress!)
+                                    } else {
+                                        BLAS.gemm(.normal, .transposed, m: m, n: out, k: inF, a: xp.baseAddress!, lda: inF,
+                                                  b: wp.baseAddress!, ldb: inF, c: yp.baseAddress!, ldc: out)
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                let half: Double? = bf16Copies.count == copies ? best {
+                    x.withUnsafeBufferPointer { xp in
+                        y.withUnsafeMutableBufferPointer { yp in
+                            for w in bf16Copies { try? w.apply(xp.baseAddress!, rows: m, into: yp.baseAddress!, accumulate: false) }
+                        }
+                    }
+                } : nil
+                rates.append(ProjectionRate(name: shape.name, rows: m, outFeatures: out, inFeatures: inF,
+                                            bf16Gflops: half, f32Gflops: f32))
+            }
+        }
+        return rates
+    }
+
     /// Useful floating-point operations of prefilling `tokens` tokens into an empty cache:
     /// `2 * blockMatrixParameters` per token, causal attention (`QK^T` and `PV`, each
     /// `2 * headDim` per visible key per query head) and the last token's logits.

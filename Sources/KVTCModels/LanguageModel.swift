@@ -45,6 +45,34 @@ public struct ModelDimensions: Sendable, Hashable, Codable {
     }
 }
 
+/// One of a model's linear projections: `outFeatures x inFeatures`, in every block or once.
+public struct ProjectionShape: Sendable, Hashable, Codable {
+    /// What it projects (`qkv`, `attention output`, `gate+up`, `down`, `logits`).
+    public var name: String
+    public var outFeatures: Int
+    public var inFeatures: Int
+    /// Whether every block has one (else the model has one: the output projection).
+    public var perLayer: Bool
+
+    public init(name: String, outFeatures: Int, inFeatures: Int, perLayer: Bool) {
+        self.name = name
+        self.outFeatures = outFeatures
+        self.inFeatures = inFeatures
+        self.perLayer = perLayer
+    }
+
+    /// The projections of a block with stacked Q/K/V and gate/up weights (both families'),
+    /// then the output projection to logits.
+    public static func gatedBlock(embedding e: Int, queryWidth qd: Int, keyValueWidth kvd: Int, feedForward f: Int,
+                                  vocabularySize v: Int) -> [ProjectionShape] {
+        [ProjectionShape(name: "qkv", outFeatures: qd + 2 * kvd, inFeatures: e, perLayer: true),
+         ProjectionShape(name: "attention output", outFeatures: e, inFeatures: qd, perLayer: true),
+         ProjectionShape(name: "gate+up", outFeatures: 2 * f, inFeatures: e, perLayer: true),
+         ProjectionShape(name: "down", outFeatures: e, inFeatures: f, perLayer: true),
+         ProjectionShape(name: "logits", outFeatures: v, inFeatures: e, perLayer: false)]
+    }
+}
+
 /// A decoder-only transformer that keeps all per-sequence state in a ``KVCache``.
 ///
 /// This is the seam between the model families (one implementation per GGUF
@@ -80,6 +108,10 @@ public protocol LanguageModel: AnyObject, Sendable {
     /// Longest run of tokens processed in one forward pass; longer inputs are processed in
     /// consecutive chunks to bound memory.
     var prefillChunk: Int { get }
+    /// What the projections' weights are held in and multiplied at.
+    var precision: ModelPrecision { get }
+    /// The linear projections a token passes through (for per-GEMM benchmarks).
+    var projections: [ProjectionShape] { get }
 
     /// Runs `tokens` after whatever `cache` holds, appending their keys and values to the
     /// cache, and returns the final-norm hidden states (`rows x embedding`) of the rows
@@ -93,7 +125,7 @@ public protocol LanguageModel: AnyObject, Sendable {
                       rows: LogitsRequest, observer: AttentionObserver?) throws(ModelError) -> Matrix
 
     /// Logits (`rows x vocabulary`) for final-norm hidden states.
-    func logits(hidden: Matrix) -> Matrix
+    func logits(hidden: Matrix) throws(ModelError) -> Matrix
 
     /// Per layer, the squared norm of each column of the attention output projection
     /// (`heads * headDim` values): how strongly an error in each feature of a head's
@@ -136,7 +168,7 @@ extension LanguageModel {
                         logits request: LogitsRequest = .last) throws(ModelError) -> Matrix {
         let hidden = try hiddenStates(tokens: tokens, cache: &cache, startPosition: startPosition,
                                       rows: request, observer: nil)
-        return logits(hidden: hidden)
+        return try logits(hidden: hidden)
     }
 
     /// Feeds one token and returns the logits for the next one.

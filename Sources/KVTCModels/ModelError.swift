@@ -21,6 +21,11 @@ public enum ModelError: Error, Equatable, CustomStringConvertible {
     case emptyInput(String)
     /// A sequence longer than the model's context.
     case contextOverflow(positions: Int, limit: Int)
+    /// The machine cannot run the model at the precision asked for (e.g. bfloat16 without
+    /// a bfloat16 matmul).
+    case unsupportedPrecision(String)
+    /// The matrix library failed (oneDNN returned an error).
+    case backend(String)
 
     public var description: String {
         switch self {
@@ -34,6 +39,8 @@ public enum ModelError: Error, Equatable, CustomStringConvertible {
         case .invalidToken(let t): return "token id \(t) is outside the vocabulary"
         case .emptyInput(let m): return "no tokens: \(m)"
         case .contextOverflow(let p, let l): return "position \(p) exceeds the model's context of \(l) tokens"
+        case .unsupportedPrecision(let m): return "unsupported precision: \(m)"
+        case .backend(let m): return "matrix library error: \(m)"
         }
     }
 }

@@ -3,6 +3,7 @@ import Foundation
 import KVTCCache
 import KVTCBenchmarks
 import KVTCCodec
+import KVTCModels
 import KVTCNumerics
 
 struct BenchCodecCommand: AsyncParsableCommand {
@@ -91,8 +92,9 @@ struct BenchCodecCommand: AsyncParsableCommand {
 
 /// What multiplies the codec's and the model's matrices in this process, for benchmark
 /// headers.
-func backendSummary() -> String {
+func backendSummary(model: ModelPrecision? = nil) -> String {
     let codec = GEMMBackend.preferred == .onednn && OneDNN.canMultiplyBF16
         ? "oneDNN bf16 matmul (\(OneDNN.isa))" : "OpenBLAS f32 sgemm (\(BLAS.coreName) kernels)"
-    return "codec: \(codec); model: OpenBLAS f32 (\(BLAS.coreName) kernels, \(BLAS.threadCount) threads); oneDNN ISA here: \(OneDNN.isa)"
+    let modelPart = model.map { "; model: \($0.engineDescription)" } ?? ""
+    return "codec: \(codec)\(modelPart); oneDNN ISA here: \(OneDNN.isa)"
 }

@@ -95,7 +95,7 @@ struct BenchServeCommand: AsyncParsableCommand {
 
         let r = try await bench.restoreVersusRecompute(tokens: restoreTokens, corpus: corpus)
         Progress.shared.done()
-        print("backends: \(backendSummary())")
+        print("backends: \(backendSummary(model: model.precision))")
         print(String(format: "restore %d tokens: kvtc %.3f s (%.1f MiB stored), exact fp16 %.3f s (%.1f MiB); recompute %.3f s; kvtc restore is %.1fx faster than recompute",
                      r.tokens, r.kvtcSeconds, Double(r.kvtcStoredBytes) / 1048576, r.exactSeconds,
                      Double(r.exactStoredBytes) / 1048576, r.recomputeSeconds, r.recomputeSeconds / r.kvtcSeconds))

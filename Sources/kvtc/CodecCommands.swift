@@ -362,6 +362,7 @@ struct DecompressCommand: AsyncParsableCommand {
 
 extension CalibrationRecipe: ExpressibleByArgument {}
 extension GEMMBackend: ExpressibleByArgument {}
+extension ModelPrecision: ExpressibleByArgument {}
 
 extension CodeCoding: ExpressibleByArgument {
     public init?(argument: String) { self.init(argument) }

@@ -74,14 +74,21 @@ struct GenerateCommand: ParsableCommand {
 struct ModelCommandOptions: ParsableArguments {
     @Option(name: .long, help: "A model name from `kvtc models` or a GGUF file (default: \(ModelRegistry.defaultModelName), fetched into the kvtc cache).")
     var model: String?
-    @Option(help: "Matrix products of the codec: onednn (bfloat16 on the CPU's BF16 unit) or openblas (f32); default: KVTC_BACKEND, else onednn where the CPU has the unit.")
+    @Option(help: "Matrix products of the codec and the model: onednn (bfloat16 on the CPU's BF16 unit) or openblas (f32); default: KVTC_BACKEND, else onednn where the CPU has the unit.")
     var backend: GEMMBackend?
+    @Option(help: "The model's projections: bf16 (oneDNN, half the weight bytes) or f32 (OpenBLAS, the reference path); default: bf16 when the backend is onednn.")
+    var precision: ModelPrecision?
 
-    func validate() throws { GEMMBackend.select(backend) }
+    func validate() throws {
+        GEMMBackend.select(backend)
+        if let precision, !precision.isAvailable {
+            throw ValidationError("--precision \(precision) needs oneDNN's bfloat16 matmul, which this CPU (\(OneDNN.isa)) lacks; use f32")
+        }
+    }
 
     /// Loads the model, reporting progress on standard error.
     func load() throws -> any LanguageModel {
-        try ModelRegistry.load(model) { modelCommandLog("kvtc: " + $0) }
+        try ModelRegistry.load(model, precision: precision) { modelCommandLog("kvtc: " + $0) }
     }
 
     /// Loads only the tokenizer (no weights are dequantized).

@@ -14,6 +14,14 @@ public enum EmbeddedModel {
     /// The model.
     public static func get() throws -> any LanguageModel { try loaded.get() }
 
+    private static let loadedReference: Result<any LanguageModel, ModelLoadError> = Result { () throws(ModelLoadError) -> any LanguageModel in
+        try ModelRegistry.load(precision: .f32)
+    }
+
+    /// The model at f32 on OpenBLAS, the reference path (the same as ``get()`` where the
+    /// default precision is f32): for tests whose tolerance is f32 summation order.
+    public static func reference() throws -> any LanguageModel { try loadedReference.get() }
+
     /// The model's GGUF file, parsed (no weights dequantized).
     public static func gguf() throws -> GGUFFile {
         guard let entry = ModelRegistry.entry(named: ModelRegistry.defaultModelName) else {
@@ -39,4 +47,11 @@ public enum Gemma3TestModel {
 
     /// The model.
     public static func get() throws -> any LanguageModel { try loaded.get() }
+
+    private static let loadedReference: Result<any LanguageModel, ModelLoadError> = Result { () throws(ModelLoadError) -> any LanguageModel in
+        try ModelRegistry.load(name, precision: .f32)
+    }
+
+    /// The model at f32 on OpenBLAS, the reference path.
+    public static func reference() throws -> any LanguageModel { try loadedReference.get() }
 }

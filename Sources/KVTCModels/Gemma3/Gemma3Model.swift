@@ -4,8 +4,8 @@ import KVTCGGUF
 import KVTCNumerics
 import KVTCTokenizers
 
-/// A Gemma 3 text model (GGUF `general.architecture = gemma3`) running on the CPU in single
-/// precision.
+/// A Gemma 3 text model (GGUF `general.architecture = gemma3`) running on the CPU, its
+/// projections at a ``ModelPrecision`` (activations, norms, attention and the cache in f32).
 ///
 /// What differs from Llama: embeddings scaled by `sqrt(embedding)`; RMS-normalised query and
 /// key heads (QK-norm) before NeoX-style RoPE; attention scaled by `1/sqrt(headDim)`; the
@@ -25,7 +25,9 @@ final class Gemma3Model: LanguageModel {
     let identity: String
     let path: String
     let prefillChunk: Int
+    let precision: ModelPrecision
     let weights: Gemma3Weights
+    let attentionOutputEnergy: [[Float]]
 
     init(gguf: GGUFFile, path: String, options: ModelLoadOptions) throws(ModelError) {
         let config = try Gemma3Config(gguf: gguf)
@@ -42,7 +44,15 @@ final class Gemma3Model: LanguageModel {
         self.path = path
         prefillChunk = max(1, options.prefillChunk)
         _ = BLASThreads.configured
-        weights = try Gemma3Weights(gguf: gguf, config: config)
+        precision = try options.resolvedPrecision()
+        weights = try Gemma3Weights(gguf: gguf, config: config, precision: precision)
+        attentionOutputEnergy = try weights.layers.map { (layer) throws(ModelError) in try layer.output.columnEnergy() }
+    }
+
+    var projections: [ProjectionShape] {
+        ProjectionShape.gatedBlock(embedding: config.embedding, queryWidth: config.heads * config.headDim,
+                                   keyValueWidth: config.kvHeads * config.headDim, feedForward: config.feedForward,
+                                   vocabularySize: config.vocabularySize)
     }
 
     var dimensions: ModelDimensions {
@@ -51,29 +61,24 @@ final class Gemma3Model: LanguageModel {
                         contextLength: config.contextLength, blockMatrixParameters: config.blockMatrixParameters)
     }
 
-    var attentionOutputEnergy: [[Float]] {
-        weights.layers.map {
-            Linear.columnEnergy(weight: $0.output, outFeatures: config.embedding, inFeatures: config.heads * config.headDim)
-        }
-    }
-
     func hiddenStates(tokens: [Int], cache: inout KVCache, startPosition: Int?,
                       rows: LogitsRequest, observer: AttentionObserver?) throws(ModelError) -> Matrix {
         let start = try validateForward(tokens: tokens, cache: cache, startPosition: startPosition)
-        return ChunkedForward.run(tokens: tokens, start: start, chunk: prefillChunk, embedding: config.embedding,
-                                  rows: rows, finalNorm: weights.outputNorm, eps: config.rmsEpsilon) { chunk, positions in
-            forward(tokens: chunk, positions: positions, cache: &cache, observer: observer)
+        return try ChunkedForward.run(tokens: tokens, start: start, chunk: prefillChunk, embedding: config.embedding,
+                                      rows: rows, finalNorm: weights.outputNorm, eps: config.rmsEpsilon,
+                                      cache: &cache) { (chunk, positions, cache) throws(ModelError) in
+            try forward(tokens: chunk, positions: positions, cache: &cache, observer: observer)
         }
     }
 
-    func logits(hidden: Matrix) -> Matrix {
-        Linear.apply(hidden, weight: weights.tokenEmbedding, outFeatures: config.vocabularySize)
+    func logits(hidden: Matrix) throws(ModelError) -> Matrix {
+        try weights.output.apply(hidden)
     }
 
     /// Runs one chunk of tokens through every block, appending their keys and values to
     /// `cache`, and returns the residual stream after the last block (`n x embedding`).
     func forward(tokens: ArraySlice<Int>, positions: [Int], cache: inout KVCache,
-                 observer: AttentionObserver? = nil) -> [Float] {
+                 observer: AttentionObserver? = nil) throws(ModelError) -> [Float] {
         let c = config
         let n = tokens.count, e = c.embedding, hd = c.headDim
         let qd = c.heads * hd, kvd = c.kvHeads * hd, qkvw = qd + 2 * kvd, f = c.feedForward
@@ -84,87 +89,53 @@ final class Gemma3Model: LanguageModel {
         // One rotation table per distinct layer rotation (two in Gemma 3).
         var tables: [RoPE: RoPE.Table] = [:]
         for a in layerAttention where tables[a.rope] == nil { tables[a.rope] = a.rope.table(positions: positions) }
-        let embeddingScale = Float(e).squareRoot()
 
-        var x = [Float](repeating: 0, count: n * e)
-        var h = [Float](repeating: 0, count: n * e)
-        var y = [Float](repeating: 0, count: n * e)
-        var qkv = [Float](repeating: 0, count: n * qkvw)
-        var att = [Float](repeating: 0, count: n * qd)
-        var ff = [Float](repeating: 0, count: n * 2 * f)
-        var act = [Float](repeating: 0, count: n * f)
+        let buffers = ForwardBuffers()
+        let X = buffers.make(n * e), Hs = buffers.make(n * e), Y = buffers.make(n * e), Q = buffers.make(n * qkvw)
+        let A = buffers.make(n * qd), F = buffers.make(n * 2 * f), ACT = buffers.make(n * f)
+        weights.tokenEmbedding.lookUp(tokens, scale: Float(e).squareRoot(), into: X)
 
-        weights.tokenEmbedding.withUnsafeBufferPointer { emb in
-            x.withUnsafeMutableBufferPointer { xb in
-                for (r, t) in tokens.enumerated() {
-                    let src = emb.baseAddress! + t * e, dst = xb.baseAddress! + r * e
-                    for i in 0..<e { dst[i] = src[i] * embeddingScale }
+        try cache.withMutableStreams(forward: { (K, V) throws(ModelError) in
+            for l in 0..<c.layers {
+                let w = weights.layers[l], attention = layerAttention[l]
+                // Attention block.
+                FastMath.rmsNormRows(X, weight: w.attentionNorm, eps: c.rmsEpsilon, out: Hs, rows: n, width: e)
+                try w.qkv.apply(x: Hs, rows: n, y: Q, accumulate: false)
+                // QK-norm: every query head and key head RMS-normalised on its own.
+                Self.normalizeHeads(Q, rows: n, stride: qkvw, heads: c.heads, headDim: hd, weight: w.queryNorm, eps: c.rmsEpsilon)
+                Self.normalizeHeads(Q + qd, rows: n, stride: qkvw, heads: c.kvHeads, headDim: hd, weight: w.keyNorm, eps: c.rmsEpsilon)
+                if let observer, observer.recordsQueries { observer.addQueries(layer: l, Q, rows: n, stride: qkvw) }
+                attention.rope.rotate(rows: Q, rowStride: qkvw, heads: c.heads + c.kvHeads, headDim: hd,
+                                      table: tables[attention.rope]!, inverse: false)
+                let kBase = K.baseAddress!, vBase = V.baseAddress!
+                for r in 0..<n {
+                    let row = (first + r) * p + l * kvd
+                    (kBase + row).update(from: Q + r * qkvw + qd, count: kvd)
+                    (vBase + row).update(from: Q + r * qkvw + qd + kvd, count: kvd)
                 }
+                let shape = AttentionShape(heads: c.heads, kvHeads: c.kvHeads, headDim: hd, cacheRowLength: p,
+                                           scale: 1 / Float(hd).squareRoot(), window: attention.window)
+                Attention.causal(shape, queries: Q, queryStride: qkvw, rows: n, first: first,
+                                 keys: kBase + l * kvd, values: vBase + l * kvd,
+                                 positions: attention.window == nil ? nil : cachePositions, out: A, observer: observer,
+                                 precision: precision)
+                try w.output.apply(x: A, rows: n, y: Y, accumulate: false)
+                Self.addNormalized(Y, into: X, weight: w.postAttentionNorm, eps: c.rmsEpsilon, rows: n, width: e)
+                // Feed-forward block.
+                FastMath.rmsNormRows(X, weight: w.ffnNorm, eps: c.rmsEpsilon, out: Hs, rows: n, width: e)
+                try w.gateUp.apply(x: Hs, rows: n, y: F, accumulate: false)
+                let gateUp = UncheckedSendable(F), activated = UncheckedSendable(ACT)
+                Parallel.forEachRange(n, minimumPerTask: 32) { range in
+                    for r in range {
+                        FastMath.geglu(gate: gateUp.value + r * 2 * f, up: gateUp.value + r * 2 * f + f,
+                                       out: activated.value + r * f, count: f)
+                    }
+                }
+                try w.down.apply(x: ACT, rows: n, y: Y, accumulate: false)
+                Self.addNormalized(Y, into: X, weight: w.postFFNNorm, eps: c.rmsEpsilon, rows: n, width: e)
             }
-        }
-
-        cache.withMutableStreams { K, V in
-            x.withUnsafeMutableBufferPointer { xb in
-            h.withUnsafeMutableBufferPointer { hb in
-            y.withUnsafeMutableBufferPointer { yb in
-            qkv.withUnsafeMutableBufferPointer { qb in
-            att.withUnsafeMutableBufferPointer { ab in
-            ff.withUnsafeMutableBufferPointer { fb in
-            act.withUnsafeMutableBufferPointer { actb in
-                let X = xb.baseAddress!, Hs = hb.baseAddress!, Y = yb.baseAddress!, Q = qb.baseAddress!
-                let A = ab.baseAddress!, F = fb.baseAddress!, ACT = actb.baseAddress!
-                for l in 0..<c.layers {
-                    let w = weights.layers[l], attention = layerAttention[l]
-                    // Attention block.
-                    FastMath.rmsNormRows(X, weight: w.attentionNorm, eps: c.rmsEpsilon, out: Hs, rows: n, width: e)
-                    w.qkv.withUnsafeBufferPointer { W in
-                        Linear.apply(x: Hs, rows: n, weight: W.baseAddress!, outFeatures: qkvw,
-                                     inFeatures: e, y: Q, accumulate: false)
-                    }
-                    // QK-norm: every query head and key head RMS-normalised on its own.
-                    Self.normalizeHeads(Q, rows: n, stride: qkvw, heads: c.heads, headDim: hd, weight: w.queryNorm, eps: c.rmsEpsilon)
-                    Self.normalizeHeads(Q + qd, rows: n, stride: qkvw, heads: c.kvHeads, headDim: hd, weight: w.keyNorm, eps: c.rmsEpsilon)
-                    if let observer, observer.recordsQueries { observer.addQueries(layer: l, Q, rows: n, stride: qkvw) }
-                    attention.rope.rotate(rows: Q, rowStride: qkvw, heads: c.heads + c.kvHeads, headDim: hd,
-                                          table: tables[attention.rope]!, inverse: false)
-                    let kBase = K.baseAddress!, vBase = V.baseAddress!
-                    for r in 0..<n {
-                        let row = (first + r) * p + l * kvd
-                        (kBase + row).update(from: Q + r * qkvw + qd, count: kvd)
-                        (vBase + row).update(from: Q + r * qkvw + qd + kvd, count: kvd)
-                    }
-                    let shape = AttentionShape(heads: c.heads, kvHeads: c.kvHeads, headDim: hd, cacheRowLength: p,
-                                               scale: 1 / Float(hd).squareRoot(), window: attention.window)
-                    Attention.causal(shape, queries: Q, queryStride: qkvw, rows: n, first: first,
-                                     keys: kBase + l * kvd, values: vBase + l * kvd,
-                                     positions: attention.window == nil ? nil : cachePositions, out: A, observer: observer)
-                    w.output.withUnsafeBufferPointer { W in
-                        Linear.apply(x: A, rows: n, weight: W.baseAddress!, outFeatures: e,
-                                     inFeatures: qd, y: Y, accumulate: false)
-                    }
-                    Self.addNormalized(Y, into: X, weight: w.postAttentionNorm, eps: c.rmsEpsilon, rows: n, width: e)
-                    // Feed-forward block.
-                    FastMath.rmsNormRows(X, weight: w.ffnNorm, eps: c.rmsEpsilon, out: Hs, rows: n, width: e)
-                    w.gateUp.withUnsafeBufferPointer { W in
-                        Linear.apply(x: Hs, rows: n, weight: W.baseAddress!, outFeatures: 2 * f,
-                                     inFeatures: e, y: F, accumulate: false)
-                    }
-                    let gateUp = UncheckedSendable(F), activated = UncheckedSendable(ACT)
-                    Parallel.forEachRange(n, minimumPerTask: 32) { range in
-                        for r in range {
-                            FastMath.geglu(gate: gateUp.value + r * 2 * f, up: gateUp.value + r * 2 * f + f,
-                                           out: activated.value + r * f, count: f)
-                        }
-                    }
-                    w.down.withUnsafeBufferPointer { W in
-                        Linear.apply(x: ACT, rows: n, weight: W.baseAddress!, outFeatures: e,
-                                     inFeatures: f, y: Y, accumulate: false)
-                    }
-                    Self.addNormalized(Y, into: X, weight: w.postFFNNorm, eps: c.rmsEpsilon, rows: n, width: e)
-                }
-            }}}}}}}
-        }
-        return x
+        })
+        return Array(UnsafeBufferPointer(start: X, count: n * e))
     }
 
     /// RMS-normalises, in place, `heads` consecutive heads of `headDim` in each of `rows`

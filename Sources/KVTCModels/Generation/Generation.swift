@@ -128,7 +128,7 @@ extension LanguageModel {
         while r0 < predictions {
             let r1 = min(predictions, r0 + block)
             let sub = Matrix(rows: r1 - r0, columns: e, elements: Array(hidden.elements[(r0 * e)..<(r1 * e)]))
-            let lg = logits(hidden: sub)
+            let lg = try logits(hidden: sub)
             lg.elements.withUnsafeBufferPointer { b in
                 for r in 0..<(r1 - r0) {
                     nll += negativeLogLikelihood(b.baseAddress! + r * v, count: v, target: tokens[r0 + r + 1])

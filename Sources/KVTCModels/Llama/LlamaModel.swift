@@ -5,7 +5,8 @@ import KVTCNumerics
 import KVTCTokenizers
 
 /// A llama-architecture language model (GGUF `general.architecture = llama`; SmolLM2 is
-/// one) running on the CPU in single precision.
+/// one) running on the CPU, its projections at a ``ModelPrecision`` (activations, norms,
+/// attention and the cache in f32).
 ///
 /// Weights are dequantized from GGUF at load and never change, so one instance may serve
 /// many threads. All per-sequence state lives in the caller's ``KVCache``.
@@ -26,9 +27,12 @@ final class LlamaModel: LanguageModel {
     let identity: String
     let path: String
     let prefillChunk: Int
+    let precision: ModelPrecision
     let weights: LlamaWeights
+    let attentionOutputEnergy: [[Float]]
 
-    /// Loads a llama GGUF file, dequantizing every weight to f32.
+    /// Loads a llama GGUF file, dequantizing every weight and keeping the projections at
+    /// the options' precision.
     init(gguf: GGUFFile, path: String, options: ModelLoadOptions) throws(ModelError) {
         let config = try LlamaConfig(gguf: gguf)
         self.config = config
@@ -43,7 +47,15 @@ final class LlamaModel: LanguageModel {
         self.path = path
         prefillChunk = max(1, options.prefillChunk)
         _ = BLASThreads.configured
-        weights = try LlamaWeights(gguf: gguf, config: config)
+        precision = try options.resolvedPrecision()
+        weights = try LlamaWeights(gguf: gguf, config: config, precision: precision)
+        attentionOutputEnergy = try weights.layers.map { (layer) throws(ModelError) in try layer.output.columnEnergy() }
+    }
+
+    var projections: [ProjectionShape] {
+        ProjectionShape.gatedBlock(embedding: config.embedding, queryWidth: config.heads * config.headDim,
+                                   keyValueWidth: config.kvHeads * config.headDim, feedForward: config.feedForward,
+                                   vocabularySize: config.vocabularySize)
     }
 
     var dimensions: ModelDimensions {
@@ -52,11 +64,6 @@ final class LlamaModel: LanguageModel {
                         contextLength: config.contextLength, blockMatrixParameters: config.blockMatrixParameters)
     }
 
-    var attentionOutputEnergy: [[Float]] {
-        weights.layers.map {
-            Linear.columnEnergy(weight: $0.output, outFeatures: config.embedding, inFeatures: config.heads * config.headDim)
-        }
-    }
 
     /// Every layer is global and rotated alike.
     var layerAttention: [LayerAttention] {
@@ -66,13 +73,14 @@ final class LlamaModel: LanguageModel {
     func hiddenStates(tokens: [Int], cache: inout KVCache, startPosition: Int?,
                       rows: LogitsRequest, observer: AttentionObserver?) throws(ModelError) -> Matrix {
         let start = try validateForward(tokens: tokens, cache: cache, startPosition: startPosition)
-        return ChunkedForward.run(tokens: tokens, start: start, chunk: prefillChunk, embedding: config.embedding,
-                                  rows: rows, finalNorm: weights.outputNorm, eps: config.rmsEpsilon) { chunk, positions in
-            forward(tokens: chunk, positions: positions, cache: &cache, observer: observer)
+        return try ChunkedForward.run(tokens: tokens, start: start, chunk: prefillChunk, embedding: config.embedding,
+                                      rows: rows, finalNorm: weights.outputNorm, eps: config.rmsEpsilon,
+                                      cache: &cache) { (chunk, positions, cache) throws(ModelError) in
+            try forward(tokens: chunk, positions: positions, cache: &cache, observer: observer)
         }
     }
 
-    func logits(hidden: Matrix) -> Matrix {
-        Linear.apply(hidden, weight: weights.output, outFeatures: config.vocabularySize)
+    func logits(hidden: Matrix) throws(ModelError) -> Matrix {
+        try weights.output.apply(hidden)
     }
 }

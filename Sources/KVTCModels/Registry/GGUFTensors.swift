@@ -29,4 +29,10 @@ struct GGUFTensors {
             count = total
         }
     }
+
+    /// The linear weight stacked from `parts` (row-major `out x in`) at `precision`.
+    func linear(_ parts: [(String, [Int])], out: Int, in inFeatures: Int,
+                precision: ModelPrecision) throws(ModelError) -> LinearWeight {
+        try LinearWeight(try stacked(parts), outFeatures: out, inFeatures: inFeatures, precision: precision)
+    }
 }

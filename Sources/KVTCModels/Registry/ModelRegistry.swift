@@ -1,5 +1,6 @@
 import Foundation
 import KVTCGGUF
+import KVTCNumerics
 import KVTCTokenizers
 
 /// What a family's loader may be told beyond the file itself.
@@ -10,11 +11,25 @@ public struct ModelLoadOptions: Sendable {
     public var chatTemplate: (any ChatTemplate)?
     /// The longest run of tokens per forward pass.
     public var prefillChunk: Int
+    /// The precision of the projections; `nil` means ``ModelPrecision/preferred``.
+    public var precision: ModelPrecision?
 
-    public init(identity: String? = nil, chatTemplate: (any ChatTemplate)? = nil, prefillChunk: Int = 1024) {
+    public init(identity: String? = nil, chatTemplate: (any ChatTemplate)? = nil, prefillChunk: Int = 1024,
+                precision: ModelPrecision? = nil) {
         self.identity = identity
         self.chatTemplate = chatTemplate
         self.prefillChunk = prefillChunk
+        self.precision = precision
+    }
+
+    /// The precision to load at: the one asked for, which this machine must be able to run,
+    /// else the preferred one.
+    func resolvedPrecision() throws(ModelError) -> ModelPrecision {
+        let p = precision ?? .preferred
+        guard p.isAvailable else {
+            throw .unsupportedPrecision("\(p) needs oneDNN's bfloat16 matmul, which it has not here (ISA \(OneDNN.isa)); use f32")
+        }
+        return p
     }
 }
 
@@ -105,26 +120,27 @@ public enum ModelRegistry {
     ///
     /// A catalog model's identity is its file's SHA-256; a file given by path is identified
     /// by its SHA-256 too (hashed once and remembered beside the file).
-    public static func load(_ nameOrPath: String? = nil, store: ModelStore = ModelStore(),
-                            prefillChunk: Int = 1024, log: (String) -> Void = { _ in }) throws(ModelLoadError) -> any LanguageModel {
+    public static func load(_ nameOrPath: String? = nil, store: ModelStore = ModelStore(), prefillChunk: Int = 1024,
+                            precision: ModelPrecision? = nil, log: (String) -> Void = { _ in }) throws(ModelLoadError) -> any LanguageModel {
         let name = nameOrPath ?? defaultModelName
         if let entry = entry(named: name) {
             let url: URL
             do { url = try store.ensure(entry.source, log: log) } catch { throw .store(error) }
             let options = ModelLoadOptions(identity: entry.source.sha256, chatTemplate: entry.chatTemplate,
-                                           prefillChunk: prefillChunk)
+                                           prefillChunk: prefillChunk, precision: precision)
             do { return try load(path: url.path, options: options) } catch { throw .model(error) }
         }
         guard FileManager.default.fileExists(atPath: name) else { throw .unknownModel(name, known: catalog.map(\.name)) }
         let identity: String
         do { identity = try ModelStore.sha256Hex(path: name) } catch { throw .store(error) }
-        do { return try load(path: name, options: ModelLoadOptions(identity: identity, prefillChunk: prefillChunk)) } catch {
+        do { return try load(path: name, options: ModelLoadOptions(identity: identity, prefillChunk: prefillChunk,
+                                                                  precision: precision)) } catch {
             throw .model(error)
         }
     }
 }
 
-/// Errors from ``ModelRegistry/load(_:store:prefillChunk:log:)``: naming, fetching or loading.
+/// Errors from ``ModelRegistry/load(_:store:prefillChunk:precision:log:)``: naming, fetching or loading.
 public enum ModelLoadError: Error, Equatable, CustomStringConvertible {
     /// Neither a catalog name nor an existing file.
     case unknownModel(String, known: [String])
