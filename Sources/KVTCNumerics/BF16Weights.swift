@@ -16,7 +16,18 @@ public final class BF16Weights: @unchecked Sendable {
     public let byteCount: Int
 
     /// Converts a row-major f32 `outFeatures x inFeatures` weight (round to nearest even).
-    public init(_ values: [Float], outFeatures: Int, inFeatures: Int) throws(OneDNNError) {
+    public convenience init(_ values: [Float], outFeatures: Int, inFeatures: Int) throws(OneDNNError) {
+        try self.init(values, outFeatures: outFeatures, inFeatures: inFeatures, transposed: false)
+    }
+
+    /// Converts a weight stored transposed: `values` is `W^T`, row-major `inFeatures x
+    /// outFeatures` (a basis whose rows are components, multiplied from the left by
+    /// coefficients).
+    public convenience init(transposed values: [Float], outFeatures: Int, inFeatures: Int) throws(OneDNNError) {
+        try self.init(values, outFeatures: outFeatures, inFeatures: inFeatures, transposed: true)
+    }
+
+    private init(_ values: [Float], outFeatures: Int, inFeatures: Int, transposed: Bool) throws(OneDNNError) {
         precondition(values.count == outFeatures * inFeatures && outFeatures > 0 && inFeatures > 0)
         let layout = try OneDNN.packedLayout(n: outFeatures, k: inFeatures)
         var md = layout
@@ -25,8 +36,9 @@ public final class BF16Weights: @unchecked Sendable {
         // `W` row-major is `W^T` (`in x out`) with strides (1, in): the matmul's `B`.
         let result: Result<Void, OneDNNError> = values.withUnsafeBytes { v in
             do throws(OneDNNError) {
-                let source = try OneDNN.descriptor(rows: inFeatures, columns: outFeatures, rowStride: 1,
-                                                   columnStride: inFeatures, type: dnnl_f32)
+                let source = try OneDNN.descriptor(rows: inFeatures, columns: outFeatures,
+                                                   rowStride: transposed ? outFeatures : 1,
+                                                   columnStride: transposed ? 1 : inFeatures, type: dnnl_f32)
                 try OneDNN.reorder(v.baseAddress!, from: source, into: storage, to: layout)
                 return .success(())
             } catch { return .failure(error) }

@@ -110,6 +110,10 @@ import Testing
             held[i].bitPattern & 0xFFFF == 0 && abs(held[i] - w[i]) <= abs(w[i]) / 256
         }
         #expect(rounded)
+        // A weight given transposed (a basis, components as rows) packs to the same values.
+        var transposed = [Float](repeating: 0, count: w.count)
+        for o in 0..<out { for i in 0..<inFeatures { transposed[i * out + o] = w[o * inFeatures + i] } }
+        #expect(try BF16Weights(transposed: transposed, outFeatures: out, inFeatures: inFeatures).floats() == held)
     }
 
     /// An embedding row looked up in bfloat16 is the row's bfloat16 values, widened exactly.
