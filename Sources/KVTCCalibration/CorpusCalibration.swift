@@ -44,8 +44,14 @@ public enum CorpusCalibration {
 
     /// Runs the model over `documents` as ``caches(model:documents:options:progress:)``
     /// does, also recording its queries.
+    ///
+    /// Calibration always runs the model on its f32 reference path (``LanguageModel/atPrecision(_:)``),
+    /// so a profile does not depend on the machine's backend: the measured recipe divides
+    /// KL differences of ~1e-3 by the noise it adds, and bfloat16's rounding, which moves
+    /// any two runs apart by a KL of ~5e-4, flattened the layer weights it measured (README).
     public static func run(model: any LanguageModel, documents: [Corpus.Document], options: CorpusCalibrationOptions,
                            progress: (String) -> Void = { _ in }) throws -> Run {
+        let model = try model.atPrecision(.f32)
         var windows: [[Int]] = []
         var total = 0
         var short: [[Int]] = []
@@ -104,8 +110,8 @@ public enum CorpusCalibration {
             guard !windows.isEmpty else {
                 throw CalibrationError.inconsistent("the measured recipe needs calibration windows of at least \(256 + scored) tokens")
             }
-            let layers = try LayerSensitivity.measure(model: model, windows: Array(windows), protection: o.protection,
-                                                      progress: progress)
+            let layers = try LayerSensitivity.measure(model: try model.atPrecision(.f32), windows: Array(windows),
+                                                      protection: o.protection, progress: progress)
             o.featureWeights = layers.featureWeights(geometry: model.geometry, within: run.sensitivity)
         case .paper, .equalized: break
         }

@@ -155,6 +155,14 @@ extension LanguageModel {
         tokenizer.encode(chatTemplate.prompt(user: user, system: system), addBOS: tokenizer.addBOS)
     }
 
+    /// This model at `precision`: itself when it already runs at it, else the same weights
+    /// (file, identity, chat template, chunking) loaded again at that precision.
+    public func atPrecision(_ precision: ModelPrecision) throws(ModelError) -> any LanguageModel {
+        guard self.precision != precision else { return self }
+        return try ModelRegistry.load(path: path, options: ModelLoadOptions(identity: identity, chatTemplate: chatTemplate,
+                                                                            prefillChunk: prefillChunk, precision: precision))
+    }
+
     /// An empty cache for this model.
     public func makeCache(reservingCapacity capacity: Int = 0) -> KVCache {
         KVCache(geometry: geometry, rope: rope, layerAttention: layerAttention, model: identity, reservingCapacity: capacity)
