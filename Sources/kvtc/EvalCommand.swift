@@ -25,6 +25,8 @@ struct EvalCommand: AsyncParsableCommand {
     @Option(help: "Continuation tokens per window.") var continuation: Int = 64
     @Option(help: "Windows per held-out text.") var windowsPerText: Int = 2
     @Option(help: "Calibration tokens for the profiles.") var calibrationTokens: Int = 32768
+    @Option(help: "Calibrate the profiles from the text files in DIR/calibration instead of the bundled corpus's (the held-out windows stay the bundled corpus's).")
+    var calibrationCorpus: String?
     @Option(help: "Keep at most this many principal components per stream in the KVTC profiles (fewer components decode faster).")
     var rankCap: Int?
     @Option(help: "Recipe of the profile reported as kvtc (the recipes baseline adds the others): \(recipeNames).")
@@ -57,7 +59,11 @@ struct EvalCommand: AsyncParsableCommand {
     func run() async throws {
         let progress = Progress.shared
         let model = try modelOptions.load()
-        let corpus = try Corpus.bundled()
+        var corpus = try Corpus.bundled()
+        if let calibrationCorpus {
+            let other = try Corpus(directory: URL(fileURLWithPath: calibrationCorpus))
+            corpus = Corpus(calibration: other.calibration, heldOut: corpus.heldOut)
+        }
         var suite = EvaluationSuite(model: model, corpus: corpus, ratios: try parseRatios(ratios), baselines: try parseBaselines())
         suite.calibration.tokens = calibrationTokens
         suite.calibration.calibration.rankCap = rankCap

@@ -36,7 +36,8 @@ public enum Attention {
     /// BLAS. Each task gathers the queries of every query head sharing its kv head into one
     /// `group * block x headDim` matrix, so each key and value row is read once per group:
     /// `S = Q K^T` by GEMM straight from the cache's strided rows, a masked softmax, and
-    /// `O = P V` by GEMM.
+    /// `O = P V` by GEMM. A single query token (a decode step) uses a GEMV per query head
+    /// instead, which reads the cache's rows in place.
     ///
     /// - Parameters:
     ///   - queries: row `r` holds the query heads of token `first + r` (rotated), `queryStride`
@@ -46,6 +47,9 @@ public enum Attention {
     ///     which a window is measured in; `nil` means token `i` is at position `i`. A cache
     ///     with tokens evicted has gaps, and a window then spans fewer tokens.
     ///   - out: `rows x (heads * headDim)` attention outputs.
+    ///   - precision: at ``ModelPrecision/bf16`` a pass of several queries without an
+    ///     observer multiplies `Q K^T` and `P V` in bfloat16 on oneDNN (``HalfKeysValues``);
+    ///     otherwise, and wherever oneDNN fails, OpenBLAS multiplies in f32.
     public static func causal(_ shape: AttentionShape, queries: UnsafeMutablePointer<Float>, queryStride: Int,
                               rows n: Int, first: Int, keys: UnsafeMutablePointer<Float>,
                               values: UnsafeMutablePointer<Float>, positions: [Int]? = nil,
