@@ -123,15 +123,8 @@ final class Gemma3Model: LanguageModel {
                 Self.addNormalized(Y, into: X, weight: w.postAttentionNorm, eps: c.rmsEpsilon, rows: n, width: e)
                 // Feed-forward block.
                 FastMath.rmsNormRows(X, weight: w.ffnNorm, eps: c.rmsEpsilon, out: Hs, rows: n, width: e)
-                try w.gateUp.apply(x: Hs, rows: n, y: F, accumulate: false)
-                let gateUp = UncheckedSendable(F), activated = UncheckedSendable(ACT)
-                Parallel.forEachRange(n, minimumPerTask: 32) { range in
-                    for r in range {
-                        FastMath.geglu(gate: gateUp.value + r * 2 * f, up: gateUp.value + r * 2 * f + f,
-                                       out: activated.value + r * f, count: f)
-                    }
-                }
-                try w.down.apply(x: ACT, rows: n, y: Y, accumulate: false)
+                try GatedFeedForward.apply(Hs, rows: n, gateUp: w.gateUp, down: w.down, activation: .gelu,
+                                           gateUpScratch: F, activatedScratch: ACT, into: Y, accumulate: false)
                 Self.addNormalized(Y, into: X, weight: w.postFFNNorm, eps: c.rmsEpsilon, rows: n, width: e)
             }
         })

@@ -150,3 +150,31 @@ struct TokenEmbedding: Sendable {
         }
     }
 }
+
+/// The gated feed-forward block both families use: `y (=|+=) down(act(gate(h)) * up(h))`,
+/// with the gate and up projections stacked in one weight.
+enum GatedFeedForward {
+    /// The gate's activation: SiLU (Llama's SwiGLU) or tanh-approximated GELU (Gemma's GEGLU).
+    enum Activation { case silu, gelu }
+
+    /// Runs the block on `rows` normalized rows `h`; `gateUp` (`rows x 2f`) and `activated`
+    /// (`rows x f`) are scratch.
+    static func apply(_ h: UnsafePointer<Float>, rows n: Int, gateUp: LinearWeight, down: LinearWeight,
+                      activation: Activation, gateUpScratch: UnsafeMutablePointer<Float>,
+                      activatedScratch: UnsafeMutablePointer<Float>, into y: UnsafeMutablePointer<Float>,
+                      accumulate: Bool) throws(ModelError) {
+        let f = down.inFeatures
+        try gateUp.apply(x: h, rows: n, y: gateUpScratch, accumulate: false)
+        let gu = UncheckedSendable(gateUpScratch), act = UncheckedSendable(activatedScratch)
+        Parallel.forEachRange(n, minimumPerTask: 32) { range in
+            for r in range {
+                let gate = gu.value + r * 2 * f, out = act.value + r * f
+                switch activation {
+                case .silu: FastMath.swiglu(gate: gate, up: gate + f, out: out, count: f)
+                case .gelu: FastMath.geglu(gate: gate, up: gate + f, out: out, count: f)
+                }
+            }
+        }
+        try down.apply(x: activatedScratch, rows: n, y: y, accumulate: accumulate)
+    }
+}

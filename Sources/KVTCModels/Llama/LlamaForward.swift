@@ -44,15 +44,8 @@ extension LlamaModel {
                 try w.output.apply(x: A, rows: n, y: X, accumulate: true)
                 // Feed-forward block.
                 FastMath.rmsNormRows(X, weight: w.ffnNorm, eps: c.rmsEpsilon, out: Hs, rows: n, width: e)
-                try w.gateUp.apply(x: Hs, rows: n, y: F, accumulate: false)
-                let gateUp = UncheckedSendable(F), activated = UncheckedSendable(ACT)
-                Parallel.forEachRange(n, minimumPerTask: 32) { range in
-                    for r in range {
-                        FastMath.swiglu(gate: gateUp.value + r * 2 * f, up: gateUp.value + r * 2 * f + f,
-                                        out: activated.value + r * f, count: f)
-                    }
-                }
-                try w.down.apply(x: ACT, rows: n, y: X, accumulate: true)
+                try GatedFeedForward.apply(Hs, rows: n, gateUp: w.gateUp, down: w.down, activation: .silu,
+                                           gateUpScratch: F, activatedScratch: ACT, into: X, accumulate: true)
             }
         })
         return Array(UnsafeBufferPointer(start: X, count: n * e))
