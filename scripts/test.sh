@@ -12,4 +12,9 @@ select_openblas_core
 export OPENBLAS_THREAD_TIMEOUT=${OPENBLAS_THREAD_TIMEOUT:-18}
 # oneDNN's OpenMP threads spin only briefly between calls (as kvtc itself runs them).
 export GOMP_SPINCOUNT=${GOMP_SPINCOUNT:-10000}
+# And with the allocator's large buffers (caches, codec scratch) in transparent huge pages.
+case ":${GLIBC_TUNABLES:-}:" in
+  *:glibc.malloc.hugetlb=*) ;;
+  *) export GLIBC_TUNABLES="${GLIBC_TUNABLES:+$GLIBC_TUNABLES:}glibc.malloc.hugetlb=1" ;;
+esac
 exec swift test --skip-build

@@ -13,7 +13,8 @@ struct Kvtc: AsyncParsableCommand {
     )
 
     static func main() async {
-        OpenBLASTuning.applyBeforeLoading()
+        CPURequirement.check()
+        ProcessTuning.applyBeforeLoading()
         await main(nil)
     }
 }
