@@ -35,6 +35,29 @@ public struct CodecBenchResult: Codable, Sendable {
     public var onednn_isa: String
     /// The f32 OpenBLAS path in the same run, when the backend is another.
     public var reference: ReferencePath?
+    /// The arithmetic of the decompress figures above (`bf16` or `int8`; OpenBLAS: `f32`).
+    public var reconstruction: String
+    /// With 8-bit integer reconstruction, the same blob decompressed with bfloat16 products
+    /// in the same run.
+    public var bf16_reconstruction: ReconstructionPath?
+}
+
+/// A decompression of the benchmark's blob with another reconstruction arithmetic.
+public struct ReconstructionPath: Codable, Sendable {
+    public var decompress_seconds: Double
+    public var decompress_mb_per_second: Double
+    /// The reconstruction products alone (both streams, the restore's whole rows) and their rate.
+    public var gemm_seconds: Double
+    public var gemm_gops: Double
+    /// The main path's reconstruction products alone, for comparison.
+    public var main_gemm_seconds: Double
+    public var main_gemm_gops: Double
+    /// Against the f32 path's decoded cache, when it ran (`nil` otherwise).
+    public var relative_squared_difference_keys: Double?
+    public var relative_squared_difference_values: Double?
+    /// `||decoded - original||^2 / ||original||^2` with this arithmetic.
+    public var relative_error_keys: Double
+    public var relative_error_values: Double
 }
 
 /// The f32 OpenBLAS path measured beside another backend.
@@ -65,6 +88,9 @@ public struct CodecBenchmark: Sendable {
     public var repeats = 3
     /// The backend timed (the f32 OpenBLAS path is timed beside any other).
     public var backend = GEMMBackend.preferred
+    /// The arithmetic of the oneDNN backend's whole-cache reconstruction (with `int8`, the
+    /// run also decompresses with `bf16` for comparison).
+    public var reconstruction = ReconstructionArithmetic.preferred
 
     public init() {}
 
@@ -106,7 +132,8 @@ public struct CodecBenchmark: Sendable {
         /// and the GEMMs alone.
         func measure(_ backend: GEMMBackend) throws -> (c: Double, d: Double, blob: CompressedCache, restored: KVCache,
                                                       compressor: KVTCCompressor, gemm: (compress: Double, decompress: Double, gflops: Double)) {
-            var compressor = try KVTCCompressor(profile: prof, ratio: ratio, coder: coder, backend: backend)
+            var compressor = try KVTCCompressor(profile: prof, ratio: ratio, coder: coder, backend: backend,
+                                                reconstruction: reconstruction)
             compressor.codeCoding = codeCoding
             var best = (c: Double.infinity, d: Double.infinity)
             var last: (CompressedCache, KVCache)?
@@ -141,20 +168,22 @@ public struct CodecBenchmark: Sendable {
         let errors = relativeErrors(exact: input, decoded: restored)
         let inputBytes = input.fp16Bytes
         var reference: ReferencePath?
+        func difference(_ a: [Float], _ b: [Float]) -> Double {
+            var num = 0.0, den = 0.0
+            for i in a.indices { let d = Double(a[i] - b[i]); num += d * d; den += Double(b[i]) * Double(b[i]) }
+            return num / max(den, 1e-30)
+        }
+        var f32Restored: KVCache?
         if backend != .openblas {
             let f32 = try measure(.openblas)
-            func difference(_ a: [Float], _ b: [Float]) -> Double {
-                var num = 0.0, den = 0.0
-                for i in a.indices { let d = Double(a[i] - b[i]); num += d * d; den += Double(b[i]) * Double(b[i]) }
-                return num / max(den, 1e-30)
-            }
+            f32Restored = f32.restored
             reference = ReferencePath(compress_seconds: f32.c, decompress_seconds: f32.d,
                                       compress_mb_per_second: Double(inputBytes) / f32.c / 1e6,
                                       decompress_mb_per_second: Double(inputBytes) / f32.d / 1e6, gemm_gflops: f32.gemm.gflops,
                                       relative_squared_difference_keys: difference(restored.keys, f32.restored.keys),
                                       relative_squared_difference_values: difference(restored.values, f32.restored.values))
         }
-        let result = CodecBenchResult(
+        var result = CodecBenchResult(
             source: source, tokens: input.tokenCount, geometry: prof.geometry, ratio: ratio, input_bytes: inputBytes,
             blob_bytes: blob.bytes.count, compressed_tokens_ratio: blob.report.ratio, whole_cache_ratio: blob.report.wholeCacheRatio,
             key_components: rk, value_components: rv, calibrate_seconds: calibrateSeconds,
@@ -164,7 +193,33 @@ public struct CodecBenchmark: Sendable {
             compress_mb_per_second: Double(inputBytes) / best.c / 1e6, decompress_mb_per_second: Double(inputBytes) / best.d / 1e6,
             compress_over_gemm: best.c / gemm.compress, decompress_over_gemm: best.d / gemm.decompress,
             relative_error_keys: errors.keys, relative_error_values: errors.values,
-            threads: BLAS.threadCount, backend: backend.rawValue, onednn_isa: OneDNN.isa, reference: reference)
+            threads: BLAS.threadCount, backend: backend.rawValue, onednn_isa: OneDNN.isa, reference: reference,
+            reconstruction: backend == .openblas ? "f32"
+                : compressor.reconstructsInInt8.keys || compressor.reconstructsInInt8.values ? "int8" : "bf16")
+        if backend == .onednn, compressor.reconstructsInInt8.keys || compressor.reconstructsInInt8.values {
+            var other = try KVTCCompressor(profile: prof, ratio: ratio, coder: coder, backend: backend, reconstruction: .bf16)
+            other.codeCoding = codeCoding
+            var seconds = Double.infinity
+            var decoded: KVCache?
+            for i in 0..<max(1, repeats) {
+                progress("timing decompress with bf16 reconstruction (\(i + 1)/\(repeats))")
+                let (r, t) = try Stopwatch.time { try other.decompress(blob.bytes) }
+                seconds = min(seconds, t)
+                decoded = r
+            }
+            progress("timing the reconstruction products alone in int8 and bf16")
+            let n = blob.report.compressedTokens - (blob.report.outOfWindowTokens ?? 0)
+            let products = ProjectionGEMM.reconstructionTimes(tokens: n, features: prof.geometry.featuresPerToken,
+                                                              ranks: [rk, rv], repeats: repeats)
+            let e = relativeErrors(exact: input, decoded: decoded!)
+            result.bf16_reconstruction = ReconstructionPath(
+                decompress_seconds: seconds, decompress_mb_per_second: Double(inputBytes) / seconds / 1e6,
+                gemm_seconds: products.bf16, gemm_gops: products.flops / products.bf16 / 1e9,
+                main_gemm_seconds: products.int8, main_gemm_gops: products.flops / products.int8 / 1e9,
+                relative_squared_difference_keys: f32Restored.map { difference(decoded!.keys, $0.keys) },
+                relative_squared_difference_values: f32Restored.map { difference(decoded!.values, $0.values) },
+                relative_error_keys: e.keys, relative_error_values: e.values)
+        }
         return Outcome(result: result, blob: blob, compressor: compressor)
     }
 
@@ -172,6 +227,44 @@ public struct CodecBenchmark: Sendable {
 
 /// Times the projection GEMMs of compression and decompression on their own.
 public enum ProjectionGEMM {
+    /// Best times of the whole-row reconstruction products of `tokens` rows at each rank in
+    /// `ranks` (summed), with packed bfloat16 and packed 8-bit integer bases as the codec
+    /// holds them (the int8 time includes quantizing the coefficients), and their FLOPs.
+    public static func reconstructionTimes(tokens n: Int, features p: Int, ranks: [Int], repeats: Int)
+        -> (bf16: Double, int8: Double, flops: Double) {
+        var out = [Float](repeating: 0, count: n * p)
+        var best16 = Double.infinity, best8 = Double.infinity
+        let prepared = ranks.map { r -> (y: [Float], half: BF16Weights?, integer: Int8Weights?) in
+            let basis = (0..<(r * p)).map { Float(($0 * 7919) % 201 - 100) * 1e-3 }
+            let y = (0..<(n * r)).map { Float(($0 * 104729) % 255 - 127) * 1e-2 }
+            return (y, try? BF16Weights(transposed: basis, outFeatures: p, inFeatures: r),
+                    try? Int8Weights(basis, inFeatures: r, outFeatures: p))
+        }
+        var q = [Int8](repeating: 0, count: n * (ranks.max() ?? 0))
+        var scales = [Float](repeating: 0, count: n)
+        for _ in 0..<max(1, repeats) {
+            let s16 = Stopwatch()
+            for (i, r) in ranks.enumerated() where r > 0 {
+                prepared[i].y.withUnsafeBufferPointer { y in out.withUnsafeMutableBufferPointer { o in
+                    try? prepared[i].half?.apply(y.baseAddress!, rows: n, into: o.baseAddress!, accumulate: false)
+                } }
+            }
+            best16 = min(best16, s16.elapsed)
+            let s8 = Stopwatch()
+            for (i, r) in ranks.enumerated() where r > 0 {
+                prepared[i].y.withUnsafeBufferPointer { y in q.withUnsafeMutableBufferPointer { qb in
+                    scales.withUnsafeMutableBufferPointer { sb in out.withUnsafeMutableBufferPointer { o in
+                        Int8Weights.quantizeRows(y.baseAddress!, rows: n, columns: r, columnFactors: nil,
+                                                 into: qb.baseAddress!, rowScales: sb.baseAddress!)
+                        try? prepared[i].integer?.apply(qb.baseAddress!, rows: n, into: o.baseAddress!, ldy: p)
+                    } }
+                } }
+            }
+            best8 = min(best8, s8.elapsed)
+        }
+        return (best16, best8, 2.0 * Double(n) * Double(p) * Double(ranks.reduce(0, +)))
+    }
+
     /// With ``GEMMBackend/onednn``, the basis is converted to bfloat16 once (as the codec's
     /// tables are) and every product converts its f32 left operand.
     public static func times(tokens n: Int, features p: Int, keyRank rk: Int, valueRank rv: Int, repeats: Int,

@@ -70,6 +70,8 @@ public struct BitPlan: Hashable, Codable, Sendable, CustomStringConvertible {
 
     /// Bytes per token of packed codes (without shift/scale).
     public var codeBitsPerToken: Int { groups.reduce(0) { $0 + $1.size * $1.type.bits } }
+    /// Code bits per stored component on average (0 when none is stored).
+    public var meanCodeBits: Double { componentsKept == 0 ? 0 : Double(codeBitsPerToken) / Double(componentsKept) }
 
     /// A compact text form: runs of equal-type groups, e.g. `int8 x 64, int4 x 512, ...`.
     public var description: String {

@@ -1,3 +1,4 @@
+import Foundation
 import KVTCCache
 import KVTCNumerics
 
@@ -41,8 +42,27 @@ final class StreamTables: Sendable {
     /// measured ~1.09 TFLOP/s at 256 rows against 0.85 from the row-major copy, which
     /// layer-wise decoding's column blocks still use).
     let packedDecode: BF16Weights?
+    /// ``decode`` as 8-bit integers for whole-row reconstruction with
+    /// ``ReconstructionArithmetic/int8``: component `k`'s row multiplied by
+    /// `sqrt(sigma_k)` (its coefficients' standard deviation at calibration, to the power
+    /// ``int8Balance``), then quantized per feature; coefficients are multiplied by
+    /// `coefficientFactors` (`sigma_k^-balance`) before they are quantized per token.
+    let int8Decode: (weights: Int8Weights, coefficientFactors: [Float])?
 
-    init(_ t: StreamTransform, rank: Int, backend: GEMMBackend = .openblas) {
+    /// How the spread of the components is shared between the coefficients and the basis
+    /// before both are quantized to 8 bits: 0 leaves the coefficients as they are (the later,
+    /// smaller ones then lose most of their bits to the leading ones in each token's scale),
+    /// 1 makes every component's coefficients unit-variance (and the basis's later rows lose
+    /// theirs instead). Measured on a real 4,096-token cache (`kvtc bench codec --cache`),
+    /// decoded values against the f32 path: see ``KVTCCompressor/reconstruction``.
+    static let int8Balance: Float = 0.5
+
+    /// Tables for the components `plan` uses; 8-bit integer reconstruction only where
+    /// `reconstruction` asks for it and the plan's codes average fewer than
+    /// ``ReconstructionArithmetic/int8MaximumMeanBits``.
+    init(_ t: StreamTransform, plan: BitPlan, backend: GEMMBackend = .openblas,
+         reconstruction: ReconstructionArithmetic = .bf16) {
+        let rank = plan.componentsUsed
         let p = t.basis.dimension
         let b = Array(t.basis.components.elements[0..<(rank * p)])
         var enc = b, dec = b, mean = t.basis.mean
@@ -66,7 +86,18 @@ final class StreamTables: Sendable {
         // OpenBLAS multiplies.
         bf16 = backend == .onednn && rank > 0 && OneDNN.canMultiplyBF16
             ? try? (BF16Matrix(enc, rows: rank, columns: p), BF16Matrix(dec, rows: rank, columns: p)) : nil
-        packedDecode = bf16 == nil ? nil : try? BF16Weights(transposed: dec, outFeatures: p, inFeatures: rank)
+        packedDecode = bf16 == nil || reconstruction == .int8 ? nil
+            : try? BF16Weights(transposed: dec, outFeatures: p, inFeatures: rank)
+        if backend == .onednn, reconstruction == .int8, rank > 0, OneDNN.hasInt8Unit,
+           plan.meanCodeBits < ReconstructionArithmetic.int8MaximumMeanBits {
+            let sigma = (0..<rank).map { Float(max(t.basis.variances[$0], 1e-30)).squareRoot() }
+            let grow = sigma.map { pow($0, Self.int8Balance) }
+            var weighted = dec
+            for r in 0..<rank { for i in 0..<p { weighted[r * p + i] *= grow[r] } }
+            int8Decode = (try? Int8Weights(weighted, inFeatures: rank, outFeatures: p)).map { ($0, grow.map { 1 / $0 }) }
+        } else {
+            int8Decode = nil
+        }
     }
 
     /// `y (count x rank) = x (count x dimension, row stride lda) * encode^T`.
@@ -81,18 +112,62 @@ final class StreamTables: Sendable {
         }
     }
 
-    /// `c (count x columns.count, row stride ldc) = y (count x rank) * decode[:, columns]`.
+    /// `c (count x columns.count, row stride ldc) = y (count x rank) * decode[:, columns] + mean[columns]`.
     func reconstruct(_ y: UnsafePointer<Float>, count: Int, columns: Range<Int>, into c: UnsafeMutablePointer<Float>, ldc: Int) {
         guard count > 0 else { return }
+        if columns == 0..<dimension, ldc == dimension, let (weights, factors) = int8Decode {
+            let q = UnsafeMutablePointer<Int8>.allocate(capacity: count * rank)
+            let rowScales = UnsafeMutablePointer<Float>.allocate(capacity: count)
+            defer { q.deallocate(); rowScales.deallocate() }
+            Int8Weights.quantizeRows(y, rows: count, columns: rank, columnFactors: factors, into: q, rowScales: rowScales)
+            if (try? weights.apply(q, rows: count, into: c, ldy: ldc)) != nil {
+                // Integer sums times each token's and each feature's scale, plus the mean.
+                let box = UncheckedSendable(c), rs = UncheckedSendable(rowScales)
+                weights.columnScales.withUnsafeBufferPointer { cs in
+                    mean.withUnsafeBufferPointer { m in
+                        let csb = UncheckedSendable(cs.baseAddress!), mb = UncheckedSendable(m.baseAddress!)
+                        let width = dimension
+                        Parallel.forEachRange(count, minimumPerTask: 64) { r in
+                            for t in r {
+                                let row = box.value + t * ldc
+                                let s = rs.value[t]
+                                for i in 0..<width { row[i] = row[i] * (s * csb.value[i]) + mb.value[i] }
+                            }
+                        }
+                    }
+                }
+                return
+            }
+        }
+        defer { addMean(columns: columns, rows: count, into: c, ldc: ldc) }
         if let packed = packedDecode, columns == 0..<dimension, ldc == dimension {
             do { try packed.apply(y, rows: count, into: c, accumulate: false); return } catch {}
         }
         if let b = bf16 {
             do { try b.decode.multiply(y, rows: count, lda: rank, transposed: false, columns: columns, into: c, ldc: ldc); return } catch {}
         }
+        if rank == 0 {
+            for t in 0..<count { (c + t * ldc).update(repeating: 0, count: columns.count) }
+            return
+        }
         decode.withUnsafeBufferPointer { b in
             BLAS.gemm(m: count, n: columns.count, k: rank, a: y, lda: max(1, rank),
                       b: b.baseAddress! + columns.lowerBound, ldb: dimension, c: c, ldc: ldc)
+        }
+    }
+
+    /// `c[t, :] += mean[columns]` for `rows` rows `ldc` apart.
+    private func addMean(columns: Range<Int>, rows: Int, into c: UnsafeMutablePointer<Float>, ldc: Int) {
+        let box = UncheckedSendable(c)
+        let width = columns.count
+        mean.withUnsafeBufferPointer { m in
+            let mb = UncheckedSendable(m.baseAddress! + columns.lowerBound)
+            Parallel.forEachRange(rows, minimumPerTask: 256) { r in
+                for t in r {
+                    let row = box.value + t * ldc
+                    for i in 0..<width { row[i] += mb.value[i] }
+                }
+            }
         }
     }
 }
@@ -141,21 +216,32 @@ public struct KVTCCompressor: CacheCompressor {
 
     /// Which library multiplies the projection and reconstruction matrices.
     public let backend: GEMMBackend
+    /// The arithmetic of whole-cache reconstruction with the oneDNN backend.
+    public let reconstruction: ReconstructionArithmetic
+    /// Whether whole-cache reconstruction of this ratio's keys and values runs in 8-bit
+    /// integers (``ReconstructionArithmetic/int8`` asked for, VNNI present, and few enough
+    /// bits per component).
+    public var reconstructsInInt8: (keys: Bool, values: Bool) { (keyTables.int8Decode != nil, valueTables.int8Decode != nil) }
 
     /// A compressor for `profile` at `ratio`; `backend` defaults to
-    /// ``GEMMBackend/preferred`` (oneDNN's bfloat16 products where the CPU has the unit).
+    /// ``GEMMBackend/preferred`` (oneDNN's bfloat16 products where the CPU has the unit) and
+    /// `reconstruction` to ``ReconstructionArithmetic/preferred`` (8-bit integers on VNNI).
     public init(profile: Profile, ratio: Double, protection: Protection? = nil, coder: LosslessCoder = KVTCCompressor.defaultCoder,
-                backend: GEMMBackend = .preferred) throws(KVTCError) {
+                backend: GEMMBackend = .preferred,
+                reconstruction: ReconstructionArithmetic = .preferred) throws(KVTCError) {
         self.backend = backend
+        self.reconstruction = reconstruction
         self.profile = profile
         do { self.plan = try profile.plan(ratio: ratio) } catch { throw .profile(error) }
         self.protection = protection ?? profile.protection
         self.coder = coder
-        keyTables = StreamTables(profile.keys, rank: plan.keys.componentsUsed, backend: backend)
-        valueTables = StreamTables(profile.values, rank: plan.values.componentsUsed, backend: backend)
+        keyTables = StreamTables(profile.keys, plan: plan.keys, backend: backend,
+                                 reconstruction: reconstruction)
+        valueTables = StreamTables(profile.values, plan: plan.values, backend: backend,
+                                   reconstruction: reconstruction)
         if let w = profile.outOfWindow, let o = plan.outOfWindow {
-            outOfWindowTables = (StreamTables(w.keys, rank: o.keys.componentsUsed, backend: backend),
-                                 StreamTables(w.values, rank: o.values.componentsUsed, backend: backend))
+            outOfWindowTables = (StreamTables(w.keys, plan: o.keys, backend: backend, reconstruction: reconstruction),
+                                 StreamTables(w.values, plan: o.values, backend: backend, reconstruction: reconstruction))
         } else {
             outOfWindowTables = nil
         }
@@ -422,8 +508,10 @@ public struct LayerwiseDecoder: Sendable {
             if let t = compressor.outOfWindowTables, let o = compressor.plan.outOfWindow, o.keys == plan.keys, o.values == plan.values {
                 windowTables = t
             } else {
-                windowTables = (StreamTables(w.keys, rank: plan.keys.componentsUsed, backend: compressor.backend),
-                                StreamTables(w.values, rank: plan.values.componentsUsed, backend: compressor.backend))
+                windowTables = (StreamTables(w.keys, plan: plan.keys, backend: compressor.backend,
+                                             reconstruction: compressor.reconstruction),
+                                StreamTables(w.values, plan: plan.values, backend: compressor.backend,
+                                             reconstruction: compressor.reconstruction))
             }
         }
         if h.explicitPositions { expected[.positions] = 8 * h.tokens }
@@ -447,9 +535,11 @@ public struct LayerwiseDecoder: Sendable {
 
         // Reuse the compressor's tables when its plan is the blob's; otherwise build them.
         keyTables = h.keyPlan == compressor.plan.keys ? compressor.keyTables
-            : StreamTables(profile.keys, rank: h.keyPlan.componentsUsed, backend: compressor.backend)
+            : StreamTables(profile.keys, plan: h.keyPlan, backend: compressor.backend,
+                                             reconstruction: compressor.reconstruction)
         valueTables = h.valuePlan == compressor.plan.values ? compressor.valueTables
-            : StreamTables(profile.values, rank: h.valuePlan.componentsUsed, backend: compressor.backend)
+            : StreamTables(profile.values, plan: h.valuePlan, backend: compressor.backend,
+                                             reconstruction: compressor.reconstruction)
         func dequantize(_ coder: StreamCoder, _ codes: [UInt8], _ meta: [UInt8]) throws(KVTCError) -> [Float] {
             var y = [Float](repeating: 0, count: coder.tokens * coder.plan.componentsUsed)
             var bad: StreamCoder.InvalidMetadata?
@@ -556,17 +646,6 @@ public struct LayerwiseDecoder: Sendable {
         let source = basisColumns ?? columns
         precondition(source.count == width)
         tables.reconstruct(y, count: n, columns: source, into: c, ldc: stride)
-        if tables.rank == 0 { for t in 0..<n { (c + t * stride).update(repeating: 0, count: width) } }
-        let box = UncheckedSendable(c)
-        tables.mean.withUnsafeBufferPointer { m in
-            let mb = UncheckedSendable(m.baseAddress! + source.lowerBound)
-            Parallel.forEachRange(n, minimumPerTask: 256) { r in
-                for t in r {
-                    let row = box.value + t * stride
-                    for i in 0..<width { row[i] += mb.value[i] }
-                }
-            }
-        }
         rotation?.rotate(rows: c, stride: stride, columns: columns, positions: Array(positions), inverse: false)
     }
 

@@ -26,6 +26,8 @@ struct BenchCodecCommand: AsyncParsableCommand {
     @Option(help: "Timed repetitions (best is reported).") var repeats: Int = 3
     @Option(help: "Backend timed: onednn or openblas (the f32 OpenBLAS path is timed beside any other); default: the preferred one here.")
     var backend: GEMMBackend = .preferred
+    @Option(help: "oneDNN's whole-cache reconstruction: int8 (VNNI; bf16 is then timed beside it) or bf16; default: int8 where the CPU has VNNI.")
+    var reconstruction: ReconstructionArithmetic = .preferred
     @Option(help: "Write the figures as JSON to this file.") var json: String?
     @Flag(help: "Also measure alternative code layouts and lossless coders (DEFLATE and Zstandard levels).") var layouts = false
 
@@ -44,6 +46,7 @@ struct BenchCodecCommand: AsyncParsableCommand {
         bench.codeCoding = codeCoding
         bench.repeats = repeats
         bench.backend = backend
+        bench.reconstruction = reconstruction
         let prof = try profile.map(loadProfile)
         let input = try cache.map(loadCache)
         let outcome = try bench.run(profile: prof, cache: input, source: cache ?? "synthetic") { progress.status($0) }
@@ -70,6 +73,15 @@ struct BenchCodecCommand: AsyncParsableCommand {
                          f.gemm_gflops, BLAS.coreName))
             print(String(format: "vs f32        decoded keys %.2e, values %.2e relative squared difference",
                          f.relative_squared_difference_keys, f.relative_squared_difference_values))
+        }
+        if let b = result.bf16_reconstruction {
+            print(String(format: "reconstruction int8 (VNNI, oneDNN %@): products %.3f s (%.0f GOP/s); bf16 in the same run: products %.3f s (%.0f GFLOP/s), decompress %.3f s (%.0f MB/s)",
+                         OneDNN.isa, b.main_gemm_seconds, b.main_gemm_gops, b.gemm_seconds, b.gemm_gops, b.decompress_seconds,
+                         b.decompress_mb_per_second))
+            if let k = b.relative_squared_difference_keys, let v = b.relative_squared_difference_values {
+                print(String(format: "bf16 vs f32   decoded keys %.2e, values %.2e relative squared difference (int8's above)", k, v))
+            }
+            print(String(format: "bf16 error    keys %.4f, values %.4f (int8's below)", b.relative_error_keys, b.relative_error_values))
         }
         print(String(format: "ratio         %.2fx over compressed tokens, %.2fx whole cache (%@ -> %@)", result.compressed_tokens_ratio,
                      result.whole_cache_ratio, formatBytes(result.input_bytes), formatBytes(result.blob_bytes)))

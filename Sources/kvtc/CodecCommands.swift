@@ -362,6 +362,7 @@ struct DecompressCommand: AsyncParsableCommand {
 
 extension CalibrationRecipe: ExpressibleByArgument {}
 extension GEMMBackend: ExpressibleByArgument {}
+extension ReconstructionArithmetic: ExpressibleByArgument {}
 extension ModelPrecision: ExpressibleByArgument {}
 
 extension CodeCoding: ExpressibleByArgument {

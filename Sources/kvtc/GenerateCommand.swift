@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import KVTCCodec
 import KVTCNumerics
 import KVTCGGUF
 import KVTCModels
@@ -78,9 +79,12 @@ struct ModelCommandOptions: ParsableArguments {
     var backend: GEMMBackend?
     @Option(help: "The model's projections: bf16 (oneDNN, half the weight bytes) or f32 (OpenBLAS, the reference path); default: bf16 when the backend is onednn.")
     var precision: ModelPrecision?
+    @Option(help: "The codec's whole-cache reconstruction on oneDNN: int8 (VNNI's integer dot products) or bf16; default: int8 where the CPU has VNNI.")
+    var reconstruction: ReconstructionArithmetic?
 
     func validate() throws {
         GEMMBackend.select(backend)
+        ReconstructionArithmetic.select(reconstruction)
         if let precision, !precision.isAvailable {
             throw ValidationError("--precision \(precision) needs oneDNN's bfloat16 matmul, which this CPU (\(OneDNN.isa)) lacks; use f32")
         }

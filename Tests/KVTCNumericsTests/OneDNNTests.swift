@@ -116,6 +116,68 @@ import Testing
         #expect(try BF16Weights(transposed: transposed, outFeatures: out, inFeatures: inFeatures).floats() == held)
     }
 
+    /// 8-bit integer products (on VNNI) are exact: a matrix whose columns' largest magnitude is 127
+    /// quantizes to itself, rows likewise, and each product is the exact integer dot product
+    /// (one row, a few, and many, with a row stride wider than the product).
+    @Test func integerProductsAreExact() throws {
+        let k = 70, n = 45
+        var rng = SplitMix64(seed: 5)
+        func integers(_ count: Int) -> [Float] { (0..<count).map { _ in Float(Int64(rng.next() % 255) - 127) } }
+        var b = integers(k * n)
+        for j in 0..<n { b[j] = 127 }  // every column's largest magnitude is 127: scale 1
+        guard OneDNN.hasInt8Unit else {
+            // Without VNNI oneDNN's 8-bit products saturate 16-bit partial sums: refused.
+            #expect(throws: OneDNNError.self) { _ = try Int8Weights(b, inFeatures: k, outFeatures: n) }
+            return
+        }
+        let weights = try Int8Weights(b, inFeatures: k, outFeatures: n)
+        #expect(weights.columnScales.allSatisfy { $0 == 1 })
+        #expect(weights.byteCount >= k * n)
+        for rows in [1, 5, 300] {
+            var x = integers(rows * k)
+            for r in 0..<rows { x[r * k] = -127 }
+            var q = [Int8](repeating: 0, count: rows * k)
+            var scales = [Float](repeating: 0, count: rows)
+            Int8Weights.quantizeRows(x, rows: rows, columns: k, columnFactors: nil, into: &q, rowScales: &scales)
+            #expect(scales.allSatisfy { $0 == 1 } && q.map(Float.init) == x, "\(rows) rows quantize to themselves")
+            let ldy = n + 3
+            var y = [Float](repeating: .nan, count: rows * ldy)
+            try q.withUnsafeBufferPointer { qp in
+                try y.withUnsafeMutableBufferPointer { try weights.apply(qp.baseAddress!, rows: rows, into: $0.baseAddress!, ldy: ldy) }
+            }
+            let exact = (0..<rows).allSatisfy { r in
+                (0..<n).allSatisfy { j in
+                    let sum = (0..<k).reduce(0) { $0 + Int(x[r * k + $1]) * Int(b[$1 * n + j]) }
+                    return y[r * ldy + j] == Float(sum)
+                }
+            }
+            #expect(exact, "\(rows) rows")
+            #expect((0..<rows).allSatisfy { r in y[(r * ldy + n)..<(r * ldy + ldy)].allSatisfy(\.isNaN) })
+        }
+    }
+
+    /// Quantizing rows: each value within half a step of its row's scale (the largest
+    /// magnitude over 127) after the column factors; a zero row has scale 1; a row holding
+    /// NaN gets a NaN scale so that whatever is made from it is NaN, never a finite guess.
+    @Test func rowsQuantizeWithinHalfAStep() {
+        let rows = 4, columns = 33
+        var x = Self.matrix(rows, columns, seed: 8)
+        for i in 0..<columns { x[2 * columns + i] = 0 }
+        x[3 * columns + 5] = .nan
+        let factors = (0..<columns).map { Float(1 + $0 % 3) }
+        var q = [Int8](repeating: 0, count: rows * columns)
+        var scales = [Float](repeating: 0, count: rows)
+        Int8Weights.quantizeRows(x, rows: rows, columns: columns, columnFactors: factors, into: &q, rowScales: &scales)
+        for r in 0..<2 {
+            let largest = (0..<columns).map { abs(x[r * columns + $0] * factors[$0]) }.max()!
+            #expect(scales[r] == largest / 127)
+            #expect((0..<columns).allSatisfy { abs(Float(q[r * columns + $0]) * scales[r] - x[r * columns + $0] * factors[$0]) <= scales[r] / 2 * 1.0001 })
+            #expect(q[(r * columns)..<((r + 1) * columns)].contains { abs($0) == 127 })
+        }
+        #expect(scales[2] == 1 && q[(2 * columns)..<(3 * columns)].allSatisfy { $0 == 0 })
+        #expect(scales[3].isNaN)
+    }
+
     /// An embedding row looked up in bfloat16 is the row's bfloat16 values, widened exactly.
     @Test func bfloat16RowsWidenExactly() throws {
         let table = Self.matrix(9, 33, seed: 4)
