@@ -1,3 +1,5 @@
+import KVTCNumerics
+
 /// The shape of one model's KV cache: layers x kv heads x head dimension per token.
 public struct KVGeometry: Hashable, Codable, Sendable, CustomStringConvertible {
     /// Transformer layers.
@@ -157,11 +159,27 @@ public struct KVCache: Sendable, Equatable {
         let r = range ?? 0..<tokenCount
         guard r.lowerBound >= 0, r.upperBound <= tokenCount else { throw .tokenRange(r, count: tokenCount) }
         for (name, stream) in [("keys", keys), ("values", values)] {
-            var bad = -1
+            // Token blocks on both cores (a restore checks every row it decoded); the first
+            // bad token of the lowest block that has one is reported.
+            let block = 64
+            let blocks = (r.count + block - 1) / block
+            let firstBad = Locked(Int.max)
             stream.withUnsafeBufferPointer { b in
-                for i in (r.lowerBound * p)..<(r.upperBound * p) where !b[i].isFinite { bad = i / p; break }
+                let base = UncheckedSendable(b.baseAddress!)
+                Parallel.forEachRange(blocks) { range in
+                    for k in range {
+                        let lo = r.lowerBound + k * block, hi = min(r.upperBound, lo + block)
+                        var i = lo * p
+                        while i < hi * p, base.value[i].isFinite { i += 1 }
+                        if i < hi * p {
+                            let t = i / p
+                            firstBad.withLock { $0 = Swift.min($0, t) }
+                            return
+                        }
+                    }
+                }
             }
-            if bad >= 0 { throw .nonFinite(stream: name, token: bad) }
+            if firstBad.current != Int.max { throw .nonFinite(stream: name, token: firstBad.current) }
         }
     }
 

@@ -110,3 +110,28 @@ private func sampleCache(tokens: Int = 5, layout: RoPELayout = .interleaved) -> 
         }
     }
 }
+
+@Suite struct KVCacheTests {
+    /// The finiteness check runs over token blocks in parallel and still names the first bad
+    /// token of the range (and of the first stream that has one), never a later one.
+    @Test func validateFiniteNamesTheFirstBadToken() throws {
+        var cache = sampleCache(tokens: 700)
+        try cache.validateFinite()
+        let p = cache.geometry.featuresPerToken
+        var values = cache.values
+        values[650 * p + 3] = .infinity
+        values[70 * p + 1] = .nan
+        values[400 * p] = .nan
+        try cache.replaceStreams(keys: cache.keys, values: values)
+        #expect(throws: KVCacheError.nonFinite(stream: "values", token: 70)) { try cache.validateFinite() }
+        #expect(throws: KVCacheError.nonFinite(stream: "values", token: 400)) { try cache.validateFinite(tokens: 71..<700) }
+        #expect(throws: KVCacheError.nonFinite(stream: "values", token: 650)) { try cache.validateFinite(tokens: 401..<700) }
+        try cache.validateFinite(tokens: 0..<70)
+        try cache.validateFinite(tokens: 401..<650)
+        var keys = cache.keys
+        keys[699 * p + p - 1] = -.infinity
+        try cache.replaceStreams(keys: keys, values: values)
+        #expect(throws: KVCacheError.nonFinite(stream: "keys", token: 699)) { try cache.validateFinite() }
+        #expect(throws: KVCacheError.tokenRange(690..<701, count: 700)) { try cache.validateFinite(tokens: 690..<701) }
+    }
+}

@@ -183,7 +183,9 @@ final class HalfKeysValues: @unchecked Sendable {
         for kv in 0..<kvHeads {
             for (source, list) in [(keys, 0), (values, 1)] {
                 let buffer = UnsafeMutableRawPointer.allocate(byteCount: 2 * rows * headDim, alignment: 64)
-                buffer.initializeMemory(as: UInt16.self, repeating: 0, count: rows * headDim)
+                // The conversion writes the first `to - from` rows; the padding is zero.
+                (buffer + 2 * (to - from) * headDim).initializeMemory(as: UInt16.self, repeating: 0,
+                                                                      count: (rows - to + from) * headDim)
                 if list == 0 { ks.append(buffer) } else { vs.append(buffer) }
                 do {
                     try OneDNN.convert(rows: to - from, columns: headDim, ld: p, toBF16: true,
