@@ -161,12 +161,17 @@ import Testing
                 #expect(inWindow < 1e-5, "layer \(l): \(inWindow)")
             }
         }
-        // Layer by layer as whole.
+        // Layer by layer as whole: the same rows, up to f32 rounding (OpenBLAS may sum a
+        // product of a layer's columns in another order than one of all columns: its AVX2
+        // kernels do, `ONEDNN_MAX_CPU_ISA=AVX2 OPENBLAS_CORETYPE=Haswell`); zeros stay zeros.
         let decoder = try LayerwiseDecoder(a.bytes, compressor: trimmed)
         for l in 0..<4 {
             let layer = decoder.layer(l)
-            #expect(layer.keys == rows(ra, keys: true, tokens: 0..<600, layer: l))
-            #expect(layer.values == rows(ra, keys: false, tokens: 0..<600, layer: l))
+            for (got, keys) in [(layer.keys, true), (layer.values, false)] {
+                let whole = rows(ra, keys: keys, tokens: 0..<600, layer: l)
+                #expect(Fixtures.relativeError(got, whole) < 1e-6, "layer \(l) keys \(keys)")
+                #expect(zip(got, whole).allSatisfy { ($0 == 0) == ($1 == 0) })
+            }
         }
         // rANS-coded and packed codes restore the same trimmed cache.
         var packed = trimmed
