@@ -1,3 +1,4 @@
+import Foundation
 import KVTCNumerics
 
 /// Measures the byte layouts and lossless coders one could use for a blob's codes, to
@@ -98,6 +99,77 @@ public enum LayoutStudy {
                         seconds: ransSeconds, decodeSeconds: ransDecode))
         rows.append(Row(layout: "no entropy coding", coder: "none", bytes: groupMajor.reduce(0) { $0 + $1.count }, seconds: 0, decodeSeconds: 0))
         return rows
+    }
+
+    /// Ideal (empirical) entropies of a blob's code planes under simple context models, in
+    /// bytes: what an adaptive coder with that context could at best reach, not counting its
+    /// model's cost (small here: at most 2^bits contexts of 2^bits counts per group plane).
+    public struct CodeEntropy: Sendable {
+        /// The planes packed, no entropy coding.
+        public var packedBytes: Double
+        /// Order 0 per group plane (what the default rANS coder models).
+        public var perGroup: Double
+        /// Order 0 per component (one distribution per stored component).
+        public var perComponent: Double
+        /// Given the same component's code in the previous token.
+        public var givenPreviousToken: Double
+        /// Given the previous component's code in the same token (same group).
+        public var givenPreviousComponent: Double
+    }
+
+    /// Entropies of the code planes of `blob` (made by `compressor`) per context model.
+    public static func codeEntropy(blob: [UInt8], compressor: KVTCCompressor) throws(KVTCError) -> CodeEntropy {
+        let parsed: (BlobHeader, [SectionChunk], Int)
+        do { parsed = try Blob.parseHeader(blob) } catch { throw .blob(error) }
+        let (h, chunks, start) = parsed
+        guard h.outOfWindowTokens == 0 else {
+            throw .blob(.corrupt("the layout study takes blobs without out-of-window rows (compress with trimsWindows off)"))
+        }
+        let n = h.compressedTokens
+        let kc = StreamCoder(plan: h.keyPlan, tokens: n), vc = StreamCoder(plan: h.valuePlan, tokens: n)
+        let length = { (kind: SectionKind, coder: StreamCoder) in
+            h.codeCoding == .rans ? chunks.filter { $0.kind == kind }.reduce(0) { $0 + $1.rawLength } : coder.codeBytes
+        }
+        var expected: [SectionKind: Int] = [.keyCodes: length(.keyCodes, kc), .valueCodes: length(.valueCodes, vc),
+                                            .keyMeta: kc.metaBytes, .valueMeta: vc.metaBytes]
+        for kind in [SectionKind.protectedKeys, .protectedValues, .positions] {
+            expected[kind] = chunks.filter { $0.kind == kind }.reduce(0) { $0 + $1.rawLength }
+        }
+        var s: [SectionKind: [UInt8]]
+        do { s = try Blob.sections(blob, chunks: chunks, dataStart: start, expected: expected) } catch { throw .blob(error) }
+        var result = CodeEntropy(packedBytes: 0, perGroup: 0, perComponent: 0, givenPreviousToken: 0, givenPreviousComponent: 0)
+        /// Bits to code `symbols` with one empirical distribution per context.
+        func bits(_ pairs: [(context: Int, symbol: Int)], contexts: Int, alphabet: Int) -> Double {
+            var counts = [Int](repeating: 0, count: contexts * alphabet)
+            var totals = [Int](repeating: 0, count: contexts)
+            for (c, x) in pairs { counts[c * alphabet + x] += 1; totals[c] += 1 }
+            var sum = 0.0
+            for (i, k) in counts.enumerated() where k > 0 { sum -= Double(k) * log2(Double(k) / Double(totals[i / alphabet])) }
+            return sum
+        }
+        for (kind, coder) in [(SectionKind.keyCodes, kc), (.valueCodes, vc)] {
+            var packed = s[kind] ?? []
+            if h.codeCoding == .rans {
+                do { packed = try coder.packedSection(rans: packed) } catch { throw .blob(.corrupt(error.reason)) }
+            }
+            result.packedBytes += Double(coder.codeBytes)
+            for (gi, g) in coder.plan.groups.enumerated() {
+                let bitsPerCode = g.type.bits, alphabet = 1 << bitsPerCode
+                var codes = [Int](repeating: 0, count: n * g.size)
+                packed.withUnsafeBufferPointer { b in
+                    for i in codes.indices { codes[i] = Int(CodePacker.load(at: i, bits: bitsPerCode, from: b.baseAddress! + coder.codeOffsets[gi])) }
+                }
+                result.perGroup += bits(codes.map { (0, $0) }, contexts: 1, alphabet: alphabet) / 8
+                result.perComponent += bits(codes.indices.map { ($0 % g.size, codes[$0]) }, contexts: g.size, alphabet: alphabet) / 8
+                result.givenPreviousToken += bits(codes.indices.map { i in
+                    (i >= g.size ? codes[i - g.size] : 0, codes[i])
+                }, contexts: alphabet, alphabet: alphabet) / 8
+                result.givenPreviousComponent += bits(codes.indices.map { i in
+                    (i % g.size > 0 ? codes[i - 1] : 0, codes[i])
+                }, contexts: alphabet, alphabet: alphabet) / 8
+            }
+        }
+        return result
     }
 
     private static func interleaveMeta(_ m: [UInt8], groups: Int, tokens n: Int) -> [UInt8] {

@@ -88,6 +88,14 @@ struct BenchCodecCommand: AsyncParsableCommand {
         print(String(format: "rel. error    keys %.4f, values %.4f", result.relative_error_keys, result.relative_error_values))
         if layouts {
             let rows = try LayoutStudy.run(blob: outcome.blob.bytes, compressor: outcome.compressor)
+            let e = try LayoutStudy.codeEntropy(blob: outcome.blob.bytes, compressor: outcome.compressor)
+            print("\ncode planes, ideal bytes by context model (no model cost)")
+            for (name, bytes) in [("packed, no entropy coding", e.packedBytes), ("order 0 per group plane (rANS models this)", e.perGroup),
+                                  ("order 0 per component", e.perComponent), ("given the previous token's code", e.givenPreviousToken),
+                                  ("given the previous component's code", e.givenPreviousComponent)] {
+                print(name.padding(toLength: 48, withPad: " ", startingAt: 0)
+                      + String(format: " %12.0f  %6.3f of order 0 per group", bytes, bytes / e.perGroup))
+            }
             let fp16 = outcome.blob.report.compressedTokensFP16Bytes
             print("\nlayout before the lossless coder                 coder          bytes    ratio   code s  decode s")
             for r in rows {
