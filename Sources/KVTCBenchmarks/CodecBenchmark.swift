@@ -237,6 +237,7 @@ public enum ProjectionGEMM {
         let prepared = ranks.map { r -> (y: [Float], half: BF16Weights?, integer: Int8Weights?) in
             let basis = (0..<(r * p)).map { Float(($0 * 7919) % 201 - 100) * 1e-3 }
             let y = (0..<(n * r)).map { Float(($0 * 104729) % 255 - 127) * 1e-2 }
+            guard r > 0 else { return (y, nil, nil) }
             return (y, try? BF16Weights(transposed: basis, outFeatures: p, inFeatures: r),
                     try? Int8Weights(basis, inFeatures: r, outFeatures: p))
         }

@@ -163,6 +163,7 @@ public struct KVCache: Sendable, Equatable {
             // bad token of the lowest block that has one is reported.
             let block = 64
             let blocks = (r.count + block - 1) / block
+            guard blocks > 0 else { continue }
             let firstBad = Locked(Int.max)
             stream.withUnsafeBufferPointer { b in
                 let base = UncheckedSendable(b.baseAddress!)

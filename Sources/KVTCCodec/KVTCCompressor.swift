@@ -86,18 +86,21 @@ final class StreamTables: Sendable {
         // OpenBLAS multiplies.
         bf16 = backend == .onednn && rank > 0 && OneDNN.canMultiplyBF16
             ? try? (BF16Matrix(enc, rows: rank, columns: p), BF16Matrix(dec, rows: rank, columns: p)) : nil
-        packedDecode = bf16 == nil || reconstruction == .int8 ? nil
-            : try? BF16Weights(transposed: dec, outFeatures: p, inFeatures: rank)
         if backend == .onednn, reconstruction == .int8, rank > 0, OneDNN.hasInt8Unit,
            plan.meanCodeBits < ReconstructionArithmetic.int8MaximumMeanBits {
             let sigma = (0..<rank).map { Float(max(t.basis.variances[$0], 1e-30)).squareRoot() }
             let grow = sigma.map { pow($0, Self.int8Balance) }
             var weighted = dec
             for r in 0..<rank { for i in 0..<p { weighted[r * p + i] *= grow[r] } }
+            // A basis or variance that is not finite (a damaged profile) keeps bfloat16,
+            // whose products carry the NaN on to the finiteness checks.
             int8Decode = (try? Int8Weights(weighted, inFeatures: rank, outFeatures: p)).map { ($0, grow.map { 1 / $0 }) }
         } else {
             int8Decode = nil
         }
+        // The packed bfloat16 copy serves whole rows wherever int8 does not.
+        packedDecode = bf16 == nil || int8Decode != nil ? nil
+            : try? BF16Weights(transposed: dec, outFeatures: p, inFeatures: rank)
     }
 
     /// `y (count x rank) = x (count x dimension, row stride lda) * encode^T`.

@@ -14,7 +14,7 @@ public enum ReconstructionArithmetic: String, Sendable, CaseIterable, CustomStri
     case int8
 
     /// The arithmetic a compressor gets unless told otherwise: the one ``select(_:)`` chose,
-    /// else ``int8`` where oneDNN has VNNI's integer dot products, else ``bf16``.
+    /// else ``int8`` where oneDNN has AVX-512 VNNI's integer dot products, else ``bf16``.
     public static var preferred: ReconstructionArithmetic {
         selection.current ?? (OneDNN.hasInt8Unit ? .int8 : .bf16)
     }

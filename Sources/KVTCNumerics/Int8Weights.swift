@@ -20,12 +20,13 @@ public final class Int8Weights: @unchecked Sendable {
     public let byteCount: Int
 
     /// Quantizes a row-major f32 `inFeatures x outFeatures` matrix per column (round to
-    /// nearest) and packs it. Throws where oneDNN has no VNNI (``OneDNN/hasInt8Unit``):
+    /// nearest) and packs it. Throws on a value that is NaN or infinite, and where oneDNN has no VNNI (``OneDNN/hasInt8Unit``):
     /// without it oneDNN multiplies pairs of 8-bit values into saturating 16-bit sums, and
     /// the products are no longer exact (seen with `ONEDNN_MAX_CPU_ISA=AVX2`).
     public init(_ values: [Float], inFeatures: Int, outFeatures: Int) throws(OneDNNError) {
         precondition(values.count == inFeatures * outFeatures && inFeatures > 0 && outFeatures > 0)
         guard OneDNN.hasInt8Unit else { throw OneDNNError(call: "int8 matmul (needs VNNI; oneDNN runs \(OneDNN.isa))", status: -1) }
+        guard values.allSatisfy(\.isFinite) else { throw OneDNNError(call: "int8 weights (a value is NaN or infinite)", status: -1) }
         var largest = [Float](repeating: 0, count: outFeatures)
         for i in 0..<inFeatures {
             for j in 0..<outFeatures { largest[j] = max(largest[j], abs(values[i * outFeatures + j])) }

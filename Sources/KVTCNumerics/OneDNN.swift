@@ -136,13 +136,15 @@ public enum OneDNN {
         return context.engine != nil && (i == dnnl_cpu_isa_avx512_core_bf16 || i == dnnl_cpu_isa_avx512_core_amx)
     }
 
-    /// Whether oneDNN multiplies 8-bit integers with VNNI's dot-product instructions here
-    /// (AVX-512 VNNI and later, or AVX2 VNNI): about twice its bfloat16 rate (2.1 against
-    /// 1.04 TOP/s on the restore's products here).
+    /// Whether oneDNN multiplies 8-bit integers with AVX-512 VNNI's dot-product instructions
+    /// here (AVX-512 VNNI, BF16 or AMX): exact 32-bit sums at about twice its bfloat16 rate
+    /// (2.1 against 1.04 TOP/s on the restore's products here). Below it oneDNN's int8 matmul
+    /// saturates 16-bit partial sums (seen with `ONEDNN_MAX_CPU_ISA=AVX2`); AVX2 VNNI is left
+    /// out because it could not be checked on a machine that has it.
     public static var hasInt8Unit: Bool {
         let i = dnnl_get_effective_cpu_isa()
         return context.engine != nil && [dnnl_cpu_isa_avx512_core_vnni, dnnl_cpu_isa_avx512_core_bf16,
-                                         dnnl_cpu_isa_avx512_core_amx, dnnl_cpu_isa_avx2_vnni].contains(i)
+                                         dnnl_cpu_isa_avx512_core_amx].contains(i)
     }
 
     /// Whether oneDNN has a bfloat16 matmul for this ISA at all (it has none below

@@ -45,6 +45,9 @@ enum ProcessTuning {
     static let openMPSpinCount = "GOMP_SPINCOUNT"
     static let spinCount = "10000"
     static let glibcTunables = "GLIBC_TUNABLES"
+    /// Set before re-executing, so the process re-executes at most once even where a
+    /// variable does not survive `execv` (glibc drops `GLIBC_TUNABLES` for set-user-ID programs).
+    static let reexecutedMarker = "KVTC_PROCESS_TUNED"
     static let hugePagesTunable = "glibc.malloc.hugetlb"
 
     /// The CPU's feature flags from `/proc/cpuinfo` (empty where it cannot be read).
@@ -70,6 +73,7 @@ enum ProcessTuning {
     /// re-execution is impossible.
     static func applyBeforeLoading() {
         #if os(Linux)
+        guard getenv(reexecutedMarker) == nil else { return }
         var changed = false
         if getenv(variable) == nil {
             setenv(variable, defaultTimeout, 1)
@@ -87,7 +91,10 @@ enum ProcessTuning {
             setenv(glibcTunables, tunables, 1)
             changed = true
         }
-        if changed { execv("/proc/self/exe", CommandLine.unsafeArgv) }
+        if changed {
+            setenv(reexecutedMarker, "1", 1)
+            execv("/proc/self/exe", CommandLine.unsafeArgv)
+        }
         #endif
     }
 }

@@ -262,6 +262,9 @@ import KVTCNumerics
         let blob = try f32.compress(cache).bytes
         let reference = try f32.decompress(blob), viaInt8 = try int8.decompress(blob)
         #expect(viaInt8.positions == reference.positions)
+        // The integer products did run (a failed one would fall back to bfloat16 silently).
+        let bf16 = try KVTCCompressor(profile: Self.profile, ratio: chosen, backend: .onednn, reconstruction: .bf16)
+        #expect(difference(viaInt8, try bf16.decompress(blob)) > 0)
         #expect(difference(viaInt8, reference) < 1e-3, "\(difference(viaInt8, reference))")
         // Its distance from the original exceeds the f32 path's by less than that too (on this
         // easy synthetic cache the f32 path's error at low ratios is ~1e-5, so the integer
