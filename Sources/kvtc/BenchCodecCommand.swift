@@ -26,7 +26,7 @@ struct BenchCodecCommand: AsyncParsableCommand {
     @Option(help: "Timed repetitions (best is reported).") var repeats: Int = 3
     @Option(help: "Backend timed: onednn or openblas (the f32 OpenBLAS path is timed beside any other); default: the preferred one here.")
     var backend: GEMMBackend = .preferred
-    @Option(help: "oneDNN's whole-cache reconstruction: int8 (VNNI; bf16 is then timed beside it) or bf16; default: int8 where the CPU has VNNI.")
+    @Option(help: "oneDNN's whole-cache reconstruction: int8 (VNNI; bf16 is then timed beside it) or bf16; default: int8 where the CPU has AVX-512 VNNI.")
     var reconstruction: ReconstructionArithmetic = .preferred
     @Option(help: "Write the figures as JSON to this file.") var json: String?
     @Flag(help: "Also measure alternative code layouts and lossless coders (DEFLATE and Zstandard levels).") var layouts = false

@@ -309,6 +309,9 @@ struct DecompressCommand: AsyncParsableCommand {
     @Option(help: "Tensor dtype of the output: F16, BF16 or F32.")
     var dtype: String = "F16"
 
+    @Option(help: "Reconstruction on oneDNN: int8 (VNNI's integer dot products) or bf16; default: int8 where the CPU has AVX-512 VNNI.")
+    var reconstruction: ReconstructionArithmetic = .preferred
+
     func run() async throws {
         guard let dt = TensorDType(rawValue: dtype.uppercased()), dt != .i64 else {
             throw ValidationError("--dtype must be F16, BF16 or F32")
@@ -335,7 +338,7 @@ struct DecompressCommand: AsyncParsableCommand {
         do {
             // Any of the profile's ratios opens any blob of the profile; prefer the blob's own.
             let ratio = (try? Blob.summary(of: bytes).nominalRatio).flatMap { r in p.plans.first { $0.ratio == r }?.ratio }
-            compressor = try KVTCCompressor(profile: p, ratio: ratio ?? p.plans[0].ratio)
+            compressor = try KVTCCompressor(profile: p, ratio: ratio ?? p.plans[0].ratio, reconstruction: reconstruction)
         } catch {
             throw CommandError(profile, error)
         }

@@ -79,7 +79,7 @@ struct ModelCommandOptions: ParsableArguments {
     var backend: GEMMBackend?
     @Option(help: "The model's projections: bf16 (oneDNN, half the weight bytes) or f32 (OpenBLAS, the reference path); default: bf16 when the backend is onednn.")
     var precision: ModelPrecision?
-    @Option(help: "The codec's whole-cache reconstruction on oneDNN: int8 (VNNI's integer dot products) or bf16; default: int8 where the CPU has VNNI.")
+    @Option(help: "The codec's whole-cache reconstruction on oneDNN: int8 (VNNI's integer dot products) or bf16; default: int8 where the CPU has AVX-512 VNNI.")
     var reconstruction: ReconstructionArithmetic?
 
     func validate() throws {
