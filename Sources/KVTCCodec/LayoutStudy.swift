@@ -24,30 +24,8 @@ public enum LayoutStudy {
     /// Re-encodes the code and metadata sections of `blob` (made by `compressor`) in each
     /// alternative layout and with each lossless coder.
     public static func run(blob: [UInt8], compressor: KVTCCompressor) throws(KVTCError) -> [Row] {
-        let parsed: (BlobHeader, [SectionChunk], Int)
-        do { parsed = try Blob.parseHeader(blob) } catch { throw .blob(error) }
-        let (h, chunks, start) = parsed
-        guard h.outOfWindowTokens == 0 else {
-            throw .blob(.corrupt("the layout study takes blobs without out-of-window rows (compress with trimsWindows off)"))
-        }
+        let (h, kc, vc, s) = try openSections(blob)
         let n = h.compressedTokens
-        let kc = StreamCoder(plan: h.keyPlan, tokens: n), vc = StreamCoder(plan: h.valuePlan, tokens: n)
-        let codeLength = { (kind: SectionKind, coder: StreamCoder) in
-            h.codeCoding == .rans ? chunks.filter { $0.kind == kind }.reduce(0) { $0 + $1.rawLength } : coder.codeBytes
-        }
-        let expected: [SectionKind: Int] = [
-            .keyCodes: codeLength(.keyCodes, kc), .keyMeta: kc.metaBytes, .valueCodes: codeLength(.valueCodes, vc), .valueMeta: vc.metaBytes,
-            .protectedKeys: chunks.filter { $0.kind == .protectedKeys }.reduce(0) { $0 + $1.rawLength },
-            .protectedValues: chunks.filter { $0.kind == .protectedValues }.reduce(0) { $0 + $1.rawLength },
-            .positions: chunks.filter { $0.kind == .positions }.reduce(0) { $0 + $1.rawLength },
-        ]
-        var s: [SectionKind: [UInt8]]
-        do { s = try Blob.sections(blob, chunks: chunks, dataStart: start, expected: expected) } catch { throw .blob(error) }
-        if h.codeCoding == .rans {
-            for (kind, coder) in [(SectionKind.keyCodes, kc), (.valueCodes, vc)] {
-                do { s[kind] = try coder.packedSection(rans: s[kind] ?? []) } catch { throw .blob(.corrupt(error.reason)) }
-            }
-        }
         var layouts: [(String, [[UInt8]])] = []
         let groupMajor = [s[.keyCodes]!, s[.keyMeta]!, s[.valueCodes]!, s[.valueMeta]!]
         layouts.append(("group-major codes, byte-split metadata (default)", groupMajor))
@@ -119,24 +97,8 @@ public enum LayoutStudy {
 
     /// Entropies of the code planes of `blob` (made by `compressor`) per context model.
     public static func codeEntropy(blob: [UInt8], compressor: KVTCCompressor) throws(KVTCError) -> CodeEntropy {
-        let parsed: (BlobHeader, [SectionChunk], Int)
-        do { parsed = try Blob.parseHeader(blob) } catch { throw .blob(error) }
-        let (h, chunks, start) = parsed
-        guard h.outOfWindowTokens == 0 else {
-            throw .blob(.corrupt("the layout study takes blobs without out-of-window rows (compress with trimsWindows off)"))
-        }
+        let (h, kc, vc, s) = try openSections(blob)
         let n = h.compressedTokens
-        let kc = StreamCoder(plan: h.keyPlan, tokens: n), vc = StreamCoder(plan: h.valuePlan, tokens: n)
-        let length = { (kind: SectionKind, coder: StreamCoder) in
-            h.codeCoding == .rans ? chunks.filter { $0.kind == kind }.reduce(0) { $0 + $1.rawLength } : coder.codeBytes
-        }
-        var expected: [SectionKind: Int] = [.keyCodes: length(.keyCodes, kc), .valueCodes: length(.valueCodes, vc),
-                                            .keyMeta: kc.metaBytes, .valueMeta: vc.metaBytes]
-        for kind in [SectionKind.protectedKeys, .protectedValues, .positions] {
-            expected[kind] = chunks.filter { $0.kind == kind }.reduce(0) { $0 + $1.rawLength }
-        }
-        var s: [SectionKind: [UInt8]]
-        do { s = try Blob.sections(blob, chunks: chunks, dataStart: start, expected: expected) } catch { throw .blob(error) }
         var result = CodeEntropy(packedBytes: 0, perGroup: 0, perComponent: 0, givenPreviousToken: 0, givenPreviousComponent: 0)
         /// Bits to code `symbols` with one empirical distribution per context.
         func bits(_ pairs: [(context: Int, symbol: Int)], contexts: Int, alphabet: Int) -> Double {
@@ -148,10 +110,7 @@ public enum LayoutStudy {
             return sum
         }
         for (kind, coder) in [(SectionKind.keyCodes, kc), (.valueCodes, vc)] {
-            var packed = s[kind] ?? []
-            if h.codeCoding == .rans {
-                do { packed = try coder.packedSection(rans: packed) } catch { throw .blob(.corrupt(error.reason)) }
-            }
+            let packed = s[kind] ?? []
             result.packedBytes += Double(coder.codeBytes)
             for (gi, g) in coder.plan.groups.enumerated() {
                 let bitsPerCode = g.type.bits, alphabet = 1 << bitsPerCode
@@ -170,6 +129,34 @@ public enum LayoutStudy {
             }
         }
         return result
+    }
+
+    /// The header, stream coders and sections of a blob without out-of-window rows, with
+    /// rANS-coded code sections turned back into packed planes.
+    private static func openSections(_ blob: [UInt8]) throws(KVTCError)
+        -> (BlobHeader, StreamCoder, StreamCoder, [SectionKind: [UInt8]]) {
+        let parsed: (BlobHeader, [SectionChunk], Int)
+        do { parsed = try Blob.parseHeader(blob) } catch { throw .blob(error) }
+        let (h, chunks, start) = parsed
+        guard h.outOfWindowTokens == 0 else {
+            throw .blob(.corrupt("the layout study takes blobs without out-of-window rows (compress with trimsWindows off)"))
+        }
+        let n = h.compressedTokens
+        let kc = StreamCoder(plan: h.keyPlan, tokens: n), vc = StreamCoder(plan: h.valuePlan, tokens: n)
+        let raw = { (kind: SectionKind) in chunks.filter { $0.kind == kind }.reduce(0) { $0 + $1.rawLength } }
+        let expected: [SectionKind: Int] = [
+            .keyCodes: h.codeCoding == .rans ? raw(.keyCodes) : kc.codeBytes, .keyMeta: kc.metaBytes,
+            .valueCodes: h.codeCoding == .rans ? raw(.valueCodes) : vc.codeBytes, .valueMeta: vc.metaBytes,
+            .protectedKeys: raw(.protectedKeys), .protectedValues: raw(.protectedValues), .positions: raw(.positions),
+        ]
+        var s: [SectionKind: [UInt8]]
+        do { s = try Blob.sections(blob, chunks: chunks, dataStart: start, expected: expected) } catch { throw .blob(error) }
+        if h.codeCoding == .rans {
+            for (kind, coder) in [(SectionKind.keyCodes, kc), (.valueCodes, vc)] {
+                do { s[kind] = try coder.packedSection(rans: s[kind] ?? []) } catch { throw .blob(.corrupt(error.reason)) }
+            }
+        }
+        return (h, kc, vc, s)
     }
 
     private static func interleaveMeta(_ m: [UInt8], groups: Int, tokens n: Int) -> [UInt8] {

@@ -29,24 +29,19 @@ public final class BF16Weights: @unchecked Sendable {
 
     private init(_ values: [Float], outFeatures: Int, inFeatures: Int, transposed: Bool) throws(OneDNNError) {
         precondition(values.count == outFeatures * inFeatures && outFeatures > 0 && inFeatures > 0)
-        let layout = try OneDNN.packedLayout(n: outFeatures, k: inFeatures)
-        var md = layout
-        let byteCount = dnnl_memory_desc_get_size(&md)
-        let storage = UnsafeMutableRawPointer.allocate(byteCount: byteCount, alignment: 64)
         // `W` row-major is `W^T` (`in x out`) with strides (1, in): the matmul's `B`.
-        let result: Result<Void, OneDNNError> = values.withUnsafeBytes { v in
-            do throws(OneDNNError) {
-                let source = try OneDNN.descriptor(rows: inFeatures, columns: outFeatures,
-                                                   rowStride: transposed ? outFeatures : 1,
-                                                   columnStride: transposed ? 1 : inFeatures, type: dnnl_f32)
-                try OneDNN.reorder(v.baseAddress!, from: source, into: storage, to: layout)
-                return .success(())
-            } catch { return .failure(error) }
-        }
-        if case .failure(let e) = result { storage.deallocate(); throw e }
-        self.layout = layout
-        self.byteCount = byteCount
-        self.storage = storage
+        let source = try OneDNN.descriptor(rows: inFeatures, columns: outFeatures, rowStride: transposed ? outFeatures : 1,
+                                           columnStride: transposed ? 1 : inFeatures, type: dnnl_f32)
+        let result: Result<(storage: UnsafeMutableRawPointer, layout: dnnl_memory_desc_t, byteCount: Int), OneDNNError> =
+            values.withUnsafeBytes { v in
+                do throws(OneDNNError) {
+                    return .success(try OneDNN.pack(v.baseAddress!, from: source, n: outFeatures, k: inFeatures, operands: .bf16))
+                } catch { return .failure(error) }
+            }
+        let packed = try result.get()
+        self.layout = packed.layout
+        self.byteCount = packed.byteCount
+        self.storage = packed.storage
         self.outFeatures = outFeatures
         self.inFeatures = inFeatures
     }

@@ -38,22 +38,18 @@ public final class Int8Weights: @unchecked Sendable {
                 codes[i * outFeatures + j] = Int8(max(-127, min(127, (values[i * outFeatures + j] / scales[j]).rounded())))
             }
         }
-        let layout = try OneDNN.packedLayout(n: outFeatures, k: inFeatures, operands: .int8)
-        var md = layout
-        let byteCount = dnnl_memory_desc_get_size(&md)
-        let storage = UnsafeMutableRawPointer.allocate(byteCount: byteCount, alignment: 64)
-        let result: Result<Void, OneDNNError> = codes.withUnsafeBytes { v in
-            do throws(OneDNNError) {
-                let source = try OneDNN.descriptor(rows: inFeatures, columns: outFeatures, rowStride: outFeatures,
-                                                   columnStride: 1, type: dnnl_s8)
-                try OneDNN.reorder(v.baseAddress!, from: source, into: storage, to: layout)
-                return .success(())
-            } catch { return .failure(error) }
-        }
-        if case .failure(let e) = result { storage.deallocate(); throw e }
-        self.layout = layout
-        self.byteCount = byteCount
-        self.storage = storage
+        let source = try OneDNN.descriptor(rows: inFeatures, columns: outFeatures, rowStride: outFeatures,
+                                           columnStride: 1, type: dnnl_s8)
+        let result: Result<(storage: UnsafeMutableRawPointer, layout: dnnl_memory_desc_t, byteCount: Int), OneDNNError> =
+            codes.withUnsafeBytes { v in
+                do throws(OneDNNError) {
+                    return .success(try OneDNN.pack(v.baseAddress!, from: source, n: outFeatures, k: inFeatures, operands: .int8))
+                } catch { return .failure(error) }
+            }
+        let packed = try result.get()
+        self.layout = packed.layout
+        self.byteCount = packed.byteCount
+        self.storage = packed.storage
         self.inFeatures = inFeatures
         self.outFeatures = outFeatures
         columnScales = scales

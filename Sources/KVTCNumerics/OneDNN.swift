@@ -316,6 +316,19 @@ public enum OneDNN {
         return layout.pointee
     }
 
+    /// A `k x n` matrix `B` (`source`, laid out as `from` says) packed for a matmul with
+    /// `operands` into new 64-byte-aligned storage (the caller deallocates it), with the
+    /// packed layout and its size in bytes.
+    static func pack(_ source: UnsafeRawPointer, from: dnnl_memory_desc_t, n: Int, k: Int, operands: MatmulOperands)
+        throws(OneDNNError) -> (storage: UnsafeMutableRawPointer, layout: dnnl_memory_desc_t, byteCount: Int) {
+        let layout = try packedLayout(n: n, k: k, operands: operands)
+        var md = layout
+        let byteCount = dnnl_memory_desc_get_size(&md)
+        let storage = UnsafeMutableRawPointer.allocate(byteCount: byteCount, alignment: 64)
+        do { try reorder(source, from: from, into: storage, to: layout) } catch { storage.deallocate(); throw error }
+        return (storage, layout, byteCount)
+    }
+
     /// Reorders `source` (described by `from`) into `destination` (described by `to`): a
     /// conversion between f32 and bf16, a change of layout, or both.
     static func reorder(_ source: UnsafeRawPointer, from: dnnl_memory_desc_t, into destination: UnsafeMutableRawPointer,
