@@ -528,11 +528,16 @@ public struct LayerwiseDecoder: Sendable {
         }
         var sections: [SectionKind: [UInt8]]
         do { sections = try Blob.sections(bytes, chunks: chunks, dataStart: dataStart, expected: expected) } catch { throw .blob(error) }
-        if h.codeCoding == .rans {
-            for (kind, coder) in codeKinds {
-                do { sections[kind] = try coder.packedSection(rans: sections[kind] ?? []) } catch {
+        // Code sections become code planes, one byte per code, which dequantization reads.
+        for (kind, coder) in codeKinds {
+            let section = sections[kind] ?? []
+            if h.codeCoding == .rans {
+                do { sections[kind] = try coder.codePlanes(rans: section) } catch {
                     throw .blob(.corrupt("\(kind) codes: \(error.reason)"))
                 }
+            } else {
+                guard section.count == coder.codeBytes else { throw .blob(.corrupt("\(kind) codes: \(section.count) bytes, expected \(coder.codeBytes)")) }
+                sections[kind] = coder.codePlanes(packed: section)
             }
         }
 
@@ -543,13 +548,14 @@ public struct LayerwiseDecoder: Sendable {
         valueTables = h.valuePlan == compressor.plan.values ? compressor.valueTables
             : StreamTables(profile.values, plan: h.valuePlan, backend: compressor.backend,
                                              reconstruction: compressor.reconstruction)
-        func dequantize(_ coder: StreamCoder, _ codes: [UInt8], _ meta: [UInt8]) throws(KVTCError) -> [Float] {
+        func dequantize(_ coder: StreamCoder, _ planes: [UInt8], _ meta: [UInt8]) throws(KVTCError) -> [Float] {
+            guard planes.count == coder.planeBytes, meta.count == coder.metaBytes else { throw .blob(.corrupt("code or metadata section size")) }
             var y = [Float](repeating: 0, count: coder.tokens * coder.plan.componentsUsed)
             var bad: StreamCoder.InvalidMetadata?
             y.withUnsafeMutableBufferPointer { out in
-                codes.withUnsafeBufferPointer { c in
+                planes.withUnsafeBufferPointer { c in
                     meta.withUnsafeBufferPointer { m in
-                        do { try coder.decode(codes: c.baseAddress!, meta: m.baseAddress!, into: out.baseAddress!) } catch { bad = error as? StreamCoder.InvalidMetadata }
+                        do { try coder.decode(planes: c.baseAddress!, meta: m.baseAddress!, into: out.baseAddress!) } catch { bad = error as? StreamCoder.InvalidMetadata }
                     }
                 }
             }

@@ -64,8 +64,8 @@ public enum LayoutStudy {
         let ransCodes = [kc.ransSection(packed: s[.keyCodes]!), vc.ransSection(packed: s[.valueCodes]!)]
         let ransSeconds = sw.elapsed
         let decode = Stopwatch()
-        _ = try? kc.packedSection(rans: ransCodes[0])
-        _ = try? vc.packedSection(rans: ransCodes[1])
+        _ = try? kc.codePlanes(rans: ransCodes[0])
+        _ = try? vc.codePlanes(rans: ransCodes[1])
         let ransDecode = decode.elapsed
         let meta = [s[.keyMeta]!, s[.valueMeta]!].reduce(0) { total, sec in
             total + stride(from: 0, to: sec.count, by: Blob.chunkLimit).reduce(0) { t, o in
@@ -153,7 +153,7 @@ public enum LayoutStudy {
         do { s = try Blob.sections(blob, chunks: chunks, dataStart: start, expected: expected) } catch { throw .blob(error) }
         if h.codeCoding == .rans {
             for (kind, coder) in [(SectionKind.keyCodes, kc), (.valueCodes, vc)] {
-                do { s[kind] = try coder.packedSection(rans: s[kind] ?? []) } catch { throw .blob(.corrupt(error.reason)) }
+                do { s[kind] = coder.packedSection(planes: try coder.codePlanes(rans: s[kind] ?? [])) } catch { throw .blob(.corrupt(error.reason)) }
             }
         }
         return (h, kc, vc, s)

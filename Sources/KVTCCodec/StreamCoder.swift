@@ -15,19 +15,26 @@ struct StreamCoder {
     /// Byte offset of each group's code plane, and the section size.
     let codeOffsets: [Int]
     let codeBytes: Int
+    /// Offset of each group's plane in the one-byte-per-code form that ``decode(planes:meta:into:)``
+    /// reads, and its size (tokens times components kept).
+    let planeOffsets: [Int]
+    var planeBytes: Int { tokens * plan.componentsUsed }
     var metaBytes: Int { plan.groups.count * tokens * 4 }
 
     init(plan: BitPlan, tokens: Int) {
         self.plan = plan
         self.tokens = tokens
-        var offsets: [Int] = []
-        var o = 0
+        var offsets: [Int] = [], planes: [Int] = []
+        var o = 0, q = 0
         for g in plan.groups {
             offsets.append(o)
+            planes.append(q)
             o += CodePacker.byteCount(codes: tokens * g.size, bits: g.type.bits)
+            q += tokens * g.size
         }
         codeOffsets = offsets
         codeBytes = o
+        planeOffsets = planes
     }
 
     /// Quantizes `tokens` rows of coefficients (row stride `stride`, minus `offset[j]` per
@@ -73,15 +80,16 @@ struct StreamCoder {
     /// Errors from decoding sections.
     struct InvalidMetadata: Error { let group: Int; let token: Int }
 
-    /// Dequantizes sections into `tokens` rows of `plan.componentsUsed` coefficients
-    /// (dropped components are zero). Throws on a non-finite shift or scale.
-    func decode(codes: UnsafePointer<UInt8>, meta: UnsafePointer<UInt8>,
+    /// Dequantizes code planes (one byte per code, ``planeOffsets``) and the metadata section
+    /// into `tokens` rows of `plan.componentsUsed` coefficients (dropped components are
+    /// zero). Throws on a non-finite shift or scale.
+    func decode(planes codes: UnsafePointer<UInt8>, meta: UnsafePointer<UInt8>,
                 into rows: UnsafeMutablePointer<Float>) throws(InvalidMetadata) {
         let width = plan.componentsUsed
         let n = tokens
         rows.update(repeating: 0, count: n * width)
         let groups = plan.groups
-        let offsets = codeOffsets
+        let offsets = planeOffsets
         let box = UncheckedSendable((codes, meta, rows))
         let failure = Locked<InvalidMetadata?>(nil)
         Parallel.forEachRange(n, minimumPerTask: 64) { range in
@@ -89,7 +97,6 @@ struct StreamCoder {
             for (gi, g) in groups.enumerated() {
                 let m = meta + gi * n * 4
                 let plane = codes + offsets[gi]
-                let bits = g.type.bits
                 for t in range {
                     guard let parameters = GroupQuantizer.decodedParameters(
                         shift: UInt16(m[t]) | UInt16(m[n + t]) << 8, scale: UInt16(m[2 * n + t]) | UInt16(m[3 * n + t]) << 8) else {
@@ -98,14 +105,8 @@ struct StreamCoder {
                     }
                     let (shift, scale) = parameters
                     let out = rows + t * width + g.start
-                    let first = t * g.size
-                    switch bits {
-                    case 8:
-                        let p = plane + first
-                        for i in 0..<g.size { out[i] = shift + Float(p[i]) * scale }
-                    default:
-                        for i in 0..<g.size { out[i] = shift + Float(CodePacker.load(at: first + i, bits: bits, from: plane)) * scale }
-                    }
+                    let p = plane + t * g.size
+                    for i in 0..<g.size { out[i] = shift + Float(p[i]) * scale }
                 }
             }
         }
@@ -137,7 +138,8 @@ extension StreamCoder {
 
     /// The rANS form of a packed code section (``codeBytes`` bytes): a directory of each
     /// group's payload length (varints), then per group a mode byte (0: the packed plane as
-    /// it is; 1: the rANS model of the plane's codes, then its rANS stream).
+    /// it is; 1: the rANS model of the plane's codes, then its one-state rANS stream, as the
+    /// first rANS blobs wrote; 2: the model, then a four-lane interleaved stream, written now).
     func ransSection(packed: [UInt8]) -> [UInt8] {
         let groups = plan.groups
         var payloads = [[UInt8]](repeating: [], count: groups.count)
@@ -157,11 +159,11 @@ extension StreamCoder {
                         let model = RANSModel(counting: s, alphabet: 1 << bits)
                         var m = ByteWriter()
                         model.write(to: &m)
-                        let stream = RANS.encode(s, model: model)
+                        let stream = RANS.encode(s, model: model, lanes: 4)
                         return m.bytes.count + stream.count < planeBytes ? m.bytes + stream : nil
                     }
                     if let coded {
-                        w.u8(1); w.raw(coded)
+                        w.u8(2); w.raw(coded)
                     } else {
                         w.u8(0); w.raw(UnsafeBufferPointer(start: plane, count: planeBytes))
                     }
@@ -175,9 +177,41 @@ extension StreamCoder {
         return out.bytes
     }
 
-    /// The packed code section (``codeBytes`` bytes) that an rANS-coded section stands for;
-    /// throws when any part of it is malformed.
-    func packedSection(rans section: [UInt8]) throws(InvalidCodeSection) -> [UInt8] {
+    /// The code planes (one byte per code) of a packed code section (``codeBytes`` bytes).
+    func codePlanes(packed: [UInt8]) -> [UInt8] {
+        precondition(packed.count == codeBytes)
+        var planes = [UInt8](repeating: 0, count: planeBytes)
+        let groups = plan.groups, offsets = codeOffsets, planeOffsets = planeOffsets, n = tokens
+        packed.withUnsafeBufferPointer { src in
+            let srcBox = UncheckedSendable(src.baseAddress!)
+            planes.withUnsafeMutableBufferPointer { dst in
+                let box = UncheckedSendable(dst.baseAddress!)
+                Parallel.forEach(groups.count) { gi in
+                    let g = groups[gi]
+                    Self.unpack(srcBox.value + offsets[gi], count: n * g.size, bits: g.type.bits, into: box.value + planeOffsets[gi])
+                }
+            }
+        }
+        return planes
+    }
+
+    /// The packed code section (``codeBytes`` bytes) of code planes.
+    func packedSection(planes: [UInt8]) -> [UInt8] {
+        precondition(planes.count == planeBytes)
+        var packed = [UInt8](repeating: 0, count: codeBytes)
+        packed.withUnsafeMutableBufferPointer { dst in
+            for (gi, g) in plan.groups.enumerated() {
+                for i in 0..<(tokens * g.size) {
+                    CodePacker.store(planes[planeOffsets[gi] + i], at: i, bits: g.type.bits, in: dst.baseAddress! + codeOffsets[gi])
+                }
+            }
+        }
+        return packed
+    }
+
+    /// The code planes (one byte per code) that an rANS-coded section stands for, each
+    /// group's stream decoded straight into its plane; throws when any part of it is malformed.
+    func codePlanes(rans section: [UInt8]) throws(InvalidCodeSection) -> [UInt8] {
         let groups = plan.groups
         var r = ByteReader(section)
         var lengths: [Int] = []
@@ -189,26 +223,32 @@ extension StreamCoder {
         var o = section.count - r.remaining
         for l in lengths { starts.append(o); o += l }
         guard o == section.count else { throw InvalidCodeSection(reason: "code section is \(section.count) bytes, its directory says \(o)") }
-        var packed = [UInt8](repeating: 0, count: codeBytes)
-        let offsets = codeOffsets, n = tokens
+        var planes = [UInt8](repeating: 0, count: planeBytes)
+        let offsets = planeOffsets, n = tokens
         let failure = Locked<String?>(nil)
-        packed.withUnsafeMutableBufferPointer { dst in
+        planes.withUnsafeMutableBufferPointer { dst in
             let box = UncheckedSendable(dst.baseAddress!)
             Parallel.forEach(groups.count) { gi in
                 let g = groups[gi]
-                if let problem = Self.unpackPlane(section, range: starts[gi]..<(starts[gi] + lengths[gi]), count: n * g.size,
+                if let problem = Self.decodePlane(section, range: starts[gi]..<(starts[gi] + lengths[gi]), count: n * g.size,
                                                   bits: g.type.bits, into: box.value + offsets[gi]) {
                     failure.withLock { $0 = $0 ?? "group \(gi): \(problem)" }
                 }
             }
         }
         if let f = failure.current { throw InvalidCodeSection(reason: f) }
-        return packed
+        return planes
     }
 
-    /// Writes the packed plane of `count` codes of `bits` bits that `section[range]` (one
-    /// group's payload) stands for into `plane`; returns what is wrong with it, if anything.
-    private static func unpackPlane(_ section: [UInt8], range: Range<Int>, count: Int, bits: Int,
+    /// `count` codes of `bits` bits, packed LSB-first at `packed`, one byte each into `plane`.
+    private static func unpack(_ packed: UnsafePointer<UInt8>, count: Int, bits: Int, into plane: UnsafeMutablePointer<UInt8>) {
+        if bits == 8 { plane.update(from: packed, count: count); return }
+        for i in 0..<count { plane[i] = CodePacker.load(at: i, bits: bits, from: packed) }
+    }
+
+    /// Writes the `count` codes of `bits` bits that `section[range]` (one group's payload)
+    /// stands for into `plane`, one byte each; returns what is wrong with it, if anything.
+    private static func decodePlane(_ section: [UInt8], range: Range<Int>, count: Int, bits: Int,
                                     into plane: UnsafeMutablePointer<UInt8>) -> String? {
         let planeBytes = CodePacker.byteCount(codes: count, bits: bits)
         var r = ByteReader(section, range: range)
@@ -216,25 +256,20 @@ extension StreamCoder {
         switch mode {
         case 0:
             guard r.remaining == planeBytes else { return "packed plane of \(r.remaining) bytes, expected \(planeBytes)" }
-            section.withUnsafeBufferPointer { plane.update(from: $0.baseAddress! + range.lowerBound + 1, count: planeBytes) }
+            section.withUnsafeBufferPointer { unpack($0.baseAddress! + range.lowerBound + 1, count: count, bits: bits, into: plane) }
             return nil
-        case 1:
+        case 1, 2:
             let model: RANSModel
             do { model = try RANSModel.read(from: &r, alphabet: 1 << bits) } catch { return error.description }
             let stream = (range.upperBound - r.remaining)..<range.upperBound
-            var symbols = [UInt8](repeating: 0, count: count)
             var problem: RANSError?
             section.withUnsafeBytes { raw in
-                symbols.withUnsafeMutableBufferPointer { s in
-                    do { try RANS.decode(UnsafeRawBufferPointer(rebasing: raw[stream]), count: count, model: model, into: s.baseAddress!) } catch {
-                        problem = error as? RANSError ?? .corruptStream
-                    }
-                }
+                do {
+                    try RANS.decode(UnsafeRawBufferPointer(rebasing: raw[stream]), count: count, model: model,
+                                    lanes: mode == 1 ? 1 : 4, into: plane)
+                } catch { problem = error as? RANSError ?? .corruptStream }
             }
-            if let problem { return problem.description }
-            plane.update(repeating: 0, count: planeBytes)
-            for i in 0..<count { CodePacker.store(symbols[i], at: i, bits: bits, in: plane) }
-            return nil
+            return problem?.description
         default:
             return "unknown plane mode \(mode)"
         }

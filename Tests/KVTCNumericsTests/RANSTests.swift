@@ -18,17 +18,26 @@ import Testing
         return c.filter { $0 > 0 }.reduce(0.0) { $0 - Double($1) * log2(Double($1) / Double(s.count)) } / 8
     }
 
-    @Test(arguments: [2, 8, 16, 64, 256])
-    func roundTripsNearTheOrderZeroEntropy(alphabet: Int) throws {
-        let symbols = Self.skewed(count: 50_000, alphabet: alphabet, seed: UInt64(alphabet))
+    @Test(arguments: [2, 8, 16, 64, 256], [1, 4])
+    func roundTripsNearTheOrderZeroEntropy(alphabet: Int, lanes: Int) throws {
+        // A count that is not a multiple of the lanes.
+        let symbols = Self.skewed(count: 50_003, alphabet: alphabet, seed: UInt64(alphabet))
         let model = symbols.withUnsafeBufferPointer { RANSModel(counting: $0, alphabet: alphabet) }
         #expect(model.frequencies.reduce(0, +) == 1 << RANSModel.scaleBits)
-        let coded = symbols.withUnsafeBufferPointer { RANS.encode($0, model: model) }
+        let coded = symbols.withUnsafeBufferPointer { RANS.encode($0, model: model, lanes: lanes) }
         var back = [UInt8](repeating: 0, count: symbols.count)
-        try coded.withUnsafeBytes { c in try back.withUnsafeMutableBufferPointer { try RANS.decode(c, count: symbols.count, model: model, into: $0.baseAddress!) } }
+        try coded.withUnsafeBytes { c in
+            try back.withUnsafeMutableBufferPointer { try RANS.decode(c, count: symbols.count, model: model, lanes: lanes, into: $0.baseAddress!) }
+        }
         #expect(back == symbols)
-        // Within 1% (plus the 4-byte state) of the entropy: frequencies are 14-bit.
-        #expect(Double(coded.count) <= Self.entropyBytes(symbols) * 1.01 + 8, "\(coded.count) vs \(Self.entropyBytes(symbols))")
+        // Within 1% (plus the 4-byte states) of the entropy: frequencies are 14-bit.
+        #expect(Double(coded.count) <= Self.entropyBytes(symbols) * 1.01 + Double(8 * lanes), "\(coded.count) vs \(Self.entropyBytes(symbols))")
+        // A stream read with the other lane count is refused, not misread.
+        let other = lanes == 1 ? 4 : 1
+        let misread = coded.withUnsafeBytes { c in
+            back.withUnsafeMutableBufferPointer { (try? RANS.decode(c, count: symbols.count, model: model, lanes: other, into: $0.baseAddress!)) != nil }
+        }
+        #expect(!misread)
         // The table survives its serialization.
         var w = ByteWriter()
         model.write(to: &w)
@@ -36,31 +45,38 @@ import Testing
         #expect(try RANSModel.read(from: &r, alphabet: alphabet) == model)
     }
 
-    @Test func degenerateInputs() throws {
-        for symbols in [[UInt8](), [UInt8](repeating: 5, count: 1000), [0, 1]] {
+    @Test(arguments: [1, 4])
+    func degenerateInputs(lanes: Int) throws {
+        for symbols in [[UInt8](), [UInt8](repeating: 5, count: 1000), [0, 1], [3], [1, 2, 7], [0, 7, 7, 1, 2]] {
             let model = symbols.withUnsafeBufferPointer { RANSModel(counting: $0, alphabet: 8) }
-            let coded = symbols.withUnsafeBufferPointer { RANS.encode($0, model: model) }
+            let coded = symbols.withUnsafeBufferPointer { RANS.encode($0, model: model, lanes: lanes) }
             var back = [UInt8](repeating: 0, count: symbols.count)
-            try coded.withUnsafeBytes { c in try back.withUnsafeMutableBufferPointer { try RANS.decode(c, count: symbols.count, model: model, into: $0.baseAddress! ) } }
+            try coded.withUnsafeBytes { c in
+                try back.withUnsafeMutableBufferPointer { try RANS.decode(c, count: symbols.count, model: model, lanes: lanes, into: $0.baseAddress!) }
+            }
             #expect(back == symbols)
         }
     }
 
     /// A stream that is cut, extended, altered or decoded for the wrong count fails with a
     /// typed error instead of producing symbols (the final state and length are checked).
-    @Test func damagedStreamsAreRefused() throws {
+    @Test(arguments: [1, 4])
+    func damagedStreamsAreRefused(lanes: Int) throws {
         let symbols = Self.skewed(count: 4000, alphabet: 8, seed: 9)
         let model = symbols.withUnsafeBufferPointer { RANSModel(counting: $0, alphabet: 8) }
-        let coded = symbols.withUnsafeBufferPointer { RANS.encode($0, model: model) }
+        let coded = symbols.withUnsafeBufferPointer { RANS.encode($0, model: model, lanes: lanes) }
         var out = [UInt8](repeating: 0, count: 5000)
         func decode(_ bytes: [UInt8], _ count: Int) -> Bool {
-            bytes.withUnsafeBytes { c in out.withUnsafeMutableBufferPointer { (try? RANS.decode(c, count: count, model: model, into: $0.baseAddress!)) != nil } }
+            bytes.withUnsafeBytes { c in
+                out.withUnsafeMutableBufferPointer { (try? RANS.decode(c, count: count, model: model, lanes: lanes, into: $0.baseAddress!)) != nil }
+            }
         }
         #expect(decode(coded, 4000))
         #expect(!decode(Array(coded.dropLast()), 4000))
         #expect(!decode(coded + [0], 4000))
         #expect(!decode(coded, 3999))
-        #expect(!decode(Array(coded.prefix(3)), 0))
+        #expect(!decode(Array(coded.prefix(4 * lanes - 1)), 0))
+        #expect(!decode(coded, 3996))
         var flipped = coded
         flipped[coded.count / 2] ^= 0x10
         #expect(!decode(flipped, 4000))
