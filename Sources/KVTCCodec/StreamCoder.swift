@@ -18,7 +18,7 @@ struct StreamCoder {
     /// Offset of each group's plane in the one-byte-per-code form that ``decode(planes:meta:into:)``
     /// reads, and its size (tokens times components kept).
     let planeOffsets: [Int]
-    var planeBytes: Int { tokens * plan.componentsUsed }
+    let planeBytes: Int
     var metaBytes: Int { plan.groups.count * tokens * 4 }
 
     init(plan: BitPlan, tokens: Int) {
@@ -35,6 +35,7 @@ struct StreamCoder {
         codeOffsets = offsets
         codeBytes = o
         planeOffsets = planes
+        planeBytes = q
     }
 
     /// Quantizes `tokens` rows of coefficients (row stride `stride`, minus `offset[j]` per

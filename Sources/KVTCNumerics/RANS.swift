@@ -153,6 +153,9 @@ public enum RANS {
         func state(_ k: Int) -> UInt32 {
             (0..<4).reduce(UInt32(0)) { $0 | UInt32(bytes[4 * k + $1]) << (8 * UInt32($1)) }
         }
+        // An encoder's final states lie in [2^23, 2^31); from there a step cannot overflow and
+        // needs at most two renormalization bytes, which the branch-free read relies on.
+        for k in 0..<lanes where !(lower..<(lower << 8)).contains(state(k)) { throw .corruptStream }
         var p = 4 * lanes
         let n = bytes.count
         var overrun = false

@@ -76,6 +76,10 @@ import Testing
         #expect(!decode(coded + [0], 4000))
         #expect(!decode(coded, 3999))
         #expect(!decode(Array(coded.prefix(4 * lanes - 1)), 0))
+        // States no encoder ends in (below 2^23 or from 2^31) are refused before decoding,
+        // whatever follows them.
+        #expect(!decode([UInt8](repeating: 0, count: 4 * lanes + 8), 4))
+        #expect(!decode([UInt8](repeating: 0xFF, count: 4 * lanes + 8), 4))
         #expect(!decode(coded, 3996))
         var flipped = coded
         flipped[coded.count / 2] ^= 0x10
