@@ -66,6 +66,9 @@ struct CalibrateCommand: AsyncParsableCommand {
     @Option(help: "The keys' share of each ratio's bits (default 0.4; 0.5 with --recipe paper, as in the paper).")
     var keyShare: Double?
 
+    @Option(help: "Group sizes the bit allocator may use, ascending from 1 (default: the paper's \(BitPlan.standardGroupSizes.map(String.init).joined(separator: ","))).")
+    var groupSizes: String?
+
     @Argument(help: "KV cache interchange files (.safetensors).")
     var caches: [String] = []
 
@@ -102,6 +105,7 @@ struct CalibrateCommand: AsyncParsableCommand {
         if tokens < 256 { throw ValidationError("--tokens must be at least 256") }
         if let r = rankCap, r < 1 { throw ValidationError("--rank-cap must be positive") }
         if let s = keyShare, !(s > 0.05 && s < 0.95) { throw ValidationError("--key-share must be in 0.05...0.95") }
+        if let groupSizes { _ = try parseGroupSizes(groupSizes) }
         if recipe.usesFeatureWeights && corpus == nil {
             throw ValidationError("--recipe \(recipe.rawValue) weighs features by the model's sensitivity: calibrate with --corpus")
         }
@@ -115,6 +119,7 @@ struct CalibrateCommand: AsyncParsableCommand {
             options.rankCap = rankCap
             options.recipe = recipe
             options.keyShare = keyShare ?? recipe.standardKeyShare
+            if let groupSizes { options.groupSizes = try parseGroupSizes(groupSizes) }
             let started = Stopwatch()
             let profile = try calibrateFromCorpus(options: options)
             try writeFile(output, profile.encoded())
@@ -139,6 +144,7 @@ struct CalibrateCommand: AsyncParsableCommand {
         options.rankCap = rankCap
         options.recipe = recipe
         options.keyShare = keyShare ?? recipe.standardKeyShare
+        if let groupSizes { options.groupSizes = try parseGroupSizes(groupSizes) }
         let started = Stopwatch()
         let profile: Profile
         do {

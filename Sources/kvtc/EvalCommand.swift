@@ -33,6 +33,8 @@ struct EvalCommand: AsyncParsableCommand {
     var recipe: CalibrationRecipe = .standard
     @Option(help: "The keys' share of each ratio's bits in the KVTC profiles (0.5: each stream gets the ratio, as in the paper).")
     var keyShare: Double = CalibrationOptions.standardKeyShare
+    @Option(help: "Group sizes the bit allocator may use, ascending from 1 (default: the paper's \(BitPlan.standardGroupSizes.map(String.init).joined(separator: ","))).")
+    var groupSizes: String?
     @Option(help: "Passkey retrieval trials per method (0 skips the task).") var retrievalTrials: Int = 5
     @Option(help: "Write results as JSON to this file.") var json: String?
     @Option(help: "Write the rate-distortion plot (SVG) to this file.") var plot: String?
@@ -45,6 +47,7 @@ struct EvalCommand: AsyncParsableCommand {
         _ = try parseBaselines()
         if let rankCap, rankCap < 1 { throw ValidationError("--rank-cap must be positive") }
         guard keyShare > 0.05, keyShare < 0.95 else { throw ValidationError("--key-share must be in 0.05...0.95") }
+        if let groupSizes { _ = try parseGroupSizes(groupSizes) }
     }
 
     func parseBaselines() throws -> [Baseline] {
@@ -69,6 +72,7 @@ struct EvalCommand: AsyncParsableCommand {
         suite.calibration.calibration.rankCap = rankCap
         suite.calibration.calibration.recipe = recipe
         suite.calibration.calibration.keyShare = keyShare
+        if let groupSizes { suite.calibration.calibration.groupSizes = try parseGroupSizes(groupSizes) }
         var options = HarnessOptions()
         options.contextTokens = context
         options.continuationTokens = continuation

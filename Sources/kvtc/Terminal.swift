@@ -82,6 +82,18 @@ func parseRatios(_ s: String) throws -> [Double] {
     return values
 }
 
+/// Parses the group sizes the bit allocator may use: ascending, distinct, 1 among them (so
+/// any run of components can be covered), at most 4096.
+func parseGroupSizes(_ s: String) throws -> [Int] {
+    let parts = s.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+    let values = parts.compactMap { Int($0) }
+    guard values.count == parts.count, values.first == 1, values.allSatisfy({ $0 >= 1 && $0 <= 4096 }),
+          zip(values, values.dropFirst()).allSatisfy({ $0 < $1 }) else {
+        throw ValidationError("group sizes must be ascending integers from 1 up to 4096, starting with 1, got '\(s)'")
+    }
+    return values
+}
+
 /// Encodes a value as pretty, key-sorted JSON.
 func jsonString<T: Encodable>(_ value: T) -> String {
     let e = JSONEncoder()
