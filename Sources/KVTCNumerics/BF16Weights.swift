@@ -32,13 +32,7 @@ public final class BF16Weights: @unchecked Sendable {
         // `W` row-major is `W^T` (`in x out`) with strides (1, in): the matmul's `B`.
         let source = try OneDNN.descriptor(rows: inFeatures, columns: outFeatures, rowStride: transposed ? outFeatures : 1,
                                            columnStride: transposed ? 1 : inFeatures, type: dnnl_f32)
-        let result: Result<(storage: UnsafeMutableRawPointer, layout: dnnl_memory_desc_t, byteCount: Int), OneDNNError> =
-            values.withUnsafeBytes { v in
-                do throws(OneDNNError) {
-                    return .success(try OneDNN.pack(v.baseAddress!, from: source, n: outFeatures, k: inFeatures, operands: .bf16))
-                } catch { return .failure(error) }
-            }
-        let packed = try result.get()
+        let packed = try OneDNN.pack(values, from: source, n: outFeatures, k: inFeatures, operands: .bf16)
         self.layout = packed.layout
         self.byteCount = packed.byteCount
         self.storage = packed.storage

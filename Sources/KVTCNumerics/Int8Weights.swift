@@ -40,13 +40,7 @@ public final class Int8Weights: @unchecked Sendable {
         }
         let source = try OneDNN.descriptor(rows: inFeatures, columns: outFeatures, rowStride: outFeatures,
                                            columnStride: 1, type: dnnl_s8)
-        let result: Result<(storage: UnsafeMutableRawPointer, layout: dnnl_memory_desc_t, byteCount: Int), OneDNNError> =
-            codes.withUnsafeBytes { v in
-                do throws(OneDNNError) {
-                    return .success(try OneDNN.pack(v.baseAddress!, from: source, n: outFeatures, k: inFeatures, operands: .int8))
-                } catch { return .failure(error) }
-            }
-        let packed = try result.get()
+        let packed = try OneDNN.pack(codes, from: source, n: outFeatures, k: inFeatures, operands: .int8)
         self.layout = packed.layout
         self.byteCount = packed.byteCount
         self.storage = packed.storage

@@ -316,17 +316,27 @@ public enum OneDNN {
         return layout.pointee
     }
 
-    /// A `k x n` matrix `B` (`source`, laid out as `from` says) packed for a matmul with
-    /// `operands` into new 64-byte-aligned storage (the caller deallocates it), with the
-    /// packed layout and its size in bytes.
-    static func pack(_ source: UnsafeRawPointer, from: dnnl_memory_desc_t, n: Int, k: Int, operands: MatmulOperands)
-        throws(OneDNNError) -> (storage: UnsafeMutableRawPointer, layout: dnnl_memory_desc_t, byteCount: Int) {
+    /// A matrix packed for a matmul's `B`: new 64-byte-aligned storage (its owner deallocates
+    /// it), the packed layout and its size in bytes.
+    struct PackedMatrix {
+        let storage: UnsafeMutableRawPointer
+        let layout: dnnl_memory_desc_t
+        let byteCount: Int
+    }
+
+    /// A `k x n` matrix `B` (`values`, laid out as `from` says) packed for a matmul with `operands`.
+    static func pack<Element>(_ values: [Element], from: dnnl_memory_desc_t, n: Int, k: Int,
+                              operands: MatmulOperands) throws(OneDNNError) -> PackedMatrix {
         let layout = try packedLayout(n: n, k: k, operands: operands)
         var md = layout
         let byteCount = dnnl_memory_desc_get_size(&md)
         let storage = UnsafeMutableRawPointer.allocate(byteCount: byteCount, alignment: 64)
-        do { try reorder(source, from: from, into: storage, to: layout) } catch { storage.deallocate(); throw error }
-        return (storage, layout, byteCount)
+        // `withUnsafeBytes` does not carry typed throws: the failure comes out as a value.
+        let failure: OneDNNError? = values.withUnsafeBytes { v in
+            do throws(OneDNNError) { try reorder(v.baseAddress!, from: from, into: storage, to: layout); return nil } catch { return error }
+        }
+        if let failure { storage.deallocate(); throw failure }
+        return PackedMatrix(storage: storage, layout: layout, byteCount: byteCount)
     }
 
     /// Reorders `source` (described by `from`) into `destination` (described by `to`): a
