@@ -10,10 +10,11 @@ public final class BF16Weights: @unchecked Sendable {
     public let outFeatures: Int
     /// Columns of `W`: the features an input row has.
     public let inFeatures: Int
-    private let layout: dnnl_memory_desc_t
-    private let storage: UnsafeMutableRawPointer
+    private let packed: OneDNN.PackedMatrix
+    private var layout: dnnl_memory_desc_t { packed.layout }
+    private var storage: UnsafeMutableRawPointer { packed.storage }
     /// Bytes the packed weight occupies.
-    public let byteCount: Int
+    public var byteCount: Int { packed.byteCount }
 
     /// Converts a row-major f32 `outFeatures x inFeatures` weight (round to nearest even).
     public convenience init(_ values: [Float], outFeatures: Int, inFeatures: Int) throws(OneDNNError) {
@@ -32,10 +33,7 @@ public final class BF16Weights: @unchecked Sendable {
         // `W` row-major is `W^T` (`in x out`) with strides (1, in): the matmul's `B`.
         let source = try OneDNN.descriptor(rows: inFeatures, columns: outFeatures, rowStride: transposed ? outFeatures : 1,
                                            columnStride: transposed ? 1 : inFeatures, type: dnnl_f32)
-        let packed = try OneDNN.pack(values, from: source, n: outFeatures, k: inFeatures, operands: .bf16)
-        self.layout = packed.layout
-        self.byteCount = packed.byteCount
-        self.storage = packed.storage
+        packed = try OneDNN.pack(values, from: source, n: outFeatures, k: inFeatures, operands: .bf16)
         self.outFeatures = outFeatures
         self.inFeatures = inFeatures
     }

@@ -14,10 +14,11 @@ public final class Int8Weights: @unchecked Sendable {
     public let outFeatures: Int
     /// `B[:, j]`'s scale: its largest magnitude over 127.
     public let columnScales: [Float]
-    private let layout: dnnl_memory_desc_t
-    private let storage: UnsafeMutableRawPointer
+    private let packed: OneDNN.PackedMatrix
+    private var layout: dnnl_memory_desc_t { packed.layout }
+    private var storage: UnsafeMutableRawPointer { packed.storage }
     /// Bytes the packed matrix occupies.
-    public let byteCount: Int
+    public var byteCount: Int { packed.byteCount }
 
     /// Quantizes a row-major f32 `inFeatures x outFeatures` matrix per column (round to
     /// nearest) and packs it. Throws on a value that is NaN or infinite, and where oneDNN has no VNNI (``OneDNN/hasInt8Unit``):
@@ -40,10 +41,7 @@ public final class Int8Weights: @unchecked Sendable {
         }
         let source = try OneDNN.descriptor(rows: inFeatures, columns: outFeatures, rowStride: outFeatures,
                                            columnStride: 1, type: dnnl_s8)
-        let packed = try OneDNN.pack(codes, from: source, n: outFeatures, k: inFeatures, operands: .int8)
-        self.layout = packed.layout
-        self.byteCount = packed.byteCount
-        self.storage = packed.storage
+        packed = try OneDNN.pack(codes, from: source, n: outFeatures, k: inFeatures, operands: .int8)
         self.inFeatures = inFeatures
         self.outFeatures = outFeatures
         columnScales = scales
