@@ -267,7 +267,7 @@ public struct ServingBenchmark: Sendable {
     /// recomputes them (median of 3 restores and 2 recomputes).
     public func restoreVersusRecompute(tokens: Int, corpus: Corpus) async throws -> RestoreRecord {
         let configuration = StoreConfiguration(tailPrecision: .fp16)
-        let recomputeEngine = InferenceEngine(model: model, store: nil)
+        let recomputeEngine = LocalEngine(model: model, store: nil)
         let text = corpus.heldOut.map(\.text).joined(separator: "\n\n") + corpus.calibration.map(\.text).joined(separator: "\n\n")
         let ids = Array(model.tokenizer.encode(text, parseSpecial: false).prefix(tokens))
         progress("restore vs recompute of \(ids.count) tokens")
@@ -353,7 +353,7 @@ public struct ServingBenchmark: Sendable {
         case .recompute: nil
         }
         if let remote { _ = try await remote.client.connect() }
-        let engine = InferenceEngine(model: model, store: store)
+        let engine = LocalEngine(model: model, store: store)
         var histories = [[ChatMessage]](repeating: [], count: messages.count)
         var ttft: [Double] = [], restore: [Double] = [], prefill: [Double] = []
         var hits = 0, cached = 0, prompt = 0

@@ -77,8 +77,7 @@ enum Completions {
                                streamOptions: body.streamOptions, service: service)
         let namespace = try namespace(tenant: principal.tenant, salt: body.cacheSalt)
         try checkPromptBytes(body.messages.reduce(0) { $0 + $1.content.utf8.count }, service: service)
-        let model = service.engine.model
-        let tokens = model.chatPromptTokens(body.messages)
+        let tokens = try await promptTokens(service) { () throws(EngineError) in try await service.engine.promptTokens(chat: body.messages) }
         let request = GenerationRequest(promptTokens: tokens, maxTokens: p.maxTokens, sampling: p.sampling, namespace: namespace)
         let id = identifier("chatcmpl-"), created = Int(Date().timeIntervalSince1970), name = service.modelName
         let deadline = Date().addingTimeInterval(service.limits.requestTimeout)
@@ -112,12 +111,11 @@ enum Completions {
         let p = try parameters(maxTokens: body.maxTokens, temperature: body.temperature, topP: body.topP, seed: body.seed,
                                n: body.n, stream: body.stream, streamOptions: body.streamOptions, service: service)
         let namespace = try namespace(tenant: principal.tenant, salt: body.cacheSalt)
-        let tokenizer = service.engine.model.tokenizer
         let tokens: [Int]
         switch body.prompt {
         case .text(let s):
             try checkPromptBytes(s.utf8.count, service: service)
-            tokens = tokenizer.encode(s, addBOS: tokenizer.addBOS)
+            tokens = try await promptTokens(service) { () throws(EngineError) in try await service.engine.promptTokens(text: s) }
         case .tokens(let t): tokens = t
         }
         let request = GenerationRequest(promptTokens: tokens, maxTokens: p.maxTokens, sampling: p.sampling, namespace: namespace)
@@ -142,6 +140,11 @@ enum Completions {
         })
     }
 
+    /// Tokens from the engine, its errors as HTTP errors.
+    static func promptTokens(_ service: KVTCService, _ body: () async throws(EngineError) -> [Int]) async throws -> [Int] {
+        do throws(EngineError) { return try await body() } catch { throw apiError(error, service: service) }
+    }
+
     /// Takes a slot in the bounded queue, or answers 429 (queue full) / 503 (deadline).
     static func admit(_ service: KVTCService, deadline: Date) async throws {
         do throws(Admission.Refusal) { try await service.admission.acquire(deadline: deadline) } catch {
@@ -160,14 +163,24 @@ enum Completions {
     }
 
     /// The HTTP error for an engine error: the client's fault is a 400 with the reason; a
-    /// model failure is a generic 500 (logged).
+    /// model failure is a generic 500 and an upstream engine's failure a 502 (both logged).
     static func apiError(_ error: EngineError, service: KVTCService) -> APIError {
         switch error {
         case .invalidRequest(let m): return APIError(.badRequest, m)
         case .model(let e):
             service.logger.error("generation failed: \(e)")
             return APIError.internalError
+        case .upstream(let m):
+            service.logger.error("upstream engine failed: \(m)")
+            return APIError(.badGateway, "the inference backend failed; retry the request", headers: [.retryAfter: "1"])
         }
+    }
+
+    /// The HTTP error for an error an engine's event stream ended with.
+    static func apiError(any error: any Error, service: KVTCService) -> APIError {
+        if let e = error as? EngineError { return apiError(e, service: service) }
+        service.logger.error("generation failed: \(error)")
+        return APIError.internalError
     }
 
     /// Runs a request to completion, mapping engine errors to HTTP errors.
@@ -177,10 +190,10 @@ enum Completions {
         try await admit(service, deadline: deadline)
         defer { service.admission.release() }
         let connection = context.connection
+        var request = request
+        request.isCancelled = { (connection?.isClosed ?? false) || Date() >= deadline }
         do {
-            let outcome = try await service.engine.generate(request) { _, _ in
-                !(connection?.isClosed ?? false) && Date() < deadline
-            }
+            let outcome = try await service.engine.complete(request)
             if outcome.stopReason == .cancelled { service.metrics.cancelled() }
             return outcome
         } catch {
@@ -212,17 +225,22 @@ enum Completions {
         continuation.onTermination = { _ in consumerGone.markClosed() }
         if let first { continuation.yield(sse(first)) }
         let connection = context.connection
-        Task {
+        var request = request
+        request.isCancelled = { consumerGone.isClosed || (connection?.isClosed ?? false) || Date() >= deadline }
+        Task { [request] in
             defer { service.admission.release() }
-            do throws(EngineError) {
-                let outcome = try await service.engine.generate(request) { _, text in
-                    if !text.isEmpty { continuation.yield(sse(piece(text))) }
-                    return !consumerGone.isClosed && !(connection?.isClosed ?? false) && Date() < deadline
+            do {
+                for try await event in service.engine.generate(request) {
+                    switch event {
+                    case .piece(let text):
+                        if !text.isEmpty { continuation.yield(sse(piece(text))) }
+                    case .finished(let outcome):
+                        if outcome.stopReason == .cancelled { service.metrics.cancelled() }
+                        for e in last(outcome) { continuation.yield(sse(e)) }
+                    }
                 }
-                if outcome.stopReason == .cancelled { service.metrics.cancelled() }
-                for e in last(outcome) { continuation.yield(sse(e)) }
             } catch {
-                continuation.yield(sse(apiError(error, service: service).body))
+                continuation.yield(sse(apiError(any: error, service: service).body))
             }
             continuation.yield(ByteBuffer(string: "data: [DONE]\n\n"))
             continuation.finish()

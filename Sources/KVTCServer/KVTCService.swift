@@ -59,8 +59,8 @@ public struct ServerLimits: Sendable {
 /// Everything the routes share: the engine (model and store), the tiers for statistics,
 /// metrics, limits, admission and security.
 public struct KVTCService: Sendable {
-    /// Runs the model with the store.
-    public let engine: InferenceEngine
+    /// Runs the model with the store: kvtc's own engine or one in front of llama-server.
+    public let engine: any Engine
     /// The tiers of the store, fastest first (for `/metrics` and `/health`).
     public let tiers: [any CacheTier]
     /// Request counters and histograms.
@@ -80,7 +80,7 @@ public struct KVTCService: Sendable {
     /// Where server faults are logged (their details never go to clients).
     public let logger: Logger
 
-    public init(engine: InferenceEngine, tiers: [any CacheTier], metrics: ServerMetrics,
+    public init(engine: any Engine, tiers: [any CacheTier], metrics: ServerMetrics,
                 modelName: String, maxTokensLimit: Int = 4096, defaultMaxTokens: Int = 256,
                 limits: ServerLimits = ServerLimits(), security: ServerSecurity = ServerSecurity(),
                 logger: Logger = Logger(label: "kvtc.server")) {

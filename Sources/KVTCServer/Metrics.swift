@@ -55,7 +55,7 @@ public final class ServerMetrics: Sendable {
 
     /// The Prometheus text exposition.
     public func render(store: StoreCounters?, tiers: [TierStats],
-                       admission: (running: Int, waiting: Int, refused: Int) = (0, 0, 0), fallbacks: Int = 0) -> String {
+                       admission: (running: Int, waiting: Int, refused: Int) = (0, 0, 0), engine: EngineCounters = EngineCounters()) -> String {
         let s = state.withLock { $0 }
         var out = ""
         func metric(_ name: String, _ type: String, _ help: String, _ samples: [(String, Double)]) {
@@ -84,7 +84,11 @@ public final class ServerMetrics: Sendable {
         metric("kvtc_requests_refused_total", "counter", "Generation requests not admitted, by reason.",
                s.refused.sorted { $0.key < $1.key }.map { ("{reason=\"\($0.key)\"}", Double($0.value)) })
         metric("kvtc_requests_cancelled_total", "counter", "Generations stopped early (client gone or deadline).", [("", Double(s.cancelled))])
-        metric("kvtc_restore_fallbacks_total", "counter", "Restored caches the model refused; answered by recomputing.", [("", Double(fallbacks))])
+        metric("kvtc_restore_fallbacks_total", "counter", "Restored caches the model refused; answered by recomputing.", [("", Double(engine.restoreFallbacks))])
+        metric("kvtc_upstream_restores_total", "counter", "Stored prefixes restored into an upstream engine's slot.", [("", Double(engine.upstreamRestores))])
+        metric("kvtc_upstream_saves_total", "counter", "Upstream slot saves compressed into the store.", [("", Double(engine.upstreamSaves))])
+        metric("kvtc_upstream_saves_refused_total", "counter", "Upstream slot saves refused by kvtc's checks (damaged, foreign or mismatched).", [("", Double(engine.upstreamSavesRefused))])
+        metric("kvtc_upstream_failures_total", "counter", "Requests whose upstream backend failed.", [("", Double(engine.upstreamFailures))])
         if let c = store {
             metric("kvtc_cache_lookups_total", "counter", "Prefix lookups.", [("", Double(c.lookups))])
             metric("kvtc_cache_hits_total", "counter", "Lookups that restored a prefix.", [("", Double(c.hits))])

@@ -1,7 +1,6 @@
 import Foundation
 import HTTPTypes
 import Hummingbird
-import KVTCModels
 import KVTCRuntime
 import KVTCTokenizers
 import KVTCStore
@@ -23,7 +22,7 @@ public enum Routes {
             service.metrics.request("metrics")
             if !service.security.publicMetrics { _ = try authenticate(request, service) }
             let text = service.metrics.render(store: service.store?.counters, tiers: await service.tierStats(),
-                                              admission: service.admission.load, fallbacks: service.engine.restoreFallbacks)
+                                              admission: service.admission.load, engine: service.engine.counters)
             return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
                             body: ResponseBody(byteBuffer: ByteBuffer(string: text)))
         }
@@ -130,7 +129,7 @@ public enum Routes {
     }
 
     static func health(_ service: KVTCService) async -> Health {
-        Health(status: "ok", model: service.modelName, modelHash: service.engine.model.identity,
+        Health(status: "ok", model: service.modelName, modelHash: service.engine.card.identity,
                producer: service.store.map { $0.chain.identity.description },
                chunkTokens: service.store?.chain.chunkTokens, tiers: await service.tierStats())
     }
@@ -150,18 +149,17 @@ public enum Routes {
     static func lookup(_ body: LookupRequest, namespace: StoreNamespace, service: KVTCService) async throws -> LookupResponse {
         let given = [body.tokens != nil, body.prompt != nil, body.messages != nil].filter { $0 }.count
         guard given == 1 else { throw APIError(.badRequest, "give exactly one of 'tokens', 'prompt' or 'messages'") }
-        let model = service.engine.model
         let tokens: [Int]
         if let t = body.tokens {
             tokens = t
         } else if let p = body.prompt {
             try Completions.checkPromptBytes(p.utf8.count, service: service)
-            tokens = model.tokenizer.encode(p, addBOS: model.tokenizer.addBOS)
+            tokens = try await Completions.promptTokens(service) { () throws(EngineError) in try await service.engine.promptTokens(text: p) }
         } else {
             let messages = body.messages ?? []
             guard !messages.isEmpty else { throw APIError(.badRequest, "'messages' is empty") }
             try Completions.checkPromptBytes(messages.reduce(0) { $0 + $1.content.utf8.count }, service: service)
-            tokens = model.chatPromptTokens(messages)
+            tokens = try await Completions.promptTokens(service) { () throws(EngineError) in try await service.engine.promptTokens(chat: messages) }
         }
         guard let store = service.store else {
             return LookupResponse(totalTokens: tokens.count, matchedTokens: 0, chunkTokens: 0, chunkKeys: [], tailKey: nil)

@@ -31,7 +31,7 @@ struct ChatCommand: AsyncParsableCommand {
     func run() async throws {
         let model = try modelOptions.load()
         let store: CacheStore? = noStore ? nil : try await storeOptions.makeStore(model: model).0
-        let engine = InferenceEngine(model: model, store: store)
+        let engine = LocalEngine(model: model, store: store)
         var messages: [ChatMessage] = system.map { [ChatMessage(role: .system, content: $0)] } ?? []
         let initial = messages
         var turn = 0

@@ -301,5 +301,7 @@ func metric(_ text: String, _ series: String) -> Double {
         #expect(fault.body.error.code == "500" && fault.body.error.type == "server_error")
         let bad = Completions.apiError(.invalidRequest("prompt too long"), service: service)
         #expect(bad.body.error.code == "400")
+        let upstream = Completions.apiError(.upstream("http://10.0.0.1:8081 is unreachable"), service: service)
+        #expect(upstream.status == .badGateway && !upstream.message.contains("10.0.0.1"))
     }
 }

@@ -29,7 +29,7 @@ enum ServerFixtures {
                                    configuration: StoreConfiguration(chunkTokens: chunkTokens, recentTokens: 16),
                                    shape: CacheShape(geometry: model.geometry, rope: model.rope))
         let metrics = ServerMetrics()
-        let engine = InferenceEngine(model: model, store: store, observer: { metrics.record($0) })
+        let engine = LocalEngine(model: model, store: store, observer: { metrics.record($0) })
         return KVTCService(engine: engine, tiers: tiers, metrics: metrics, modelName: "smollm2-135m",
                            maxTokensLimit: maxTokensLimit, defaultMaxTokens: 8, limits: limits, security: security)
     }

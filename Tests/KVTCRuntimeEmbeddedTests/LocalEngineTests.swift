@@ -7,7 +7,7 @@ import Testing
 
 /// The serving engine over the embedded model: the shared decode loop, cancellation, and
 /// restoring a stored turn.
-@Suite(.serialized) struct InferenceEngineTests {
+@Suite(.serialized) struct LocalEngineTests {
     func prompt(_ model: any LanguageModel, _ text: String) -> [Int] {
         model.tokenizer.encode(model.chatTemplate.prompt(user: text))
     }
@@ -18,7 +18,7 @@ import Testing
         let tokens = prompt(model, "What is the capital of France?")
         var cache = model.makeCache()
         let direct = try model.generate(promptTokens: tokens, cache: &cache, maxTokens: 12)
-        let engine = InferenceEngine(model: model, store: nil)
+        let engine = LocalEngine(model: model, store: nil)
         let o = try await engine.generate(GenerationRequest(promptTokens: tokens, maxTokens: 12))
         #expect(o.tokens == direct.tokens && o.text == direct.text && o.stopReason == direct.stopReason)
         #expect(o.promptTokens == tokens.count && o.cachedTokens == 0 && o.prefilledTokens == tokens.count)
@@ -28,7 +28,7 @@ import Testing
     /// A token callback that returns false (a client that went away) stops generation at once.
     @Test func aCallbackThatDeclinesStopsGeneration() async throws {
         let model = try EmbeddedModel.get()
-        let engine = InferenceEngine(model: model, store: nil)
+        let engine = LocalEngine(model: model, store: nil)
         let seen = Locked(0)
         let o = try await engine.generate(GenerationRequest(promptTokens: prompt(model, "Count from one to fifty."), maxTokens: 40)) { _, _ in
             seen.withLock { n in n += 1; return n < 3 }
@@ -45,13 +45,13 @@ import Testing
                                                               codec: "exact f32"),
                                    codec: ExactCompressor(precision: .fp32), tier: MemoryTier(budget: 1 << 30),
                                    configuration: StoreConfiguration(chunkTokens: 32, recentTokens: 16))
-        let engine = InferenceEngine(model: model, store: store)
+        let engine = LocalEngine(model: model, store: store)
         let first = prompt(model, "Name three colours.")
         let a = try await engine.generate(GenerationRequest(promptTokens: first, maxTokens: 8))
         #expect(a.chunksWritten > 0)
         let second = first + a.tokens + model.tokenizer.encode("<|im_end|>\n<|im_start|>user\nAnd three animals?<|im_end|>\n<|im_start|>assistant\n")
         let restored = try await engine.generate(GenerationRequest(promptTokens: second, maxTokens: 8))
-        let recomputed = try await InferenceEngine(model: model, store: nil).generate(GenerationRequest(promptTokens: second, maxTokens: 8))
+        let recomputed = try await LocalEngine(model: model, store: nil).generate(GenerationRequest(promptTokens: second, maxTokens: 8))
         #expect(restored.cachedTokens >= 32)
         #expect(restored.prefilledTokens == second.count - restored.cachedTokens)
         #expect(restored.tokens == recomputed.tokens)

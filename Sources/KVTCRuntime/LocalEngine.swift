@@ -4,6 +4,7 @@ import KVTCCache
 import KVTCModels
 import KVTCNumerics
 import KVTCStore
+import KVTCTokenizers
 
 /// Errors of the inference engine.
 public enum EngineError: Error, Equatable, CustomStringConvertible {
@@ -11,11 +12,15 @@ public enum EngineError: Error, Equatable, CustomStringConvertible {
     case invalidRequest(String)
     /// The model failed.
     case model(ModelError)
+    /// The upstream engine failed or could not be reached (its process died, refused the
+    /// connection, or answered with a server error).
+    case upstream(String)
 
     public var description: String {
         switch self {
         case .invalidRequest(let m): return m
         case .model(let e): return e.description
+        case .upstream(let m): return "upstream engine: \(m)"
         }
     }
 }
@@ -34,15 +39,20 @@ public struct GenerationRequest: Sendable {
     public var store: Bool
     /// Whose entries the request may restore and writes (a tenant, optionally salted).
     public var namespace: StoreNamespace
+    /// Asked before each generated token: `true` stops the generation (the client went away
+    /// or its deadline passed).
+    public var isCancelled: @Sendable () -> Bool
 
     public init(promptTokens: [Int], maxTokens: Int, sampling: SamplingOptions = .greedy,
-                restore: Bool = true, store: Bool = true, namespace: StoreNamespace = .shared) {
+                restore: Bool = true, store: Bool = true, namespace: StoreNamespace = .shared,
+                isCancelled: @escaping @Sendable () -> Bool = { false }) {
         self.promptTokens = promptTokens
         self.maxTokens = maxTokens
         self.sampling = sampling
         self.restore = restore
         self.store = store
         self.namespace = namespace
+        self.isCancelled = isCancelled
     }
 }
 
@@ -72,6 +82,23 @@ public struct GenerationOutcome: Sendable, Codable, Equatable {
     public var storeSeconds: Double
     /// Chunks newly written to the store.
     public var chunksWritten: Int
+
+    public init(tokens: [Int], text: String, stopReason: StopReason, promptTokens: Int, cachedTokens: Int, prefilledTokens: Int,
+                restoreSeconds: Double, prefillSeconds: Double, timeToFirstTokenSeconds: Double, decodeSeconds: Double,
+                storeSeconds: Double, chunksWritten: Int) {
+        self.tokens = tokens
+        self.text = text
+        self.stopReason = stopReason
+        self.promptTokens = promptTokens
+        self.cachedTokens = cachedTokens
+        self.prefilledTokens = prefilledTokens
+        self.restoreSeconds = restoreSeconds
+        self.prefillSeconds = prefillSeconds
+        self.timeToFirstTokenSeconds = timeToFirstTokenSeconds
+        self.decodeSeconds = decodeSeconds
+        self.storeSeconds = storeSeconds
+        self.chunksWritten = chunksWritten
+    }
 }
 
 /// Moves a value into a closure that runs on another queue, so that it arrives there
@@ -87,14 +114,17 @@ private final class Handoff<Value>: @unchecked Sendable {
     }
 }
 
-/// Runs the model for requests, restoring and storing caches through a ``CacheStore``.
+/// kvtc's own engine: runs the model in this process, restoring and storing caches through a
+/// ``CacheStore``.
 ///
 /// Forward passes run one at a time on a dedicated serial queue (never on the Swift
 /// concurrency pool), so any number of requests may call ``generate(_:onToken:)``
 /// concurrently: their lookups and restores overlap, their passes are serialized.
-public final class InferenceEngine: Sendable {
+public final class LocalEngine: Engine {
     /// The model.
     public let model: any LanguageModel
+    /// The model as clients see it.
+    public let card: ModelCard
     /// The store, or `nil` to recompute every prompt.
     public let store: CacheStore?
     private let queue = DispatchQueue(label: "kvtc.model", qos: .userInitiated)
@@ -104,9 +134,49 @@ public final class InferenceEngine: Sendable {
     /// Requests whose restored cache the model refused, answered by recomputing instead.
     public var restoreFallbacks: Int { fallbacks.current }
 
+    public var counters: EngineCounters {
+        var c = EngineCounters()
+        c.restoreFallbacks = fallbacks.current
+        return c
+    }
+
+    public func promptTokens(chat messages: [ChatMessage]) async throws(EngineError) -> [Int] {
+        model.chatPromptTokens(messages)
+    }
+
+    public func promptTokens(text: String) async throws(EngineError) -> [Int] {
+        model.tokenizer.encode(text, addBOS: model.tokenizer.addBOS)
+    }
+
+    public func generate(_ request: GenerationRequest) -> AsyncThrowingStream<GenerationEvent, any Error> {
+        let (events, continuation) = AsyncThrowingStream<GenerationEvent, any Error>.makeStream()
+        let consumerGone = Locked(false)
+        let task = Task {
+            do throws(EngineError) {
+                let outcome = try await self.generate(request) { _, text in
+                    continuation.yield(.piece(text))
+                    return !request.isCancelled() && !consumerGone.current && !Task.isCancelled
+                }
+                continuation.yield(.finished(outcome))
+                continuation.finish()
+            } catch {
+                continuation.finish(throwing: error)
+            }
+        }
+        continuation.onTermination = { termination in
+            consumerGone.withLock { $0 = true }
+            if case .cancelled = termination { task.cancel() }
+        }
+        return events
+    }
+
     /// An engine for `model` with an optional `store`; `observer` sees every outcome (metrics).
-    public init(model: any LanguageModel, store: CacheStore?, observer: (@Sendable (GenerationOutcome) -> Void)? = nil) {
+    /// Responses name the model `name` (by default its GGUF file's name).
+    public init(model: any LanguageModel, store: CacheStore?, name: String? = nil,
+                observer: (@Sendable (GenerationOutcome) -> Void)? = nil) {
         self.model = model
+        self.card = ModelCard(name: name ?? URL(fileURLWithPath: model.path).lastPathComponent, identity: model.identity,
+                              contextLength: model.dimensions.contextLength, vocabularySize: model.dimensions.vocabularySize)
         self.store = store
         self.observer = observer
     }
@@ -139,8 +209,8 @@ public final class InferenceEngine: Sendable {
     }
 
     /// Generates for `request`, calling `onToken` with each token id and the text it
-    /// completes (on the model queue; keep it short). Returning `false` stops generation
-    /// (``StopReason/cancelled``), e.g. when the client went away.
+    /// completes (on the model queue; keep it short). Returning `false` (or the request's
+    /// `isCancelled`) stops generation (``StopReason/cancelled``), e.g. when the client went away.
     public func generate(_ request: GenerationRequest,
                          onToken: @escaping @Sendable (Int, String) -> Bool = { _, _ in true }) async throws(EngineError) -> GenerationOutcome {
         let clock = Date()
@@ -182,7 +252,7 @@ public final class InferenceEngine: Sendable {
                 prefillSeconds = prefillClock.elapsed
                 decodeStart = Date().timeIntervalSince(clock)
                 result = try model.generate(after: logits, cache: &cache, maxTokens: request.maxTokens,
-                                            sampling: request.sampling) { id, piece in onToken(id, piece) }
+                                            sampling: request.sampling) { id, piece in onToken(id, piece) && !request.isCancelled() }
             } catch {
                 throw .model(error)
             }
