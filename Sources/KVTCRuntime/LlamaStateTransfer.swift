@@ -30,7 +30,8 @@ public enum LlamaStateTransfer {
     /// `namespace`; `kvtc serve` over the same store then restores it.
     public static func importState(_ state: LlamaSequenceState, model: any LanguageModel, store: CacheStore,
                                    namespace: StoreNamespace = .shared) async throws(LlamaStateTransferError) -> StoreReceipt {
-        let tokens = state.tokens.map(Int.init)
+        let tokens: [Int]
+        do { tokens = state.tokens.isEmpty ? [] : try state.slotTokens().tokens.map(Int.init) } catch { throw .state(error) }
         guard !tokens.isEmpty else { throw .notAConversation("it carries no token ids (raw sequence data); save it with llama_state_seq_save_file") }
         let cache: KVCache
         do { cache = try state.cache(geometry: model.geometry, rope: model.rope, model: model.identity) } catch { throw .state(error) }
@@ -43,24 +44,15 @@ public enum LlamaStateTransfer {
         do { return try await store.store(tokens: tokens, cache: cache, namespace: namespace) } catch { throw .store(error) }
     }
 
-    /// The longest stored prefix of `tokens` as a llama.cpp state file (one stream, the
-    /// cells in sequence 0, K/V of `type`, V transposed when `valuesTransposed`, which is
-    /// what llama.cpp writes without flash attention).
+    /// The longest stored prefix of `tokens` as a llama.cpp state file in `layout` (by
+    /// default one stream, F16 K/V, V transposed and a plain token list: what llama.cpp writes
+    /// without flash attention).
     public static func exportState(tokens: [Int], store: CacheStore, namespace: StoreNamespace = .shared,
-                                   type: GGMLType = .f16, valuesTransposed: Bool = true) async throws(LlamaStateTransferError) -> LlamaSequenceState {
+                                   layout: SlotStateLayout = SlotStateLayout()) async throws(LlamaStateTransferError) -> LlamaSequenceState {
         guard let restored = await store.restore(tokens: tokens, namespace: namespace) else { throw .notStored(tokens.count) }
         let cache = restored.cache
-        let n = cache.tokenCount, g = cache.geometry, w = g.featuresPerLayer
-        let cells = (0..<n).map { LlamaStateCell(position: Int32($0), sequences: [0]) }
-        let rowBytes = w / type.blockSize * type.blockBytes
-        let layers = (0..<g.layers).map { _ in
-            LlamaStateLayer(keyType: type, keyRowBytes: rowBytes, keys: [], valueType: type,
-                            valueRowBytes: valuesTransposed ? type.blockBytes : rowBytes,
-                            valueWidth: valuesTransposed ? w : nil, values: [])
-        }
-        let shell = LlamaSequenceState(container: .file(version: LlamaSequenceState.supportedVersions.last!,
-                                                         tokens: tokens.prefix(n).map { Int32($0) }),
-                                       streams: [LlamaStateStream(cells: cells, valuesTransposed: valuesTransposed, layers: layers)])
-        do throws(LlamaStateError) { return try shell.replacingRows(with: cache) } catch { throw .state(error) }
+        do throws(LlamaStateError) {
+            return try layout.state(tokens: tokens.prefix(cache.tokenCount).map { Int32($0) }, cache: cache)
+        } catch { throw .state(error) }
     }
 }

@@ -99,7 +99,7 @@ struct StoreExportCommand: AsyncParsableCommand {
     func run() async throws {
         let ids: [Int]
         if let tokensOf {
-            do { ids = try LlamaSequenceState(bytes: try readFile(tokensOf)).tokens.map(Int.init) } catch let e as LlamaStateError {
+            do { ids = try LlamaSequenceState(bytes: try readFile(tokensOf)).slotTokens().tokens.map(Int.init) } catch let e as LlamaStateError {
                 throw CommandError(tokensOf, e)
             }
         } else {
@@ -113,9 +113,10 @@ struct StoreExportCommand: AsyncParsableCommand {
         let ggml: GGMLType = ["f16": .f16, "bf16": .bf16, "f32": .f32, "q8_0": .q8_0][type]!
         do {
             let state = try await LlamaStateTransfer.exportState(tokens: ids, store: store, namespace: namespaceOptions.namespace,
-                                                                type: ggml, valuesTransposed: !flashAttention)
+                                                                layout: SlotStateLayout(keyType: ggml, valueType: ggml,
+                                                                                        valuesTransposed: !flashAttention))
             try writeFile(output, state.encoded())
-            print("\(state.tokens.count) of \(ids.count) tokens exported -> \(output)")
+            print("\(state.streams[0].cells.count) of \(ids.count) tokens exported -> \(output)")
         } catch let e as LlamaStateTransferError {
             throw CommandError(output, e)
         }
