@@ -4,6 +4,8 @@
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 ensure_debian_packages
+# llama-server for the tests that put kvtc in front of it (built once, cached outside the repo).
+export KVTC_LLAMA_SERVER="$(bash scripts/llama-server.sh)"
 swift build --build-tests
 select_openblas_core
 # As the kvtc tool does for itself (Sources/kvtc/OpenBLASTuning.swift): OpenBLAS's idle
