@@ -48,6 +48,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio", from: "2.81.0"),
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
         .package(url: "https://github.com/apple/swift-http-types", from: "1.0.0"),
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
     ],
     targets: [
         // System shims: module maps only.
@@ -101,6 +102,14 @@ let package = Package(
         // profile resolution.
         .target(name: "KVTCRuntime", dependencies: ["KVTCModels", "KVTCStore", "KVTCRedis", "KVTCRedisTier", "KVTCCodec", "KVTCCalibration", "KVTCLlamaState", "KVTCGGUF"],
                 swiftSettings: checked),
+        // The engine in front of llama-server processes: their HTTP API (AsyncHTTPClient),
+        // slot leasing and prefix-aware routing, slot files restored from and saved to the store.
+        .target(name: "KVTCLlamaServer", dependencies: ["KVTCRuntime", "KVTCLlamaState", "KVTCStore", "KVTCModels", "KVTCCache",
+                                                        "KVTCNumerics", "KVTCTokenizers",
+                                                        .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                                                        .product(name: "NIOCore", package: "swift-nio"),
+                                                        .product(name: "NIOHTTP1", package: "swift-nio")],
+                swiftSettings: checked),
         // HTTP only: OpenAI-compatible routes, API types, errors and HTTP metrics.
         .target(name: "KVTCServer", dependencies: ["KVTCRuntime", crypto,
                                                    .product(name: "Hummingbird", package: "hummingbird"),
@@ -111,12 +120,12 @@ let package = Package(
                 swiftSettings: checked),
         // Benchmark workloads: codec, model and serving.
         .target(name: "KVTCBenchmarks", dependencies: ["KVTCCodec", "KVTCModels", "KVTCRuntime", "KVTCCalibration", "KVTCEvaluation", "KVTCStore", "KVTCGGUF",
-                                                       "KVTCCache", "KVTCRedis", "KVTCRedisTier"],
+                                                       "KVTCCache", "KVTCRedis", "KVTCRedisTier", "KVTCLlamaServer"],
                 swiftSettings: checked),
 
         .executableTarget(name: "kvtc", dependencies: [
             "KVTCCodec", "KVTCModels", "KVTCCalibration", "KVTCEvaluation", "KVTCStore", "KVTCRuntime", "KVTCServer",
-            "KVTCBenchmarks", "KVTCLlamaState", "KVTCRedis", "KVTCRedisTier",
+            "KVTCBenchmarks", "KVTCLlamaState", "KVTCRedis", "KVTCRedisTier", "KVTCLlamaServer",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: entry),
@@ -147,6 +156,9 @@ let package = Package(
         .testTarget(name: "KVTCModelsEmbeddedTests", dependencies: ["KVTCModels", "KVTCEmbeddedModel", "KVTCTestSupport", "KVTCLlamaState"]),
         .testTarget(name: "KVTCEvaluationEmbeddedTests", dependencies: ["KVTCEvaluation", "KVTCCalibration", "KVTCEmbeddedModel", "KVTCTestSupport"]),
         .testTarget(name: "KVTCRuntimeEmbeddedTests", dependencies: ["KVTCRuntime", "KVTCStore", "KVTCEmbeddedModel", "KVTCLlamaState", "KVTCCache"]),
+        // kvtc in front of real llama-server processes (scripts/llama-server.sh builds the binary).
+        .testTarget(name: "KVTCLlamaServerTests", dependencies: ["KVTCLlamaServer", "KVTCRuntime", "KVTCStore", "KVTCEmbeddedModel",
+                                                              "KVTCLlamaState", "KVTCCache", "KVTCModels", "KVTCTokenizers"]),
         .testTarget(name: "KVTCServerEmbeddedTests", dependencies: ["KVTCServer", "KVTCRuntime", "KVTCTokenizers", "KVTCEmbeddedModel",
                                                                    "KVTCBenchmarks", "KVTCCache", "KVTCStore", "KVTCLlamaState",
                                                                    "KVTCRedis", "KVTCRedisTier", "KVTCTestSupport",

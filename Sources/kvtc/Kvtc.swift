@@ -25,6 +25,6 @@ struct BenchCommand: AsyncParsableCommand {
         commandName: "bench",
         abstract: "Measure speed on this machine.",
         subcommands: [BenchCodecCommand.self, BenchModelCommand.self, BenchServeCommand.self, BenchFaultsCommand.self,
-                      BenchSharedTierCommand.self]
+                      BenchSharedTierCommand.self, BenchLlamaServerCommand.self]
     )
 }

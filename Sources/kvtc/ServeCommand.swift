@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import KVTCCodec
+import KVTCLlamaServer
 import KVTCModels
 import KVTCRedis
 import KVTCRedisTier
@@ -177,6 +178,15 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Largest prompt text (checked before tokenizing).")
     var maxPromptBytes = ByteCount(bytes: 256 << 10)
 
+    @Option(name: .long, help: "What runs the model: local (kvtc's own forward pass) or llama-server (one or more llama-server processes given by --upstream).")
+    var engine: EngineKind = .local
+
+    @Option(name: .long, help: "llama-server URLs for --engine llama-server, comma-separated (each started with --slot-save-path and -np N).")
+    var upstream: String?
+
+    @Option(name: .long, help: "The --slot-save-path of the llama-servers: one directory for all, or one per --upstream URL, comma-separated.")
+    var slotDir: String?
+
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be in 0...65535") }
         guard storeOptions.chunkTokens > 4 else { throw ValidationError("--chunk-tokens must be larger than 4") }
@@ -186,6 +196,27 @@ struct ServeCommand: AsyncParsableCommand {
             throw ValidationError("--host \(host) is not a loopback interface: give --api-key-file (or --insecure to serve everyone as one tenant)")
         }
         if kvAPI && apiKeyFile == nil { throw ValidationError("--kv-api needs --api-key-file with an admin key") }
+        if engine == .llamaServer {
+            _ = try llamaServerBackends()
+        } else if upstream != nil || slotDir != nil {
+            throw ValidationError("--upstream and --slot-dir need --engine llama-server")
+        }
+    }
+
+    /// The llama-servers `--upstream` and `--slot-dir` name.
+    func llamaServerBackends() throws -> [LlamaServerBackend] {
+        let urls = (upstream ?? "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        let dirs = (slotDir ?? "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        guard !urls.isEmpty else { throw ValidationError("--engine llama-server needs --upstream URL[,URL...]") }
+        guard dirs.count == 1 || dirs.count == urls.count else {
+            throw ValidationError("--slot-dir takes one directory, or one per --upstream URL (\(urls.count))")
+        }
+        for u in urls where !(u.hasPrefix("http://") || u.hasPrefix("https://")) {
+            throw ValidationError("--upstream \(u) is not an http:// or https:// URL")
+        }
+        return urls.enumerated().map { i, u in
+            LlamaServerBackend(url: u, slotDirectory: URL(fileURLWithPath: dirs.count == 1 ? dirs[0] : dirs[i]))
+        }
     }
 
     /// Whether `host` names the loopback interface.
@@ -210,9 +241,22 @@ struct ServeCommand: AsyncParsableCommand {
         let model = try modelOptions.load()
         let (store, tiers) = try await storeOptions.makeStore(model: model)
         let metrics = ServerMetrics()
-        let engine = InferenceEngine(model: model, store: store, observer: { metrics.record($0) })
         // Responses name the model as the user named it (a catalog name, or the GGUF file's name).
         let name = modelOptions.model.map { URL(fileURLWithPath: $0).lastPathComponent } ?? ModelRegistry.defaultModelName
+        let engine: any Engine
+        switch self.engine {
+        case .local:
+            engine = LocalEngine(model: model, store: store, name: name, observer: { metrics.record($0) })
+        case .llamaServer:
+            let backends = try llamaServerBackends()
+            Progress.shared.status("checking \(backends.count) llama-server backend(s)")
+            let upstream = try await LlamaServerEngine.connect(backends: backends, model: model, store: store, name: name,
+                                                               observer: { metrics.record($0) })
+            Progress.shared.done()
+            let layouts = upstream.slotLayouts.compactMap { $0?.description }
+            warn("kvtc: in front of \(backends.map(\.url).joined(separator: ", ")) (slot files: \(layouts.first ?? "unknown"))")
+            engine = upstream
+        }
         let limits = ServerLimits(maxBodyBytes: maxBodyBytes.bytes, maxPromptBytes: maxPromptBytes.bytes,
                                   maxConcurrent: maxConcurrent, maxQueue: maxQueue, requestTimeout: requestTimeout,
                                   idleTimeout: idleTimeout)
@@ -231,3 +275,9 @@ struct ServeCommand: AsyncParsableCommand {
 }
 
 extension StoreCodec: ExpressibleByArgument {}
+
+/// What runs the model behind `kvtc serve`.
+enum EngineKind: String, ExpressibleByArgument, CaseIterable {
+    case local
+    case llamaServer = "llama-server"
+}
