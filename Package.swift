@@ -100,7 +100,8 @@ let package = Package(
         .target(name: "KVTCRedisTier", dependencies: ["KVTCStore", "KVTCRedis", "KVTCNumerics"], swiftSettings: checked),
         // The serving runtime: the inference engine over a model and a store, store wiring and
         // profile resolution.
-        .target(name: "KVTCRuntime", dependencies: ["KVTCModels", "KVTCStore", "KVTCRedis", "KVTCRedisTier", "KVTCCodec", "KVTCCalibration", "KVTCLlamaState", "KVTCGGUF"],
+        .target(name: "KVTCRuntime", dependencies: ["KVTCModels", "KVTCStore", "KVTCRedis", "KVTCRedisTier", "KVTCCodec", "KVTCCalibration", "KVTCLlamaState", "KVTCGGUF",
+                                                    "KVTCCache", "KVTCNumerics", "KVTCTokenizers"],
                 swiftSettings: checked),
         // The engine in front of llama-server processes: their HTTP API (AsyncHTTPClient),
         // slot leasing and prefix-aware routing, slot files restored from and saved to the store.
@@ -111,7 +112,7 @@ let package = Package(
                                                         .product(name: "NIOHTTP1", package: "swift-nio")],
                 swiftSettings: checked),
         // HTTP only: OpenAI-compatible routes, API types, errors and HTTP metrics.
-        .target(name: "KVTCServer", dependencies: ["KVTCRuntime", crypto,
+        .target(name: "KVTCServer", dependencies: ["KVTCRuntime", "KVTCCodec", "KVTCModels", "KVTCNumerics", "KVTCStore", "KVTCTokenizers", crypto,
                                                    .product(name: "Hummingbird", package: "hummingbird"),
                                                    .product(name: "HummingbirdCore", package: "hummingbird"),
                                                    .product(name: "HTTPTypes", package: "swift-http-types"),
@@ -120,12 +121,13 @@ let package = Package(
                 swiftSettings: checked),
         // Benchmark workloads: codec, model and serving.
         .target(name: "KVTCBenchmarks", dependencies: ["KVTCCodec", "KVTCModels", "KVTCRuntime", "KVTCCalibration", "KVTCEvaluation", "KVTCStore", "KVTCGGUF",
-                                                       "KVTCCache", "KVTCRedis", "KVTCRedisTier", "KVTCLlamaServer"],
+                                                       "KVTCCache", "KVTCRedis", "KVTCRedisTier", "KVTCLlamaServer", "KVTCNumerics", "KVTCTokenizers"],
                 swiftSettings: checked),
 
         .executableTarget(name: "kvtc", dependencies: [
             "KVTCCodec", "KVTCModels", "KVTCCalibration", "KVTCEvaluation", "KVTCStore", "KVTCRuntime", "KVTCServer",
-            "KVTCBenchmarks", "KVTCLlamaState", "KVTCRedis", "KVTCRedisTier", "KVTCLlamaServer",
+            "KVTCBenchmarks", "KVTCLlamaState", "KVTCRedis", "KVTCRedisTier", "KVTCLlamaServer", "KVTCCache", "KVTCGGUF",
+            "KVTCNumerics", "KVTCTokenizers", crypto,
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: entry),

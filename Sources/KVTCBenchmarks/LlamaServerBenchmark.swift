@@ -26,6 +26,12 @@ public struct LlamaServerReport: Sendable, Codable {
     public var kvtcRuns: [Double]
     /// Tokens llama-server reported cached in kvtc's runs (`timings.cache_n`).
     public var kvtcCachedTokens: [Int]
+    /// kvtc's part of each run: lookup, decompression, the state file and llama-server's
+    /// restore of it; and llama-server's prefill of the new tokens after it.
+    public var kvtcRestoreRuns: [Double]
+    public var kvtcPrefillRuns: [Double]
+    /// The flags llama-server ran with beyond kvtc's (`--server-args`).
+    public var serverArguments: [String]
     /// llama-server's own slot save of the context: bytes, save and restore milliseconds.
     public var ownSlotFileBytes: Int
     public var ownSaveMilliseconds: Double
@@ -59,6 +65,8 @@ public struct LlamaServerBenchmark: Sendable {
     public var runs = 3
     public var agreementTokens = 64
     public var topK = 20
+    /// Extra llama-server flags (e.g. `-fa off`).
+    public var serverArguments: [String] = []
     public var progress: @Sendable (String) -> Void
 
     public init(model: any LanguageModel, profile: Profile, ratio: Double, progress: @escaping @Sendable (String) -> Void = { _ in }) {
@@ -93,7 +101,8 @@ public struct LlamaServerBenchmark: Sendable {
 
     public func run() async throws -> LlamaServerReport {
         let slotContext = contextTokens + newTokens + agreementTokens + 64
-        let server = try LlamaServerProcess(model: model.path, slots: 1, slotContext: slotContext, threads: threads)
+        let server = try LlamaServerProcess(model: model.path, slots: 1, slotContext: slotContext, threads: threads,
+                                            extra: serverArguments)
         let api = LlamaServerAPI(url: server.url)
         let tokens = try await text(api, tokens: contextTokens + newTokens + agreementTokens + 1)
         let context = Array(tokens.prefix(contextTokens))
@@ -137,13 +146,15 @@ public struct LlamaServerBenchmark: Sendable {
         await engine.flush()
         let stored = await store.tier.stats().bytes
         let counters = store.counters
-        var kvtc: [Double] = [], cached: [Int] = []
+        var kvtc: [Double] = [], cached: [Int] = [], restores: [Double] = [], prefills: [Double] = []
         for r in 0..<runs {
             progress("kvtc run \(r + 1)/\(runs)")
             server.kill(); try server.start()
             let o = try await engine.complete(GenerationRequest(promptTokens: returning, maxTokens: 1, store: false))
             kvtc.append(o.timeToFirstTokenSeconds)
             cached.append(o.cachedTokens)
+            restores.append(o.restoreSeconds)
+            prefills.append(o.prefillSeconds)
         }
 
         // 4. Agreement: teacher-forced held-out tokens after the kvtc-restored context vs
@@ -164,7 +175,8 @@ public struct LlamaServerBenchmark: Sendable {
             model: model.identity, profile: profile.contentHash, ratio: ratio, threads: threads, contextTokens: contextTokens,
             newTokens: newTokens, recomputeTTFTSeconds: Self.median(recompute), ownRestoreTTFTSeconds: Self.median(own),
             kvtcTTFTSeconds: Self.median(kvtc), recomputeRuns: recompute, ownRestoreRuns: own, kvtcRuns: kvtc,
-            kvtcCachedTokens: cached, ownSlotFileBytes: ownBytes, ownSaveMilliseconds: saved.milliseconds ?? 0,
+            kvtcCachedTokens: cached, kvtcRestoreRuns: restores, kvtcPrefillRuns: prefills, serverArguments: serverArguments,
+            ownSlotFileBytes: ownBytes, ownSaveMilliseconds: saved.milliseconds ?? 0,
             ownRestoreMilliseconds: Self.median(ownRestoreMs), kvtcStoredBytes: stored, kvtcChunkBytes: counters.chunkBytes,
             kvtcChunkFP16Bytes: counters.chunkFP16Bytes, agreementTokens: reference.count, agreementTopK: topK,
             meanKL: kl / Double(max(1, reference.count)), top1Agreement: Double(agree) / Double(max(1, reference.count)))

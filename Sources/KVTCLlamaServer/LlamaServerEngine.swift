@@ -261,6 +261,7 @@ public final class LlamaServerEngine: Engine {
             }
             let timings = last?.timings
             let cached = timings?.cacheN ?? 0
+            if restoredTokens > 0 && cached < restoredTokens { tally.withLock { $0.upstreamRestoresUnused += 1 } }
             let stop: StopReason = cancelled ? .cancelled : last?.stopType == "eos" || last?.stopType == "word" ? .endOfSequence : .length
             let outcome = GenerationOutcome(
                 tokens: generated, text: text, stopReason: stop, promptTokens: prompt.count, cachedTokens: cached,
@@ -300,7 +301,7 @@ public final class LlamaServerEngine: Engine {
         defer { try? FileManager.default.removeItem(at: path) }
         do {
             let state = try layout.state(tokens: prompt.prefix(n).map { Int32($0) }, cache: restored.cache)
-            try Data(state.encoded()).write(to: path)
+            try state.write(to: path)
             let result = try await apis[b].slotAction(slot, .restore, filename: name)
             guard result.restored == n else {
                 tally.withLock { $0.restoreFallbacks += 1 }
@@ -328,15 +329,18 @@ public final class LlamaServerEngine: Engine {
         } catch {
             return nil
         }
-        do throws(LlamaServerEngineError) {
-            let (tokens, cache) = try importSlotFile(bytes, backend: b, expected: expected)
-            _ = try? await store.store(tokens: tokens, cache: cache, namespace: namespace)
-            tally.withLock { $0.upstreamSaves += 1 }
-            return SlotContents(tokens: tokens, namespace: namespace)
-        } catch {
+        let tokens: [Int], cache: KVCache
+        do throws(LlamaServerEngineError) { (tokens, cache) = try importSlotFile(bytes, backend: b, expected: expected) } catch {
             tally.withLock { $0.upstreamSavesRefused += 1 }
             return nil
         }
+        // The slot holds what the file says whether or not the store takes it.
+        do { _ = try await store.store(tokens: tokens, cache: cache, namespace: namespace) } catch {
+            tally.withLock { $0.upstreamSavesRefused += 1 }
+            return SlotContents(tokens: tokens, namespace: namespace)
+        }
+        tally.withLock { $0.upstreamSaves += 1 }
+        return SlotContents(tokens: tokens, namespace: namespace)
     }
 
     /// The tokens and cache of a slot file, after kvtc's checks: the backend's layout, cells
@@ -348,7 +352,8 @@ public final class LlamaServerEngine: Engine {
                 throw LlamaStateError.mismatch("the file's layout is not the backend's")
             }
             let words = try state.slotTokens().tokens.map(Int.init)
-            let cache = try state.cache(geometry: model.geometry, rope: model.rope, model: model.identity)
+            let cache = try state.cache(geometry: model.geometry, rope: model.rope, layerAttention: model.layerAttention,
+                                        model: model.identity)
             let n = cache.tokenCount
             guard n > 0, n <= words.count, cache.positions == Array(0..<n) else {
                 throw LlamaStateError.mismatch("\(n) cells for \(words.count) tokens, or cells not at positions 0..<\(n)")
@@ -392,7 +397,7 @@ public final class LlamaServerEngine: Engine {
         do throws(LlamaStateError) {
             state = try LlamaSequenceState(bytes: bytes)
             layout = try SlotStateLayout(of: state)
-            theirs = try state.cache(geometry: model.geometry, rope: model.rope)
+            theirs = try state.cache(geometry: model.geometry, rope: model.rope, layerAttention: model.layerAttention)
         } catch {
             throw .foreignModel("its slot file does not fit \(URL(fileURLWithPath: model.path).lastPathComponent): \(error)")
         }

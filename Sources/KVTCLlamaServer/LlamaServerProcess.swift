@@ -86,6 +86,11 @@ public final class LlamaServerProcess: @unchecked Sendable {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/timeout")
         p.arguments = ["-s", "KILL", String(Self.lifetime), try Self.executable()] + arguments
+        // llama-server runs as its users run it: without the thread and allocator tuning the
+        // kvtc tool sets for itself (OpenMP spin counts, OpenBLAS, glibc tunables).
+        p.environment = ProcessInfo.processInfo.environment.filter { key, _ in
+            !["OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "GLIBC_TUNABLES", "KVTC_PROCESS_TUNED"].contains(key) && !key.hasPrefix("OPENBLAS_")
+        }
         FileManager.default.createFile(atPath: log.path, contents: nil)
         let handle = try FileHandle(forWritingTo: log)
         p.standardOutput = handle

@@ -1,3 +1,4 @@
+import Foundation
 import KVTCGGUF
 import KVTCNumerics
 
@@ -112,11 +113,17 @@ public struct LlamaSequenceState: Sendable, Equatable {
     public static let supportedVersions: [UInt32] = [3]
 
     public var container: Container
+    /// The cache's streams (for a model with sliding-window layers: its full-context layers').
     public var streams: [LlamaStateStream]
+    /// The streams of the second cache of a model with sliding-window layers (llama.cpp's
+    /// `llama_kv_cache_iswa` writes its full-context cache, then this one): its sliding
+    /// layers, holding only the cells their window still sees. `nil` for other models.
+    public var windowStreams: [LlamaStateStream]?
 
-    public init(container: Container, streams: [LlamaStateStream]) {
+    public init(container: Container, streams: [LlamaStateStream], windowStreams: [LlamaStateStream]? = nil) {
         self.container = container
         self.streams = streams
+        self.windowStreams = windowStreams
     }
 
     /// The token ids a state file saved (empty for raw sequence data).
@@ -157,6 +164,8 @@ public struct LlamaSequenceState: Sendable, Equatable {
             throw .notAState
         }
         streams = try Self.readStreams(&r, cellExtraBytes: cellExtraBytes, total: bytes.count)
+        // A second block is the sliding-window cache of a model with two caches.
+        windowStreams = r.remaining > 0 ? try Self.readStreams(&r, cellExtraBytes: cellExtraBytes, total: bytes.count) : nil
         guard r.remaining == 0 else { throw .malformed("\(r.remaining) bytes follow the sequence data") }
     }
 
@@ -242,7 +251,31 @@ public struct LlamaSequenceState: Sendable, Equatable {
 
     /// The state's bytes, in the layout it was read from.
     public func encoded() -> [UInt8] {
+        var out: [UInt8] = []
+        emit { out.append(contentsOf: $0) }
+        return out
+    }
+
+    /// Writes the state's bytes to `url` (replacing the file) without assembling them in
+    /// memory first: a 4096-token F16 state is ~90 MB.
+    public func write(to url: URL) throws {
+        guard FileManager.default.createFile(atPath: url.path, contents: nil) else {
+            throw CocoaError(.fileWriteUnknown, userInfo: [NSFilePathErrorKey: url.path])
+        }
+        let handle = try FileHandle(forWritingTo: url)
+        defer { try? handle.close() }
+        var failure: (any Error)?
+        emit { bytes in
+            guard failure == nil else { return }
+            do { try bytes.withUnsafeBytes { try handle.write(contentsOf: Data(bytesNoCopy: UnsafeMutableRawPointer(mutating: $0.baseAddress!), count: $0.count, deallocator: .none)) } } catch { failure = error }
+        }
+        if let failure { throw failure }
+    }
+
+    /// The state's bytes in order, as small header pieces and whole K/V arrays.
+    private func emit(_ sink: ([UInt8]) -> Void) {
         var w = ByteWriter()
+        func flush() { if !w.bytes.isEmpty { sink(w.bytes); w = ByteWriter() } }
         switch container {
         case .file(let version, let tokens):
             w.u32(Self.fileMagic)
@@ -253,34 +286,38 @@ public struct LlamaSequenceState: Sendable, Equatable {
             w.u32(Self.sequenceDataMagic)
             w.u32(UInt32(bitPattern: sequence))
         }
-        w.u32(UInt32(streams.count))
-        for s in streams {
-            w.u32(UInt32(s.cells.count))
-            if s.cells.isEmpty { continue }
-            for c in s.cells {
-                w.u32(UInt32(bitPattern: c.position))
-                w.u32(UInt32(c.sequences.count))
-                w.raw(c.extra)
-                for id in c.sequences { w.u32(UInt32(bitPattern: id)) }
-            }
-            w.u32(s.valuesTransposed ? 1 : 0)
-            w.u32(UInt32(s.layers.count))
-            for l in s.layers {
-                w.u32(UInt32(l.keyType.rawValue))
-                w.u64(UInt64(l.keyRowBytes))
-                w.raw(l.keys)
-            }
-            for l in s.layers {
-                w.u32(UInt32(l.valueType.rawValue))
-                if s.valuesTransposed {
-                    w.u32(UInt32(l.valueRowBytes))
-                    w.u32(UInt32(l.valueWidth ?? 0))
-                } else {
-                    w.u64(UInt64(l.valueRowBytes))
+        for block in [streams] + (windowStreams.map { [$0] } ?? []) {
+            w.u32(UInt32(block.count))
+            for s in block {
+                w.u32(UInt32(s.cells.count))
+                if s.cells.isEmpty { continue }
+                for c in s.cells {
+                    w.u32(UInt32(bitPattern: c.position))
+                    w.u32(UInt32(c.sequences.count))
+                    w.raw(c.extra)
+                    for id in c.sequences { w.u32(UInt32(bitPattern: id)) }
                 }
-                w.raw(l.values)
+                w.u32(s.valuesTransposed ? 1 : 0)
+                w.u32(UInt32(s.layers.count))
+                for l in s.layers {
+                    w.u32(UInt32(l.keyType.rawValue))
+                    w.u64(UInt64(l.keyRowBytes))
+                    flush()
+                    sink(l.keys)
+                }
+                for l in s.layers {
+                    w.u32(UInt32(l.valueType.rawValue))
+                    if s.valuesTransposed {
+                        w.u32(UInt32(l.valueRowBytes))
+                        w.u32(UInt32(l.valueWidth ?? 0))
+                    } else {
+                        w.u64(UInt64(l.valueRowBytes))
+                    }
+                    flush()
+                    sink(l.values)
+                }
             }
         }
-        return w.bytes
+        flush()
     }
 }

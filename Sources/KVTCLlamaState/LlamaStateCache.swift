@@ -27,38 +27,47 @@ extension LlamaSequenceState {
     /// The cache the state holds, for a model of `geometry` rotating keys with `rope`
     /// (undoing llama.cpp's rotation of quantized K/V).
     public func cache(geometry: KVGeometry, rope: RoPE, model: String = "") throws(LlamaStateError) -> KVCache {
+        try cache(geometry: geometry, rope: rope, layerAttention: nil, model: model)
+    }
+
+    /// The layers each block of the state holds: every layer for a state of one cache; the
+    /// full-context layers (first block) and the sliding-window layers (second block) of a
+    /// model with both.
+    static func blockLayers(_ layerAttention: [LayerAttention]?, layers: Int, windowed: Bool) throws(LlamaStateError) -> ([Int], [Int]) {
+        guard windowed else { return (Array(0..<layers), []) }
+        guard let layerAttention, layerAttention.count == layers else {
+            throw .mismatch("the state holds a sliding-window cache; the model's layers must say which layers slide")
+        }
+        return (layerAttention.indices.filter { layerAttention[$0].window == nil }, layerAttention.indices.filter { layerAttention[$0].window != nil })
+    }
+
+    /// The cache the state holds for a model whose layers attend as `layerAttention` says
+    /// (`nil`: every layer the same, with `rope`). The rows of a sliding layer that its
+    /// window no longer sees (absent from the state's second cache) are zeros, as kvtc's
+    /// codec leaves them.
+    public func cache(geometry: KVGeometry, rope: RoPE, layerAttention: [LayerAttention]?,
+                      model: String = "") throws(LlamaStateError) -> KVCache {
         let stream = streams[try occupiedStream()]
-        let rotation = try attentionRotation(headDim: geometry.headDim)
-        let n = stream.cells.count, L = geometry.layers, w = geometry.featuresPerLayer, p = geometry.featuresPerToken
-        guard stream.layers.count == L else { throw .mismatch("\(stream.layers.count) layers, the model has \(L)") }
+        let (full, sliding) = try Self.blockLayers(layerAttention, layers: geometry.layers, windowed: windowStreams != nil)
+        let n = stream.cells.count, p = geometry.featuresPerToken
         var keys = [Float](repeating: 0, count: n * p), values = [Float](repeating: 0, count: n * p)
-        for (l, layer) in stream.layers.enumerated() {
-            guard Self.width(layer.keyType, bytes: layer.keyRowBytes) == w else {
-                throw .mismatch("layer \(l) K rows hold \(Self.width(layer.keyType, bytes: layer.keyRowBytes)) values, the model \(w)")
-            }
-            var k = layer.keys.withUnsafeBytes { Dequantize.floats($0, type: layer.keyType, count: n * w) }
-            if let b = rotation.keyBlock { AttentionRotation.apply(&k, block: b) }
-            for i in 0..<n { for j in 0..<w { keys[i * p + l * w + j] = k[i * w + j] } }
-            if stream.valuesTransposed {
-                guard layer.valueWidth == w else { throw .mismatch("layer \(l) V holds \(layer.valueWidth ?? 0) values per cell, the model \(w)") }
-                let v = layer.values.withUnsafeBytes { Dequantize.floats($0, type: layer.valueType, count: n * w) }
-                for j in 0..<w { for i in 0..<n { values[i * p + l * w + j] = v[j * n + i] } }
-                if let b = rotation.valueBlock {
-                    // Transposed V of a quantized type does not occur (llama.cpp needs flash attention for it).
-                    throw .malformed("transposed V of quantized type \(layer.valueType) with a \(b)-value rotation")
+        try Self.read(stream, layers: full, rows: Array(0..<n), geometry: geometry, keys: &keys, values: &values)
+        if let window = windowStreams {
+            let occupied = window.indices.filter { !window[$0].cells.isEmpty }
+            guard occupied.count <= 1 else { throw .mismatch("\(occupied.count) sliding-window streams hold cells") }
+            if let w = occupied.first {
+                var row: [Int32: Int] = [:]
+                for (i, c) in stream.cells.enumerated() { row[c.position] = i }
+                let rows = try window[w].cells.map { c throws(LlamaStateError) -> Int in
+                    guard let r = row[c.position] else { throw .mismatch("the sliding-window cache holds position \(c.position), the full cache does not") }
+                    return r
                 }
-            } else {
-                guard Self.width(layer.valueType, bytes: layer.valueRowBytes) == w else {
-                    throw .mismatch("layer \(l) V rows hold \(Self.width(layer.valueType, bytes: layer.valueRowBytes)) values, the model \(w)")
-                }
-                var v = layer.values.withUnsafeBytes { Dequantize.floats($0, type: layer.valueType, count: n * w) }
-                if let b = rotation.valueBlock { AttentionRotation.apply(&v, block: b) }
-                for i in 0..<n { for j in 0..<w { values[i * p + l * w + j] = v[i * w + j] } }
+                try Self.read(window[w], layers: sliding, rows: rows, geometry: geometry, keys: &keys, values: &values)
             }
         }
         do {
-            let cache = try KVCache(geometry: geometry, rope: rope, positions: stream.cells.map { Int($0.position) },
-                                    keys: keys, values: values, model: model)
+            let cache = try KVCache(geometry: geometry, rope: rope, layerAttention: layerAttention,
+                                    positions: stream.cells.map { Int($0.position) }, keys: keys, values: values, model: model)
             try cache.validateFinite()
             return cache
         } catch {
@@ -66,34 +75,102 @@ extension LlamaSequenceState {
         }
     }
 
+    /// Copies the K/V of `stream` (whose layer `i` is the model's layer `layers[i]` and whose
+    /// cell `c` is the cache's row `rows[c]`) into token-major `keys` and `values`.
+    static func read(_ stream: LlamaStateStream, layers: [Int], rows: [Int], geometry: KVGeometry,
+                     keys: inout [Float], values: inout [Float]) throws(LlamaStateError) {
+        let n = stream.cells.count, w = geometry.featuresPerLayer, p = geometry.featuresPerToken
+        guard stream.layers.count == layers.count else { throw .mismatch("\(stream.layers.count) layers, the model has \(layers.count) of this cache") }
+        guard let first = stream.layers.first else { return }
+        let rotation = AttentionRotation.llamaCpp(headDim: geometry.headDim, keyType: first.keyType, valueType: first.valueType)
+        for (index, layer) in stream.layers.enumerated() {
+            let l = layers[index]
+            guard Self.width(layer.keyType, bytes: layer.keyRowBytes) == w else {
+                throw .mismatch("layer \(l) K rows hold \(Self.width(layer.keyType, bytes: layer.keyRowBytes)) values, the model \(w)")
+            }
+            var k = layer.keys.withUnsafeBytes { Dequantize.floats($0, type: layer.keyType, count: n * w) }
+            if let b = rotation.keyBlock { AttentionRotation.apply(&k, block: b) }
+            for i in 0..<n { for j in 0..<w { keys[rows[i] * p + l * w + j] = k[i * w + j] } }
+            if stream.valuesTransposed {
+                guard layer.valueWidth == w else { throw .mismatch("layer \(l) V holds \(layer.valueWidth ?? 0) values per cell, the model \(w)") }
+                if let b = rotation.valueBlock {
+                    // Transposed V of a quantized type does not occur (llama.cpp needs flash attention for it).
+                    throw .malformed("transposed V of quantized type \(layer.valueType) with a \(b)-value rotation")
+                }
+                let v = layer.values.withUnsafeBytes { Dequantize.floats($0, type: layer.valueType, count: n * w) }
+                for j in 0..<w { for i in 0..<n { values[rows[i] * p + l * w + j] = v[j * n + i] } }
+            } else {
+                guard Self.width(layer.valueType, bytes: layer.valueRowBytes) == w else {
+                    throw .mismatch("layer \(l) V rows hold \(Self.width(layer.valueType, bytes: layer.valueRowBytes)) values, the model \(w)")
+                }
+                var v = layer.values.withUnsafeBytes { Dequantize.floats($0, type: layer.valueType, count: n * w) }
+                if let b = rotation.valueBlock { AttentionRotation.apply(&v, block: b) }
+                for i in 0..<n { for j in 0..<w { values[rows[i] * p + l * w + j] = v[i * w + j] } }
+            }
+        }
+    }
+
     /// The same state with its K and V replaced by `cache`'s, written in the state's own
-    /// types and layout (cells, positions, token ids and `v_trans` unchanged).
+    /// types and layout (cells, positions, token ids and `v_trans` unchanged; a second,
+    /// sliding-window cache takes its cells' rows of the sliding layers).
     public func replacingRows(with cache: KVCache) throws(LlamaStateError) -> LlamaSequenceState {
         let s = try occupiedStream()
         var out = self
-        var stream = streams[s]
-        let n = stream.cells.count, g = cache.geometry, w = g.featuresPerLayer, p = g.featuresPerToken
-        let rotation = try attentionRotation(headDim: g.headDim)
+        let g = cache.geometry
+        let n = streams[s].cells.count
         guard cache.tokenCount == n else { throw .mismatch("the cache holds \(cache.tokenCount) tokens, the state \(n) cells") }
-        guard stream.layers.count == g.layers else { throw .mismatch("\(stream.layers.count) layers, the cache has \(g.layers)") }
-        for (i, c) in stream.cells.enumerated() where Int(c.position) != cache.positions[i] {
+        for (i, c) in streams[s].cells.enumerated() where Int(c.position) != cache.positions[i] {
             throw .mismatch("cell \(i) is at position \(c.position), the cache's token at \(cache.positions[i])")
         }
-        for l in 0..<g.layers {
-            var k = [Float](repeating: 0, count: n * w), v = [Float](repeating: 0, count: n * w)
-            for i in 0..<n {
-                for j in 0..<w {
-                    k[i * w + j] = cache.keys[i * p + l * w + j]
-                    if stream.valuesTransposed { v[j * n + i] = cache.values[i * p + l * w + j] } else { v[i * w + j] = cache.values[i * p + l * w + j] }
+        let (full, sliding) = try Self.blockLayers(cache.layerAttention, layers: g.layers, windowed: windowStreams != nil)
+        try Self.write(&out.streams[s], layers: full, rows: Array(0..<n), cache: cache)
+        if let window = windowStreams {
+            var row: [Int32: Int] = [:]
+            for (i, c) in streams[s].cells.enumerated() { row[c.position] = i }
+            for w in window.indices where !window[w].cells.isEmpty {
+                let rows = try window[w].cells.map { c throws(LlamaStateError) -> Int in
+                    guard let r = row[c.position] else { throw .mismatch("the sliding-window cache holds position \(c.position), the full cache does not") }
+                    return r
+                }
+                try Self.write(&out.windowStreams![w], layers: sliding, rows: rows, cache: cache)
+            }
+        }
+        return out
+    }
+
+    /// Encodes `cache`'s rows `rows` of the model's layers `layers` into `stream`'s layers
+    /// in their own types and layout.
+    static func write(_ stream: inout LlamaStateStream, layers: [Int], rows: [Int], cache: KVCache) throws(LlamaStateError) {
+        let g = cache.geometry, n = rows.count, w = g.featuresPerLayer, p = g.featuresPerToken
+        guard stream.layers.count == layers.count else { throw .mismatch("\(stream.layers.count) layers, the cache has \(layers.count) of this kind") }
+        guard let first = stream.layers.first else { return }
+        let rotation = AttentionRotation.llamaCpp(headDim: g.headDim, keyType: first.keyType, valueType: first.valueType)
+        let transposed = stream.valuesTransposed
+        var k = [Float](repeating: 0, count: n * w), v = [Float](repeating: 0, count: n * w)
+        for (index, l) in layers.enumerated() {
+            // Gather layer l's rows (V feature-major when transposed); one pass over the cache.
+            cache.keys.withUnsafeBufferPointer { keys in
+                cache.values.withUnsafeBufferPointer { values in
+                    k.withUnsafeMutableBufferPointer { k in
+                        v.withUnsafeMutableBufferPointer { v in
+                            for i in 0..<n {
+                                let row = rows[i] * p + l * w
+                                for j in 0..<w { k[i * w + j] = keys[row + j] }
+                                if transposed {
+                                    for j in 0..<w { v[j * n + i] = values[row + j] }
+                                } else {
+                                    for j in 0..<w { v[i * w + j] = values[row + j] }
+                                }
+                            }
+                        }
+                    }
                 }
             }
             if let b = rotation.keyBlock { AttentionRotation.apply(&k, block: b) }
-            if let b = rotation.valueBlock, !stream.valuesTransposed { AttentionRotation.apply(&v, block: b) }
-            stream.layers[l].keys = LlamaStateQuantizer.encode(k, as: stream.layers[l].keyType)
-            stream.layers[l].values = LlamaStateQuantizer.encode(v, as: stream.layers[l].valueType)
+            if let b = rotation.valueBlock, !transposed { AttentionRotation.apply(&v, block: b) }
+            stream.layers[index].keys = LlamaStateQuantizer.encode(k, as: stream.layers[index].keyType)
+            stream.layers[index].values = LlamaStateQuantizer.encode(v, as: stream.layers[index].valueType)
         }
-        out.streams[s] = stream
-        return out
     }
 }
 
@@ -101,9 +178,19 @@ extension LlamaSequenceState {
 public enum LlamaStateQuantizer {
     /// `values` as `type` (F32, F16, BF16 or Q8_0; a Q8_0 row is a whole number of blocks).
     public static func encode(_ values: [Float], as type: GGMLType) -> [UInt8] {
+        if type == .f16 {
+            // The bulk conversion (F16C on x86): a state of 4096 tokens holds ~50M values.
+            var out = [UInt8](repeating: 0, count: values.count * 2)
+            values.withUnsafeBufferPointer { src in
+                out.withUnsafeMutableBytes { dst in
+                    guard let s = src.baseAddress, let d = dst.baseAddress else { return }
+                    HalfPrecision.convertFloatToF16(s, d.assumingMemoryBound(to: UInt16.self), count: values.count)
+                }
+            }
+            return out
+        }
         var w = ByteWriter(capacity: values.count * 4)
         switch type {
-        case .f16: for x in values { w.u16(HalfPrecision.f16Bits(x)) }
         case .bf16: for x in values { w.u16(HalfPrecision.bf16Bits(x)) }
         case .q8_0:
             // Blocks of 32: an f16 scale d = max|x| / 127, then round(x / d) as int8.

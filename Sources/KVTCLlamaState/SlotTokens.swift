@@ -81,8 +81,9 @@ extension LlamaSequenceState {
 /// writes for it has the stream count, K/V types, V layout and token layout it reads back.
 ///
 /// llama-server refuses a state whose stream count or K/V types differ from its cache's
-/// (`n_stream mismatch`, `mismatched key type`); a model with per-layer caches of two kinds
-/// (sliding-window and full) writes two such blocks and is not described by this layout.
+/// (`n_stream mismatch`, `mismatched key type`). A model with sliding-window layers writes
+/// two caches (``windowed``): the full-context layers for every cell, then the sliding
+/// layers for the cells their window still sees.
 public struct SlotStateLayout: Sendable, Equatable, CustomStringConvertible {
     /// Streams of the server's cache (1 with a unified cache, else one per slot).
     public var streamCount: Int
@@ -92,14 +93,17 @@ public struct SlotStateLayout: Sendable, Equatable, CustomStringConvertible {
     public var valuesTransposed: Bool
     /// Whether the token block uses `server_tokens` (else a plain token list).
     public var serverTokens: Bool
+    /// Whether a second, sliding-window cache follows the first.
+    public var windowed: Bool
 
     public init(streamCount: Int = 1, keyType: GGMLType = .f16, valueType: GGMLType = .f16,
-                valuesTransposed: Bool = true, serverTokens: Bool = false) {
+                valuesTransposed: Bool = true, serverTokens: Bool = false, windowed: Bool = false) {
         self.streamCount = streamCount
         self.keyType = keyType
         self.valueType = valueType
         self.valuesTransposed = valuesTransposed
         self.serverTokens = serverTokens
+        self.windowed = windowed
     }
 
     /// The layout of `state`, a file saved by the server (with at least one cell).
@@ -107,13 +111,20 @@ public struct SlotStateLayout: Sendable, Equatable, CustomStringConvertible {
         let s = try state.occupiedStream()
         let stream = state.streams[s]
         guard let first = stream.layers.first else { throw .malformed("the state has no layers") }
-        for (l, layer) in stream.layers.enumerated() where layer.keyType != first.keyType || layer.valueType != first.valueType {
+        let window = (state.windowStreams ?? []).filter { !$0.cells.isEmpty }
+        for other in window where other.valuesTransposed != stream.valuesTransposed {
+            throw .mismatch("the sliding-window cache's V layout differs from the full cache's")
+        }
+        if let windowStreams = state.windowStreams, windowStreams.count != state.streams.count {
+            throw .mismatch("\(windowStreams.count) sliding-window streams for \(state.streams.count) full-cache streams")
+        }
+        for (l, layer) in (stream.layers + window.flatMap(\.layers)).enumerated() where layer.keyType != first.keyType || layer.valueType != first.valueType {
             throw .mismatch("layer \(l) holds K/V of \(layer.keyType)/\(layer.valueType), layer 0 \(first.keyType)/\(first.valueType)")
         }
         let isServerTokens: Bool
         if case .serverTokens = try state.slotTokens() { isServerTokens = true } else { isServerTokens = false }
         self.init(streamCount: state.streams.count, keyType: first.keyType, valueType: first.valueType,
-                  valuesTransposed: stream.valuesTransposed, serverTokens: isServerTokens)
+                  valuesTransposed: stream.valuesTransposed, serverTokens: isServerTokens, windowed: state.windowStreams != nil)
     }
 
     /// A state file in this layout holding `cache` (one cell per token, all in sequence 0,
@@ -126,21 +137,34 @@ public struct SlotStateLayout: Sendable, Equatable, CustomStringConvertible {
             throw .mismatch("\(w) values per layer are not whole \(type) blocks")
         }
         let cells = cache.positions.map { LlamaStateCell(position: Int32($0), sequences: [0]) }
-        let layers = (0..<g.layers).map { _ in
-            LlamaStateLayer(keyType: keyType, keyRowBytes: w / keyType.blockSize * keyType.blockBytes, keys: [],
-                            valueType: valueType,
-                            valueRowBytes: valuesTransposed ? valueType.blockBytes : w / valueType.blockSize * valueType.blockBytes,
-                            valueWidth: valuesTransposed ? w : nil, values: [])
+        func layers(_ count: Int) -> [LlamaStateLayer] {
+            (0..<count).map { _ in
+                LlamaStateLayer(keyType: keyType, keyRowBytes: w / keyType.blockSize * keyType.blockBytes, keys: [],
+                                valueType: valueType,
+                                valueRowBytes: valuesTransposed ? valueType.blockBytes : w / valueType.blockSize * valueType.blockBytes,
+                                valueWidth: valuesTransposed ? w : nil, values: [])
+            }
         }
-        let block: SlotTokens = serverTokens ? .serverTokens(version: SlotTokens.serverTokensVersion, tokens) : .plain(tokens)
-        var streams = [LlamaStateStream(cells: cells, valuesTransposed: valuesTransposed, layers: layers)]
-        for _ in 1..<max(streamCount, 1) { streams.append(LlamaStateStream(cells: [], valuesTransposed: false, layers: [])) }
-        let shell = LlamaSequenceState(container: .file(version: LlamaSequenceState.supportedVersions.last!, tokens: block.packed),
-                                       streams: streams)
+        func block(_ cells: [LlamaStateCell], layers: [LlamaStateLayer]) -> [LlamaStateStream] {
+            [LlamaStateStream(cells: cells, valuesTransposed: valuesTransposed, layers: layers)]
+                + (1..<max(streamCount, 1)).map { _ in LlamaStateStream(cells: [], valuesTransposed: false, layers: []) }
+        }
+        let (full, sliding) = try LlamaSequenceState.blockLayers(cache.layerAttention, layers: g.layers, windowed: windowed)
+        var window: [LlamaStateStream]?
+        if windowed {
+            // What llama.cpp keeps of a sliding layer: the cells its window still sees from
+            // the newest position (it saves no others).
+            let span = sliding.compactMap { cache.layerAttention[$0].window }.max() ?? 0
+            let newest = cache.positions.max() ?? 0
+            window = block(cells.filter { Int($0.position) > newest - span }, layers: layers(sliding.count))
+        }
+        let tokenBlock: SlotTokens = serverTokens ? .serverTokens(version: SlotTokens.serverTokensVersion, tokens) : .plain(tokens)
+        let shell = LlamaSequenceState(container: .file(version: LlamaSequenceState.supportedVersions.last!, tokens: tokenBlock.packed),
+                                       streams: block(cells, layers: layers(full.count)), windowStreams: window)
         return try shell.replacingRows(with: cache)
     }
 
     public var description: String {
-        "\(streamCount) stream(s), K \(keyType), V \(valueType)\(valuesTransposed ? " transposed" : ""), \(serverTokens ? "server_tokens" : "plain") token block"
+        "\(streamCount) stream(s)\(windowed ? " x 2 caches (full, sliding window)" : ""), K \(keyType), V \(valueType)\(valuesTransposed ? " transposed" : ""), \(serverTokens ? "server_tokens" : "plain") token block"
     }
 }

@@ -36,9 +36,14 @@ public struct EngineCounters: Sendable, Equatable {
     public var restoreFallbacks = 0
     /// Restores into an upstream engine's slot (0 for the local engine).
     public var upstreamRestores = 0
+    /// Restores the upstream engine then did not reuse (it reported fewer cached tokens than
+    /// were restored): for llama-server and a sliding-window model, a sign it runs without
+    /// `--swa-full`, which it needs to continue from any restored slot, its own included.
+    public var upstreamRestoresUnused = 0
     /// Upstream slot saves stored in the store.
     public var upstreamSaves = 0
-    /// Upstream slot saves refused by kvtc's checks (damaged, foreign model, mismatched tokens).
+    /// Upstream slot saves refused by kvtc's checks (damaged, foreign model, mismatched tokens)
+    /// or not taken by the store.
     public var upstreamSavesRefused = 0
     /// Requests whose upstream backend failed (connection refused or reset, 5xx).
     public var upstreamFailures = 0

@@ -34,7 +34,7 @@ public enum LlamaStateTransfer {
         do { tokens = state.tokens.isEmpty ? [] : try state.slotTokens().tokens.map(Int.init) } catch { throw .state(error) }
         guard !tokens.isEmpty else { throw .notAConversation("it carries no token ids (raw sequence data); save it with llama_state_seq_save_file") }
         let cache: KVCache
-        do { cache = try state.cache(geometry: model.geometry, rope: model.rope, model: model.identity) } catch { throw .state(error) }
+        do { cache = try state.cache(geometry: model.geometry, rope: model.rope, layerAttention: model.layerAttention, model: model.identity) } catch { throw .state(error) }
         guard cache.tokenCount == tokens.count, cache.positions == Array(0..<tokens.count) else {
             throw .notAConversation("\(tokens.count) token ids for \(cache.tokenCount) cells at positions other than 0..<\(tokens.count)")
         }

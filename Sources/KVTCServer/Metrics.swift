@@ -86,6 +86,7 @@ public final class ServerMetrics: Sendable {
         metric("kvtc_requests_cancelled_total", "counter", "Generations stopped early (client gone or deadline).", [("", Double(s.cancelled))])
         metric("kvtc_restore_fallbacks_total", "counter", "Restored caches the model refused; answered by recomputing.", [("", Double(engine.restoreFallbacks))])
         metric("kvtc_upstream_restores_total", "counter", "Stored prefixes restored into an upstream engine's slot.", [("", Double(engine.upstreamRestores))])
+        metric("kvtc_upstream_restores_unused_total", "counter", "Restores the upstream engine did not reuse (llama-server with a sliding-window model needs --swa-full).", [("", Double(engine.upstreamRestoresUnused))])
         metric("kvtc_upstream_saves_total", "counter", "Upstream slot saves compressed into the store.", [("", Double(engine.upstreamSaves))])
         metric("kvtc_upstream_saves_refused_total", "counter", "Upstream slot saves refused by kvtc's checks (damaged, foreign or mismatched).", [("", Double(engine.upstreamSavesRefused))])
         metric("kvtc_upstream_failures_total", "counter", "Requests whose upstream backend failed.", [("", Double(engine.upstreamFailures))])

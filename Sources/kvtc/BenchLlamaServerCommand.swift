@@ -35,6 +35,9 @@ struct BenchLlamaServerCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Teacher-forced held-out tokens of the agreement measurement.")
     var agreementTokens = 64
 
+    @Option(name: .long, help: "Extra llama-server flags, space-separated (e.g. '-fa off').")
+    var serverArgs = ""
+
     @Option(name: .long, help: "Write the JSON report here.")
     var json: String?
 
@@ -47,15 +50,18 @@ struct BenchLlamaServerCommand: AsyncParsableCommand {
         bench.newTokens = newTokens
         bench.runs = runs
         bench.agreementTokens = agreementTokens
+        bench.serverArguments = serverArgs.split(separator: " ").map(String.init)
         let r = try await bench.run()
         Progress.shared.done()
-        print("llama-server (\(threads) threads), a returning conversation: \(r.contextTokens) tokens of context + \(r.newTokens) new, llama-server restarted since the last turn")
+        print("llama-server (\(threads) threads\(r.serverArguments.isEmpty ? "" : ", " + r.serverArguments.joined(separator: " "))), a returning conversation: \(r.contextTokens) tokens of context + \(r.newTokens) new, llama-server restarted since the last turn")
         print("                               time to first token (median of \(runs))")
         print(String(format: "  llama-server recomputing      %7.3f s", r.recomputeTTFTSeconds))
         print(String(format: "  llama-server own slot file    %7.3f s   (restore %.1f ms of a %.1f MiB file)", r.ownRestoreTTFTSeconds,
                      r.ownRestoreMilliseconds, Double(r.ownSlotFileBytes) / 1048576))
         print(String(format: "  kvtc in front                 %7.3f s   (llama-server reported %@ tokens cached)", r.kvtcTTFTSeconds,
                      r.kvtcCachedTokens.map(String.init).joined(separator: "/")))
+        print(String(format: "  of which kvtc's restore (lookup, decode, state file, llama-server's load) %.3f s and llama-server's prefill of the new tokens %.3f s",
+                     r.kvtcRestoreRuns.sorted()[r.kvtcRestoreRuns.count / 2], r.kvtcPrefillRuns.sorted()[r.kvtcPrefillRuns.count / 2]))
         print(String(format: "kvtc TTFT is %.1fx lower than recomputing (floor 20x) and %.2fx llama-server's own restore (floor <= 2x)",
                      r.recomputeOverKVTC, r.kvtcOverOwnRestore))
         print(String(format: "bytes: llama-server's F16 slot file %.2f MiB, kvtc stores %.2f MiB: %.1fx fewer (floor 10x); compressed chunks %.1fx over fp16 (floor 17x)",

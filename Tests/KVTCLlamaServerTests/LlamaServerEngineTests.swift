@@ -29,7 +29,7 @@ import Testing
         try CacheStore(identity: ProducerIdentity(modelHash: model.identity, profileHash: "", codecFormatVersion: 1, codec: "exact f32"),
                        codec: ExactCompressor(precision: .fp32), tier: MemoryTier(budget: 1 << 30),
                        configuration: StoreConfiguration(chunkTokens: 64, recentTokens: 16),
-                       shape: CacheShape(geometry: model.geometry, rope: model.rope))
+                       shape: CacheShape(geometry: model.geometry, rope: model.rope, layerAttention: model.layerAttention))
     }
 
     static func backend(_ server: LlamaServerProcess) -> LlamaServerBackend {
@@ -136,6 +136,71 @@ import Testing
             let reread = try LlamaSequenceState(bytes: state.encoded())
             #expect(try reread.slotTokens().tokens == tokens.map { Int32($0) })
         }
+    }
+
+    /// Gemma 3 keeps two caches (full-context layers for every token, sliding layers for the
+    /// last 512): kvtc reads both from llama-server's slot file and writes both back. A
+    /// conversation longer than the window comes back after a restart with every restored
+    /// cell of the full-context cache bit for bit as llama-server saved it. (llama-server
+    /// continues from a restored sliding-window slot, its own saves included, only with
+    /// `--swa-full`; without it, it recomputes and kvtc counts the restore as unused.)
+    @Test func gemma3sTwoCachesAreRestored() async throws {
+        let model = try Gemma3TestModel.get()
+        let server = try LlamaServerProcess(model: model.path, slots: 1, slotContext: 2048, extra: ["--swa-full"])
+        let engine = try await LlamaServerEngine.connect(backends: [Self.backend(server)], model: model, store: try Self.exactStore(model))
+        #expect(engine.slotLayouts[0]?.windowed == true)
+        let long = [ChatMessage(role: .user, content: Array(repeating: Self.essay, count: 5).joined(separator: "\n\n") + "\n\nWhat is this about?")]
+        let (tokens, first) = try await Self.ask(engine, long)
+        #expect(tokens.count > 600, "the prompt must outgrow the 512-token window (\(tokens.count) tokens)")
+        #expect(engine.counters.upstreamSaves == 1)
+        _ = try await engine.apis[0].slotAction(0, .save, filename: "first.bin")
+        server.kill()
+        try server.start()
+        let next = long + [ChatMessage(role: .assistant, content: first.text), ChatMessage(role: .user, content: "Say it in five words.")]
+        let (_, restored) = try await Self.ask(engine, next)
+        #expect(engine.counters.upstreamRestores == 1 && engine.counters.restoreFallbacks == 0, "\(engine.counters)")
+        #expect(engine.counters.upstreamRestoresUnused == 0)
+        #expect(restored.cachedTokens > 512)
+        _ = try await engine.apis[0].slotAction(0, .save, filename: "second.bin")
+        let before = try LlamaSequenceState(bytes: Array(Data(contentsOf: server.slotDirectory.appendingPathComponent("first.bin"))))
+        let after = try LlamaSequenceState(bytes: Array(Data(contentsOf: server.slotDirectory.appendingPathComponent("second.bin"))))
+        #expect(before.windowStreams != nil && after.windowStreams != nil)
+        let cells = Array(0..<restored.cachedTokens)
+        #expect(try after.bytes(ofCells: cells) == before.bytes(ofCells: cells))
+    }
+
+    /// llama-server killed while it streams a reply: the client's stream ends with an
+    /// upstream error and nothing of the interrupted turn enters the store; once the server
+    /// is back the next request is served.
+    @Test func aBackendKilledMidReplyFailsCleanlyAndStoresNothing() async throws {
+        let model = try EmbeddedModel.get()
+        let server = try LlamaServerProcess(model: model.path, slots: 1, slotContext: 2048)
+        let store = try Self.exactStore(model)
+        let engine = try await LlamaServerEngine.connect(backends: [Self.backend(server)], model: model, store: store)
+        let tokens = try await engine.promptTokens(chat: [ChatMessage(role: .user, content: "Count from one to five hundred.")])
+        var pieces = 0
+        var failure: (any Error)?
+        do {
+            for try await event in engine.generate(GenerationRequest(promptTokens: tokens, maxTokens: 1500)) {
+                if case .piece = event {
+                    pieces += 1
+                    if pieces == 5 { server.kill() }
+                }
+            }
+        } catch {
+            failure = error
+        }
+        await engine.flush()
+        #expect(pieces >= 5)
+        guard case .upstream = failure as? EngineError else {
+            Issue.record("the stream should end with an upstream error, ended with \(String(describing: failure))")
+            return
+        }
+        #expect(store.counters.chunksWritten == 0 && store.counters.tailsWritten == 0)
+        #expect(engine.counters.upstreamSaves == 0)
+        try server.start()
+        let (_, after) = try await Self.ask(engine, [ChatMessage(role: .user, content: "Say hello.")])
+        #expect(!after.tokens.isEmpty)
     }
 
     /// kvtc refuses to front a llama-server that runs another model.
