@@ -300,8 +300,7 @@ public final class LlamaServerEngine: Engine {
         let path = backends[b].slotDirectory.appendingPathComponent(name)
         defer { try? FileManager.default.removeItem(at: path) }
         do {
-            let state = try layout.state(tokens: prompt.prefix(n).map { Int32($0) }, cache: restored.cache)
-            try state.write(to: path)
+            try layout.write(tokens: prompt.prefix(n).map { Int32($0) }, cache: restored.cache, to: path)
             let result = try await apis[b].slotAction(slot, .restore, filename: name)
             guard result.restored == n else {
                 tally.withLock { $0.restoreFallbacks += 1 }

@@ -1,4 +1,5 @@
 import Foundation
+import KVTCCache
 import KVTCGGUF
 import KVTCNumerics
 
@@ -252,28 +253,37 @@ public struct LlamaSequenceState: Sendable, Equatable {
     /// The state's bytes, in the layout it was read from.
     public func encoded() -> [UInt8] {
         var out: [UInt8] = []
-        emit { out.append(contentsOf: $0) }
+        emit(layerBytes: nil) { out.append(contentsOf: $0) }
         return out
     }
 
     /// Writes the state's bytes to `url` (replacing the file) without assembling them in
-    /// memory first: a 4096-token F16 state is ~90 MB.
-    public func write(to url: URL) throws {
+    /// memory first: a 4096-token F16 state is ~90 MB. With `rows`, the K/V of every layer
+    /// are encoded from that cache one layer at a time as they are written (the state's own
+    /// K/V arrays may then be empty): what ``replacingRows(with:)`` and then writing would
+    /// give, without holding the encoded K/V.
+    public func write(to url: URL, rows cache: KVCache? = nil) throws {
         guard FileManager.default.createFile(atPath: url.path, contents: nil) else {
             throw CocoaError(.fileWriteUnknown, userInfo: [NSFilePathErrorKey: url.path])
         }
         let handle = try FileHandle(forWritingTo: url)
         defer { try? handle.close() }
         var failure: (any Error)?
-        emit { bytes in
+        let layerBytes = try cache.map { try layerEncoder(for: $0) }
+        emit(layerBytes: layerBytes) { bytes in
             guard failure == nil else { return }
-            do { try bytes.withUnsafeBytes { try handle.write(contentsOf: Data(bytesNoCopy: UnsafeMutableRawPointer(mutating: $0.baseAddress!), count: $0.count, deallocator: .none)) } } catch { failure = error }
+            do { try handle.write(contentsOf: bytes) } catch { failure = error }
         }
         if let failure { throw failure }
     }
 
-    /// The state's bytes in order, as small header pieces and whole K/V arrays.
-    private func emit(_ sink: ([UInt8]) -> Void) {
+    /// Where a layer's K or V bytes are: block (0: the cache, 1: the sliding-window cache),
+    /// stream, layer within the stream, and whether V.
+    typealias LayerBytes = (_ block: Int, _ stream: Int, _ layer: Int, _ values: Bool) -> [UInt8]
+
+    /// The state's bytes in order, as small header pieces and whole K/V arrays (from
+    /// `layerBytes` when given, else the state's own).
+    private func emit(layerBytes: LayerBytes?, _ sink: ([UInt8]) -> Void) {
         var w = ByteWriter()
         func flush() { if !w.bytes.isEmpty { sink(w.bytes); w = ByteWriter() } }
         switch container {
@@ -286,9 +296,9 @@ public struct LlamaSequenceState: Sendable, Equatable {
             w.u32(Self.sequenceDataMagic)
             w.u32(UInt32(bitPattern: sequence))
         }
-        for block in [streams] + (windowStreams.map { [$0] } ?? []) {
+        for (b, block) in ([streams] + (windowStreams.map { [$0] } ?? [])).enumerated() {
             w.u32(UInt32(block.count))
-            for s in block {
+            for (si, s) in block.enumerated() {
                 w.u32(UInt32(s.cells.count))
                 if s.cells.isEmpty { continue }
                 for c in s.cells {
@@ -299,13 +309,13 @@ public struct LlamaSequenceState: Sendable, Equatable {
                 }
                 w.u32(s.valuesTransposed ? 1 : 0)
                 w.u32(UInt32(s.layers.count))
-                for l in s.layers {
+                for (li, l) in s.layers.enumerated() {
                     w.u32(UInt32(l.keyType.rawValue))
                     w.u64(UInt64(l.keyRowBytes))
                     flush()
-                    sink(l.keys)
+                    sink(layerBytes?(b, si, li, false) ?? l.keys)
                 }
-                for l in s.layers {
+                for (li, l) in s.layers.enumerated() {
                     w.u32(UInt32(l.valueType.rawValue))
                     if s.valuesTransposed {
                         w.u32(UInt32(l.valueRowBytes))
@@ -314,7 +324,7 @@ public struct LlamaSequenceState: Sendable, Equatable {
                         w.u64(UInt64(l.valueRowBytes))
                     }
                     flush()
-                    sink(l.values)
+                    sink(layerBytes?(b, si, li, true) ?? l.values)
                 }
             }
         }

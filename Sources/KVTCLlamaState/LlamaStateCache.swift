@@ -114,8 +114,29 @@ extension LlamaSequenceState {
     /// types and layout (cells, positions, token ids and `v_trans` unchanged; a second,
     /// sliding-window cache takes its cells' rows of the sliding layers).
     public func replacingRows(with cache: KVCache) throws(LlamaStateError) -> LlamaSequenceState {
-        let s = try occupiedStream()
+        let encode = try layerEncoder(for: cache)
         var out = self
+        for s in out.streams.indices where !out.streams[s].cells.isEmpty {
+            for l in out.streams[s].layers.indices {
+                out.streams[s].layers[l].keys = encode(0, s, l, false)
+                out.streams[s].layers[l].values = encode(0, s, l, true)
+            }
+        }
+        if let window = out.windowStreams {
+            for s in window.indices where !window[s].cells.isEmpty {
+                for l in window[s].layers.indices {
+                    out.windowStreams![s].layers[l].keys = encode(1, s, l, false)
+                    out.windowStreams![s].layers[l].values = encode(1, s, l, true)
+                }
+            }
+        }
+        return out
+    }
+
+    /// Encodes one layer's K or V of `cache` in this state's types and layout, on demand:
+    /// the checks (cells, positions, layers) are made once, here.
+    func layerEncoder(for cache: KVCache) throws(LlamaStateError) -> LayerBytes {
+        let s = try occupiedStream()
         let g = cache.geometry
         let n = streams[s].cells.count
         guard cache.tokenCount == n else { throw .mismatch("the cache holds \(cache.tokenCount) tokens, the state \(n) cells") }
@@ -123,54 +144,49 @@ extension LlamaSequenceState {
             throw .mismatch("cell \(i) is at position \(c.position), the cache's token at \(cache.positions[i])")
         }
         let (full, sliding) = try Self.blockLayers(cache.layerAttention, layers: g.layers, windowed: windowStreams != nil)
-        try Self.write(&out.streams[s], layers: full, rows: Array(0..<n), cache: cache)
+        guard streams[s].layers.count == full.count else { throw .mismatch("\(streams[s].layers.count) layers, the cache has \(full.count) of this kind") }
+        var windowRows: [Int: [Int]] = [:]
         if let window = windowStreams {
             var row: [Int32: Int] = [:]
             for (i, c) in streams[s].cells.enumerated() { row[c.position] = i }
             for w in window.indices where !window[w].cells.isEmpty {
-                let rows = try window[w].cells.map { c throws(LlamaStateError) -> Int in
+                guard window[w].layers.count == sliding.count else { throw .mismatch("\(window[w].layers.count) sliding layers, the cache has \(sliding.count)") }
+                windowRows[w] = try window[w].cells.map { c throws(LlamaStateError) -> Int in
                     guard let r = row[c.position] else { throw .mismatch("the sliding-window cache holds position \(c.position), the full cache does not") }
                     return r
                 }
-                try Self.write(&out.windowStreams![w], layers: sliding, rows: rows, cache: cache)
             }
         }
-        return out
+        let streams = self.streams, windowStreams = self.windowStreams
+        return { block, stream, layer, values in
+            let st = block == 0 ? streams[stream] : windowStreams![stream]
+            let rows = block == 0 ? Array(0..<n) : windowRows[stream]!
+            return Self.encode(st, layer: layer, modelLayer: block == 0 ? full[layer] : sliding[layer], rows: rows, cache: cache, values: values)
+        }
     }
 
-    /// Encodes `cache`'s rows `rows` of the model's layers `layers` into `stream`'s layers
-    /// in their own types and layout.
-    static func write(_ stream: inout LlamaStateStream, layers: [Int], rows: [Int], cache: KVCache) throws(LlamaStateError) {
+    /// The K (or V) bytes of `stream`'s layer `layer`, the model's layer `modelLayer`, from
+    /// `cache`'s rows `rows`, in the stream's type, V layout and llama.cpp's rotation.
+    static func encode(_ stream: LlamaStateStream, layer: Int, modelLayer l: Int, rows: [Int], cache: KVCache, values: Bool) -> [UInt8] {
         let g = cache.geometry, n = rows.count, w = g.featuresPerLayer, p = g.featuresPerToken
-        guard stream.layers.count == layers.count else { throw .mismatch("\(stream.layers.count) layers, the cache has \(layers.count) of this kind") }
-        guard let first = stream.layers.first else { return }
-        let rotation = AttentionRotation.llamaCpp(headDim: g.headDim, keyType: first.keyType, valueType: first.valueType)
-        let transposed = stream.valuesTransposed
-        var k = [Float](repeating: 0, count: n * w), v = [Float](repeating: 0, count: n * w)
-        for (index, l) in layers.enumerated() {
-            // Gather layer l's rows (V feature-major when transposed); one pass over the cache.
-            cache.keys.withUnsafeBufferPointer { keys in
-                cache.values.withUnsafeBufferPointer { values in
-                    k.withUnsafeMutableBufferPointer { k in
-                        v.withUnsafeMutableBufferPointer { v in
-                            for i in 0..<n {
-                                let row = rows[i] * p + l * w
-                                for j in 0..<w { k[i * w + j] = keys[row + j] }
-                                if transposed {
-                                    for j in 0..<w { v[j * n + i] = values[row + j] }
-                                } else {
-                                    for j in 0..<w { v[i * w + j] = values[row + j] }
-                                }
-                            }
-                        }
+        let target = stream.layers[layer]
+        let rotation = AttentionRotation.llamaCpp(headDim: g.headDim, keyType: target.keyType, valueType: target.valueType)
+        let transposed = values && stream.valuesTransposed
+        var x = [Float](repeating: 0, count: n * w)
+        (values ? cache.values : cache.keys).withUnsafeBufferPointer { source in
+            x.withUnsafeMutableBufferPointer { x in
+                for i in 0..<n {
+                    let row = rows[i] * p + l * w
+                    if transposed {
+                        for j in 0..<w { x[j * n + i] = source[row + j] }
+                    } else {
+                        for j in 0..<w { x[i * w + j] = source[row + j] }
                     }
                 }
             }
-            if let b = rotation.keyBlock { AttentionRotation.apply(&k, block: b) }
-            if let b = rotation.valueBlock, !transposed { AttentionRotation.apply(&v, block: b) }
-            stream.layers[index].keys = LlamaStateQuantizer.encode(k, as: stream.layers[index].keyType)
-            stream.layers[index].values = LlamaStateQuantizer.encode(v, as: stream.layers[index].valueType)
         }
+        if let b = values ? rotation.valueBlock : rotation.keyBlock, !transposed { AttentionRotation.apply(&x, block: b) }
+        return LlamaStateQuantizer.encode(x, as: values ? target.valueType : target.keyType)
     }
 }
 

@@ -1,3 +1,4 @@
+import Foundation
 import KVTCCache
 import KVTCGGUF
 
@@ -130,6 +131,16 @@ public struct SlotStateLayout: Sendable, Equatable, CustomStringConvertible {
     /// A state file in this layout holding `cache` (one cell per token, all in sequence 0,
     /// in the first stream) for `tokens`.
     public func state(tokens: [Int32], cache: KVCache) throws(LlamaStateError) -> LlamaSequenceState {
+        try shell(tokens: tokens, cache: cache).replacingRows(with: cache)
+    }
+
+    /// Writes ``state(tokens:cache:)`` to `url`, encoding one layer at a time.
+    public func write(tokens: [Int32], cache: KVCache, to url: URL) throws {
+        try shell(tokens: tokens, cache: cache).write(to: url, rows: cache)
+    }
+
+    /// The state of ``state(tokens:cache:)`` with empty K/V arrays.
+    func shell(tokens: [Int32], cache: KVCache) throws(LlamaStateError) -> LlamaSequenceState {
         let n = cache.tokenCount, g = cache.geometry, w = g.featuresPerLayer
         guard tokens.count == n else { throw .mismatch("\(tokens.count) token ids for a cache of \(n) tokens") }
         guard n > 0 else { throw .mismatch("an empty cache") }
@@ -159,9 +170,8 @@ public struct SlotStateLayout: Sendable, Equatable, CustomStringConvertible {
             window = block(cells.filter { Int($0.position) > newest - span }, layers: layers(sliding.count))
         }
         let tokenBlock: SlotTokens = serverTokens ? .serverTokens(version: SlotTokens.serverTokensVersion, tokens) : .plain(tokens)
-        let shell = LlamaSequenceState(container: .file(version: LlamaSequenceState.supportedVersions.last!, tokens: tokenBlock.packed),
-                                       streams: block(cells, layers: layers(full.count)), windowStreams: window)
-        return try shell.replacingRows(with: cache)
+        return LlamaSequenceState(container: .file(version: LlamaSequenceState.supportedVersions.last!, tokens: tokenBlock.packed),
+                                  streams: block(cells, layers: layers(full.count)), windowStreams: window)
     }
 
     public var description: String {

@@ -1,3 +1,4 @@
+import Foundation
 import KVTCCache
 import KVTCLlamaState
 import Testing
@@ -39,8 +40,14 @@ struct WindowedSlotLayoutTests {
         let tokens = (0..<n).map { Int32(100 + $0) }
         for transposed in [false, true] {
             let layout = SlotStateLayout(streamCount: 2, valuesTransposed: transposed, serverTokens: true, windowed: true)
-            let state = try LlamaSequenceState(bytes: try layout.state(tokens: tokens, cache: cache).encoded())
+            let encoded = try layout.state(tokens: tokens, cache: cache).encoded()
+            let state = try LlamaSequenceState(bytes: encoded)
             #expect(try SlotStateLayout(of: state) == layout)
+            // Written layer by layer to a file: the same bytes.
+            let file = FileManager.default.temporaryDirectory.appendingPathComponent("kvtc-slot-\(UUID().uuidString).bin")
+            defer { try? FileManager.default.removeItem(at: file) }
+            try layout.write(tokens: tokens, cache: cache, to: file)
+            #expect(Array(try Data(contentsOf: file)) == encoded)
             #expect(state.streams[0].cells.count == n && state.streams[0].layers.count == 2)
             let window = try #require(state.windowStreams)
             #expect(window.count == 2 && window[0].cells.map(\.position) == [6, 7, 8, 9] && window[0].layers.count == 2)
