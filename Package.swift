@@ -163,7 +163,7 @@ let package = Package(
                                                               "KVTCLlamaState", "KVTCCache", "KVTCModels", "KVTCTokenizers"]),
         .testTarget(name: "KVTCServerEmbeddedTests", dependencies: ["KVTCServer", "KVTCRuntime", "KVTCTokenizers", "KVTCEmbeddedModel",
                                                                    "KVTCBenchmarks", "KVTCCache", "KVTCStore", "KVTCLlamaState",
-                                                                   "KVTCRedis", "KVTCRedisTier", "KVTCTestSupport",
+                                                                   "KVTCRedis", "KVTCRedisTier", "KVTCTestSupport", "KVTCLlamaServer", "KVTCModels",
                                                                    .product(name: "HummingbirdTesting", package: "hummingbird")]),
     ]
 )
