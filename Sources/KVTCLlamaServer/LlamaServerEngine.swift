@@ -120,38 +120,14 @@ public final class LlamaServerEngine: Engine {
         do { return try await apis[0].tokenize(text) } catch { throw .upstream(error.description) }
     }
 
-    public func validate(_ request: GenerationRequest) throws(EngineError) {
-        let prompt = request.promptTokens
-        guard !prompt.isEmpty else { throw .invalidRequest("the prompt is empty") }
-        guard request.maxTokens >= 0 else { throw .invalidRequest("max_tokens must not be negative") }
-        guard prompt.count + request.maxTokens <= card.contextLength else {
-            throw .invalidRequest("prompt (\(prompt.count) tokens) plus max_tokens (\(request.maxTokens)) exceeds the slot context of \(card.contextLength) tokens")
-        }
-        if let bad = prompt.first(where: { $0 < 0 || $0 >= card.vocabularySize }) {
-            throw .invalidRequest("token id \(bad) is outside the vocabulary")
-        }
-    }
-
     // MARK: Generation
 
     public func generate(_ request: GenerationRequest) -> AsyncThrowingStream<GenerationEvent, any Error> {
-        let (events, continuation) = AsyncThrowingStream<GenerationEvent, any Error>.makeStream()
-        let consumerGone = Locked(false)
-        let task = Task {
-            do throws(EngineError) {
-                let outcome = try await self.run(request, continuation: continuation) { consumerGone.current || Task.isCancelled }
-                self.observer?(outcome)
-                continuation.yield(.finished(outcome))
-                continuation.finish()
-            } catch {
-                continuation.finish(throwing: error)
-            }
+        Self.eventStream { continuation, consumerGone throws(EngineError) in
+            let outcome = try await self.run(request, continuation: continuation, consumerGone: consumerGone)
+            self.observer?(outcome)
+            return outcome
         }
-        continuation.onTermination = { termination in
-            consumerGone.withLock { $0 = true }
-            if case .cancelled = termination { task.cancel() }
-        }
-        return events
     }
 
     /// Waits for the stores of slot saves still running (tests, benchmarks, shutdown).

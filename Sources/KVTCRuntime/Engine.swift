@@ -1,4 +1,5 @@
 import Foundation
+import KVTCNumerics
 import KVTCStore
 import KVTCTokenizers
 
@@ -68,8 +69,6 @@ public protocol Engine: Sendable {
     func promptTokens(chat messages: [ChatMessage]) async throws(EngineError) -> [Int]
     /// The prompt tokens of plain text (with the model's BOS when it takes one).
     func promptTokens(text: String) async throws(EngineError) -> [Int]
-    /// Checks that `request` can be served (prompt, limits, vocabulary) before it is queued.
-    func validate(_ request: GenerationRequest) throws(EngineError)
     /// Generates for `request`: text pieces, then one ``GenerationEvent/finished(_:)``.
     ///
     /// The generation stops within one token (finish reason ``KVTCModels/StopReason/cancelled``)
@@ -79,6 +78,45 @@ public protocol Engine: Sendable {
 }
 
 extension Engine {
+    /// Checks `request` against the card: a non-empty prompt of vocabulary tokens that, with
+    /// `maxTokens`, fits the context (the check both engines make before queueing).
+    public func validate(_ request: GenerationRequest) throws(EngineError) {
+        let prompt = request.promptTokens
+        guard !prompt.isEmpty else { throw .invalidRequest("the prompt is empty") }
+        guard request.maxTokens >= 0 else { throw .invalidRequest("max_tokens must not be negative") }
+        guard prompt.count + request.maxTokens <= card.contextLength else {
+            throw .invalidRequest("prompt (\(prompt.count) tokens) plus max_tokens (\(request.maxTokens)) exceeds the context of \(card.contextLength) tokens")
+        }
+        if let bad = prompt.first(where: { $0 < 0 || $0 >= card.vocabularySize }) {
+            throw .invalidRequest("token id \(bad) is outside the vocabulary")
+        }
+    }
+
+    /// The event stream of a generation that `body` runs in a task: it yields pieces to the
+    /// continuation, is told (by its second argument) when the consumer has gone, and
+    /// returns the outcome, which ends the stream; a consumer that stops iterating cancels it.
+    public static func eventStream(
+        _ body: @escaping @Sendable (AsyncThrowingStream<GenerationEvent, any Error>.Continuation,
+                                     @escaping @Sendable () -> Bool) async throws(EngineError) -> GenerationOutcome
+    ) -> AsyncThrowingStream<GenerationEvent, any Error> {
+        let (events, continuation) = AsyncThrowingStream<GenerationEvent, any Error>.makeStream()
+        let consumerGone = Locked(false)
+        let task = Task {
+            do throws(EngineError) {
+                let outcome = try await body(continuation) { consumerGone.current || Task.isCancelled }
+                continuation.yield(.finished(outcome))
+                continuation.finish()
+            } catch {
+                continuation.finish(throwing: error)
+            }
+        }
+        continuation.onTermination = { termination in
+            consumerGone.withLock { $0 = true }
+            if case .cancelled = termination { task.cancel() }
+        }
+        return events
+    }
+
     /// Runs `request` to its end, collecting the outcome (pieces are in its text).
     public func complete(_ request: GenerationRequest) async throws(EngineError) -> GenerationOutcome {
         do {

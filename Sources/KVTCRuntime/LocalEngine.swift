@@ -149,25 +149,12 @@ public final class LocalEngine: Engine {
     }
 
     public func generate(_ request: GenerationRequest) -> AsyncThrowingStream<GenerationEvent, any Error> {
-        let (events, continuation) = AsyncThrowingStream<GenerationEvent, any Error>.makeStream()
-        let consumerGone = Locked(false)
-        let task = Task {
-            do throws(EngineError) {
-                let outcome = try await self.generate(request) { _, text in
-                    continuation.yield(.piece(text))
-                    return !request.isCancelled() && !consumerGone.current && !Task.isCancelled
-                }
-                continuation.yield(.finished(outcome))
-                continuation.finish()
-            } catch {
-                continuation.finish(throwing: error)
+        Self.eventStream { continuation, consumerGone throws(EngineError) in
+            try await self.generate(request) { _, text in
+                continuation.yield(.piece(text))
+                return !request.isCancelled() && !consumerGone()
             }
         }
-        continuation.onTermination = { termination in
-            consumerGone.withLock { $0 = true }
-            if case .cancelled = termination { task.cancel() }
-        }
-        return events
     }
 
     /// An engine for `model` with an optional `store`; `observer` sees every outcome (metrics).
@@ -191,21 +178,6 @@ public final class LocalEngine: Engine {
             }
         }
         return try result.get()
-    }
-
-    /// Checks that `request` can be served: a non-empty prompt of vocabulary tokens that,
-    /// with `maxTokens`, fits the model's context.
-    public func validate(_ request: GenerationRequest) throws(EngineError) {
-        let prompt = request.promptTokens
-        let limit = model.dimensions.contextLength
-        guard !prompt.isEmpty else { throw .invalidRequest("the prompt is empty") }
-        guard request.maxTokens >= 0 else { throw .invalidRequest("max_tokens must not be negative") }
-        guard prompt.count + request.maxTokens <= limit else {
-            throw .invalidRequest("prompt (\(prompt.count) tokens) plus max_tokens (\(request.maxTokens)) exceeds the context of \(limit) tokens")
-        }
-        if let bad = prompt.first(where: { $0 < 0 || $0 >= model.dimensions.vocabularySize }) {
-            throw .invalidRequest("token id \(bad) is outside the vocabulary")
-        }
     }
 
     /// Generates for `request`, calling `onToken` with each token id and the text it

@@ -154,6 +154,15 @@ import Testing
         #expect(tokens.count > 600, "the prompt must outgrow the 512-token window (\(tokens.count) tokens)")
         #expect(engine.counters.upstreamSaves == 1)
         _ = try await engine.apis[0].slotAction(0, .save, filename: "first.bin")
+        // llama-server's own file, read into a cache and written back in its layout: the same
+        // bytes, both caches (the sliding one holds only its window's cells).
+        let saved = Array(try Data(contentsOf: server.slotDirectory.appendingPathComponent("first.bin")))
+        let state = try LlamaSequenceState(bytes: saved)
+        let window = try #require(state.windowStreams?.first { !$0.cells.isEmpty })
+        #expect(window.cells.count == 512 && state.streams.first { !$0.cells.isEmpty }!.cells.count > 512)
+        let cache = try state.cache(geometry: model.geometry, rope: model.rope, layerAttention: model.layerAttention)
+        let layout = try #require(engine.slotLayouts[0])
+        #expect(try layout.state(tokens: state.slotTokens().tokens, cache: cache).encoded() == saved)
         server.kill()
         try server.start()
         let next = long + [ChatMessage(role: .assistant, content: first.text), ChatMessage(role: .user, content: "Say it in five words.")]
