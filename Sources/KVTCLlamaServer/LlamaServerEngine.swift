@@ -142,8 +142,13 @@ public final class LlamaServerEngine: Engine {
         let clock = Date()
         let prompt = request.promptTokens
         // The longest stored prefix, leaving at least one token for llama-server to evaluate.
-        let stored = request.restore && prompt.count > 1
-            ? (await store?.lookup(tokens: Array(prompt.dropLast()), namespace: request.namespace))?.matchedTokens ?? 0 : 0
+        let match = request.restore && prompt.count > 1
+            ? await store?.lookup(tokens: Array(prompt.dropLast()), namespace: request.namespace) : nil
+        // llama.cpp saves a sliding layer's rows for its window only, at the end of the save:
+        // for a model with sliding layers only a match through a tail (a whole saved
+        // conversation) has them, and a shorter prefix would restore zeros into the window.
+        let windowed = layouts.current.contains { $0?.windowed == true }
+        let stored = match.map { windowed && $0.tailKey == nil ? 0 : $0.matchedTokens } ?? 0
         var avoiding: Set<Int> = []
         while true {
             guard let lease = await book.lease(prompt: prompt, namespace: request.namespace, avoiding: avoiding) else {
@@ -271,6 +276,8 @@ public final class LlamaServerEngine: Engine {
     func restore(prompt: [Int], namespace: StoreNamespace, store: CacheStore, backend b: Int, slot: Int) async -> Int {
         guard let layout = layouts.current[b] else { return 0 }
         guard let restored = await store.restore(tokens: prompt, namespace: namespace) else { return 0 }
+        // See `run`: a sliding-window model restores whole saved conversations only.
+        if layout.windowed && !restored.usedTail { return 0 }
         let n = restored.matchedTokens
         let name = "kvtc-restore-\(UUID().uuidString).bin"
         let path = backends[b].slotDirectory.appendingPathComponent(name)

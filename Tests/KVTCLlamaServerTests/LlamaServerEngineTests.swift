@@ -176,6 +176,14 @@ import Testing
         #expect(before.windowStreams != nil && after.windowStreams != nil)
         let cells = Array(0..<restored.cachedTokens)
         #expect(try after.bytes(ofCells: cells) == before.bytes(ofCells: cells))
+        // A prompt that shares all but the end of the saved conversation: its stored chunks
+        // lack the sliding layers' window rows (llama.cpp saved them at the end only), so
+        // nothing is restored and llama-server recomputes.
+        server.kill()
+        try server.start()
+        let edited = [ChatMessage(role: .user, content: Array(repeating: Self.essay, count: 5).joined(separator: "\n\n") + "\n\nWho invented it?")]
+        let (_, fresh) = try await Self.ask(engine, edited)
+        #expect(engine.counters.upstreamRestores == 1 && fresh.cachedTokens == 0)
     }
 
     /// llama-server killed while it streams a reply: the client's stream ends with an
