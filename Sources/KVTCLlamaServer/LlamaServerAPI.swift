@@ -188,6 +188,10 @@ public struct LlamaServerAPI: Sendable {
     /// Seconds a non-streaming call may take.
     public var timeout: Int64
 
+    /// Seconds for calls a live server answers in milliseconds (`/slots`, `/tokenize`,
+    /// `/apply-template`).
+    public static let quickSeconds: Int64 = 5
+
     public init(url: String, client: HTTPClient = .shared, timeout: Int64 = 120) {
         self.url = url.hasSuffix("/") ? String(url.dropLast()) : url
         self.client = client
@@ -227,10 +231,12 @@ public struct LlamaServerAPI: Sendable {
     }
 
     /// Sends a request and returns the body of a 2xx answer.
+    /// A dead server is seen only at the deadline (the client retries refused connections
+    /// until then), so quick calls get a short one: `quick` seconds.
     func call(_ path: String, method: HTTPMethod = .GET, json body: (any Encodable)? = nil,
-              limit: Int = 64 << 20) async throws(LlamaServerError) -> Data {
+              limit: Int = 64 << 20, quick: Int64? = nil) async throws(LlamaServerError) -> Data {
         let request = try request(path, method: method, json: body)
-        let response = try await execute(request, timeout: timeout)
+        let response = try await execute(request, timeout: quick.map { min($0, timeout) } ?? timeout)
         let bytes: ByteBuffer
         do { bytes = try await response.body.collect(upTo: limit) } catch {
             throw .unreachable(url, String(describing: error))
@@ -277,7 +283,7 @@ public struct LlamaServerAPI: Sendable {
 
     /// Every slot's state.
     public func slots() async throws(LlamaServerError) -> [UpstreamSlot] {
-        try decode([UpstreamSlot].self, try await call("/slots"), "/slots")
+        try decode([UpstreamSlot].self, try await call("/slots", quick: Self.quickSeconds), "/slots")
     }
 
     /// The chat rendered with the model's template, as the server renders it for
@@ -285,14 +291,16 @@ public struct LlamaServerAPI: Sendable {
     public func applyTemplate(_ messages: [[String: String]]) async throws(LlamaServerError) -> String {
         struct Body: Encodable { var messages: [[String: String]] }
         struct Answer: Decodable { var prompt: String }
-        return try decode(Answer.self, try await call("/apply-template", method: .POST, json: Body(messages: messages)), "/apply-template").prompt
+        return try decode(Answer.self, try await call("/apply-template", method: .POST, json: Body(messages: messages), quick: Self.quickSeconds),
+                          "/apply-template").prompt
     }
 
     /// `text` tokenized as the server tokenizes a prompt (special tokens added and parsed).
     public func tokenize(_ text: String) async throws(LlamaServerError) -> [Int] {
         struct Body: Encodable { var content: String; var add_special = true; var parse_special = true }
         struct Answer: Decodable { var tokens: [Int] }
-        return try decode(Answer.self, try await call("/tokenize", method: .POST, json: Body(content: text)), "/tokenize").tokens
+        return try decode(Answer.self, try await call("/tokenize", method: .POST, json: Body(content: text), quick: Self.quickSeconds),
+                          "/tokenize").tokens
     }
 
     /// Saves, restores or erases slot `id` (`filename` in the server's `--slot-save-path`).

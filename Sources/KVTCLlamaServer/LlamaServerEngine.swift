@@ -107,17 +107,26 @@ public final class LlamaServerEngine: Engine {
     // MARK: Rendering and tokenizing: llama-server's own
 
     public func promptTokens(chat messages: [ChatMessage]) async throws(EngineError) -> [Int] {
-        let api = apis[0]
-        do {
-            let text = try await api.applyTemplate(messages.map { ["role": $0.role.rawValue, "content": $0.content] })
-            return try await api.tokenize(text)
-        } catch {
-            throw .upstream(error.description)
-        }
+        let rendered = messages.map { ["role": $0.role.rawValue, "content": $0.content] }
+        return try await onSomeBackend { api throws(LlamaServerError) in try await api.tokenize(try await api.applyTemplate(rendered)) }
     }
 
     public func promptTokens(text: String) async throws(EngineError) -> [Int] {
-        do { return try await apis[0].tokenize(text) } catch { throw .upstream(error.description) }
+        try await onSomeBackend { api throws(LlamaServerError) in try await api.tokenize(text) }
+    }
+
+    /// Runs `call` on the first backend that answers (those marked down last); a backend
+    /// that cannot be reached is marked down and the next one tried.
+    func onSomeBackend<T>(_ call: (LlamaServerAPI) async throws(LlamaServerError) -> T) async throws(EngineError) -> T {
+        var last: LlamaServerError?
+        for b in await book.backendsByHealth() {
+            do { return try await call(apis[b]) } catch {
+                last = error
+                guard error.isUnreachable else { throw .upstream(error.description) }
+                await book.setDown(b, true)
+            }
+        }
+        throw .upstream(last?.description ?? "no llama-server backend")
     }
 
     // MARK: Generation

@@ -102,6 +102,12 @@ actor SlotBook {
         }
     }
 
+    /// Backend indices, those not marked down first.
+    func backendsByHealth() -> [Int] {
+        let all = Array(slotsPerBackend.indices)
+        return all.filter { !down.contains($0) } + all.filter { down.contains($0) }
+    }
+
     /// Forgets what `address` holds (the server restarted or the slot was used by others).
     func forget(_ address: SlotAddress) { contents[address] = SlotContents() }
 }

@@ -100,6 +100,31 @@ import Testing
         #expect(a2.cachedTokens >= a2tokens.count / 2, "llama-server reused \(a2.cachedTokens) of \(a2tokens.count)")
     }
 
+    /// The backend holding a conversation is killed between turns: the next turn, routed to
+    /// it, fails before any reply and is served by the other backend with the prefix
+    /// restored from the store; the client sees no failure.
+    @Test func aDeadBackendsConversationMovesToAnother() async throws {
+        let model = try EmbeddedModel.get()
+        let servers = try (0..<2).map { _ in try LlamaServerProcess(model: model.path, slots: 1, slotContext: 2048) }
+        let engine = try await LlamaServerEngine.connect(backends: servers.map(Self.backend), model: model, store: try Self.exactStore(model))
+        let (_, first) = try await Self.ask(engine, Self.firstTurn)
+        var holder: Int?
+        for (i, api) in engine.apis.enumerated() where (try await api.slots().first?.promptTokens ?? 0) > 0 { holder = i }
+        let dead = try #require(holder)
+        servers[dead].kill()
+        let (_, second) = try await Self.ask(engine, Self.secondTurn(first.text))
+        #expect(engine.counters.upstreamRestores == 1, "\(engine.counters)")
+        #expect(second.cachedTokens >= 64 && !second.tokens.isEmpty)
+        // Pinned to the dead backend by its tokens (rendering found it down first): the
+        // generation itself fails over.
+        let tokens = try await engine.promptTokens(chat: Self.secondTurn(first.text) + [ChatMessage(role: .user, content: "Thanks.")])
+        try servers[dead].start()
+        _ = try await engine.promptTokens(text: "wake")  // both up again
+        servers[1 - dead].kill()
+        let third = try await engine.complete(GenerationRequest(promptTokens: tokens, maxTokens: 4, namespace: StoreNamespace(tenant: "alice")))
+        #expect(!third.tokens.isEmpty && engine.counters.upstreamFailures >= 1, "\(engine.counters)")
+    }
+
     /// A tenant never reuses another tenant's slot: the same prompt from bob is recomputed
     /// (the slot holding alice's conversation is erased first), and alice's next turn is
     /// restored from her own entries.
