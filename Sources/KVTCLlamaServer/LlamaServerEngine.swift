@@ -58,8 +58,8 @@ public final class LlamaServerEngine: Engine {
     let book: SlotBook
     let tally = Locked(EngineCounters())
     private let observer: (@Sendable (GenerationOutcome) -> Void)?
-    /// Stores of slot saves still running (awaited by ``flush()``).
-    private let pending = Locked<[Task<Void, Never>]>([])
+    /// Slot saves still running (awaited by ``flush()``).
+    private let pending = Locked(0)
     /// Probes of two backends may run at once; the model's forward pass runs one at a time.
     private let modelLock = Locked(())
 
@@ -141,8 +141,7 @@ public final class LlamaServerEngine: Engine {
 
     /// Waits for the stores of slot saves still running (tests, benchmarks, shutdown).
     public func flush() async {
-        let tasks = pending.withLock { p -> [Task<Void, Never>] in let t = p; p.removeAll(); return t }
-        for t in tasks { await t.value }
+        while pending.current > 0 { try? await Task.sleep(for: .milliseconds(5)) }
     }
 
     private func run(_ request: GenerationRequest, continuation: AsyncThrowingStream<GenerationEvent, any Error>.Continuation,
@@ -261,7 +260,10 @@ public final class LlamaServerEngine: Engine {
             // Save the slot and store its new chunks off the request path; the slot stays
             // leased until then so nothing changes it in between.
             let expected = prompt + generated
-            let save = Task {
+            let pending = self.pending
+            pending.withLock { $0 += 1 }
+            Task {
+                defer { pending.withLock { $0 -= 1 } }
                 var holding: SlotContents?
                 if !cancelled, request.store, let store {
                     holding = await self.saveSlot(backend: b, slot: slot, expected: expected, namespace: request.namespace, store: store)
@@ -270,7 +272,6 @@ public final class LlamaServerEngine: Engine {
                 }
                 await book.release(lease.address, holding: holding)
             }
-            pending.withLock { $0.append(save) }
             return outcome
         } catch {
             await book.release(lease.address, holding: nil)

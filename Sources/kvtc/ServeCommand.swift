@@ -269,7 +269,9 @@ struct ServeCommand: AsyncParsableCommand {
             warn("kvtc: serving \(model.identity.prefix(12)) on http://\(host):\(port) (store: \(store.chain.identity))")
         }
         try await app.runService()
-        // Shut down: entries queued for a Redis tier are written before the process exits.
+        // Shut down: slot saves still being stored, and entries queued for a Redis tier, are
+        // written before the process exits.
+        await (engine as? LlamaServerEngine)?.flush()
         await store.tier.flush()
     }
 }
