@@ -169,9 +169,10 @@ public final class LlamaServerEngine: Engine {
                 // Nothing reached the client yet: try another backend (or the same one once
                 // it is back) rather than fail the request.
                 tally.withLock { $0.upstreamFailures += 1 }
+                // (`serve` has given the lease back: releasing it again could free the slot
+                // under a request that leased it since.)
                 await book.setDown(lease.address.backend, true)
                 layouts.withLock { $0[lease.address.backend] = nil }
-                await book.release(lease.address, holding: nil)
                 avoiding.insert(lease.address.backend)
                 if avoiding.count >= backends.count { throw .upstream(failure.error.description) }
             } catch let error as EngineError {
